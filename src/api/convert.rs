@@ -1,0 +1,245 @@
+//! Translation between protobuf messages and domain types. Parsing happens
+//! here, once; errors carry the request's field paths.
+
+use std::collections::BTreeSet;
+
+use crate::domain::{
+    CommodityLevel, CountryCode, FieldError, Frequency, GroupName, PartnerGroup, RawKey, RawRecord,
+    RawSelector, RecordKey, Selector, StoredRecord, TradeRecord, WriteOutcome,
+};
+use crate::error::{Error, Result, Violation};
+use crate::pb;
+
+pub fn parse_key(key: &pb::RecordKey) -> Result<RecordKey> {
+    RecordKey::parse(&raw_key(key), "currency").map_err(|e| Error::InvalidArgument(Violation::under("", e)))
+}
+
+fn raw_key(key: &pb::RecordKey) -> RawKey<'_> {
+    RawKey {
+        reporter: &key.reporter,
+        partner: &key.partner,
+        flow: key.flow,
+        period: &key.period,
+        commodity: &key.commodity,
+        currency: &key.currency,
+    }
+}
+
+/// Parses a batch, reporting every bad field of every record, and records
+/// that repeat an earlier record's key.
+pub fn parse_records(records: &[pb::TradeRecord]) -> Result<Vec<TradeRecord>> {
+    if records.is_empty() {
+        return Err(Error::invalid("records", "a batch needs at least one record"));
+    }
+    let mut violations = Vec::new();
+    let mut parsed = Vec::with_capacity(records.len());
+    let mut seen = std::collections::HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        match parse_record(r) {
+            Ok(record) => {
+                if let Some(first) = seen.insert(record.key, i) {
+                    violations.push(Violation::new(
+                        format!("records[{i}]"),
+                        format!(
+                            "same natural key as records[{first}] ({}); send each key once per batch",
+                            record.key
+                        ),
+                    ));
+                }
+                parsed.push(record);
+            }
+            Err(errors) => violations.extend(Violation::under(&format!("records[{i}]"), errors)),
+        }
+    }
+    if violations.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(Error::InvalidArgument(violations))
+    }
+}
+
+fn parse_record(r: &pb::TradeRecord) -> Result<TradeRecord, Vec<FieldError>> {
+    let value = r.value.clone().unwrap_or_default();
+    let raw = RawRecord {
+        key: RawKey {
+            reporter: &r.reporter,
+            partner: &r.partner,
+            flow: r.flow,
+            period: &r.period,
+            commodity: &r.commodity,
+            currency: &value.currency_code,
+        },
+        units: value.units,
+        nanos: value.nanos,
+        net_weight_kg: r.net_weight_kg,
+        source: &r.source,
+        released_at: r.released_at,
+    };
+    let mut result = TradeRecord::parse(&raw);
+    if r.value.is_none()
+        && let Err(errors) = &mut result
+    {
+        // Say what is really wrong: the whole value is missing.
+        errors.retain(|e| !e.field.starts_with("value."));
+        errors.push(FieldError {
+            field: "value".into(),
+            reason: crate::domain::Invalid::new("value is required"),
+        });
+    }
+    result
+}
+
+pub fn record_to_pb(stored: &StoredRecord) -> pb::TradeRecord {
+    let r = &stored.record;
+    pb::TradeRecord {
+        reporter: r.key.reporter.to_string(),
+        partner: r.key.partner.to_string(),
+        flow: i32::from(r.key.flow.code()),
+        period: r.key.period.to_string(),
+        commodity: r.key.commodity.to_string(),
+        value: Some(money_to_pb(r.value())),
+        net_weight_kg: r.net_weight_kg(),
+        source: r.source().to_owned(),
+        released_at: r.released_at(),
+        revision: stored.revision,
+        updated_at: Some(stored.updated_at),
+    }
+}
+
+pub fn money_to_pb(m: crate::domain::Money) -> pb::Money {
+    // Record values always fit: they were given as an i64 of units.
+    let (units, nanos) = m.to_parts().unwrap_or((i64::MAX, 0));
+    pb::Money {
+        currency_code: m.currency().to_string(),
+        units,
+        nanos,
+    }
+}
+
+pub fn key_to_pb(key: &RecordKey) -> pb::RecordKey {
+    pb::RecordKey {
+        reporter: key.reporter.to_string(),
+        partner: key.partner.to_string(),
+        flow: i32::from(key.flow.code()),
+        period: key.period.to_string(),
+        commodity: key.commodity.to_string(),
+        currency: key.currency.to_string(),
+    }
+}
+
+pub fn outcome_to_pb(outcome: WriteOutcome) -> pb::WriteOutcome {
+    match outcome {
+        WriteOutcome::Created => pb::WriteOutcome::Created,
+        WriteOutcome::Revised => pb::WriteOutcome::Revised,
+        WriteOutcome::Unchanged => pb::WriteOutcome::Unchanged,
+    }
+}
+
+/// Parses a selector found at `field` of the request.
+pub fn parse_selector(selector: Option<&pb::RecordSelector>, field: &str) -> Result<Selector> {
+    let default = pb::RecordSelector::default();
+    let s = selector.unwrap_or(&default);
+    let mut violations = Vec::new();
+    let commodity_level = match pb::CommodityLevel::try_from(s.commodity_level) {
+        Ok(pb::CommodityLevel::Unspecified) => None,
+        Ok(pb::CommodityLevel::Total) => Some(CommodityLevel::Total),
+        Ok(pb::CommodityLevel::Hs2) => Some(CommodityLevel::Hs2),
+        Ok(pb::CommodityLevel::Hs4) => Some(CommodityLevel::Hs4),
+        Ok(pb::CommodityLevel::Hs6) => Some(CommodityLevel::Hs6),
+        Err(_) => {
+            violations.push(Violation::new(
+                format!("{field}.commodity_level"),
+                format!("{} is not a CommodityLevel", s.commodity_level),
+            ));
+            None
+        }
+    };
+    let frequency = match pb::Frequency::try_from(s.frequency) {
+        Ok(pb::Frequency::Unspecified) => None,
+        Ok(pb::Frequency::Annual) => Some(Frequency::Annual),
+        Ok(pb::Frequency::Monthly) => Some(Frequency::Monthly),
+        Err(_) => {
+            violations.push(Violation::new(
+                format!("{field}.frequency"),
+                format!("{} is not a Frequency", s.frequency),
+            ));
+            None
+        }
+    };
+    let raw = RawSelector {
+        reporters: s.reporters.iter().map(String::as_str).collect(),
+        partners: s.partners.iter().map(String::as_str).collect(),
+        flows: s.flows.clone(),
+        commodities: s.commodities.iter().map(String::as_str).collect(),
+        commodity_level,
+        commodity_prefix: &s.commodity_prefix,
+        currency: &s.currency,
+        frequency,
+        period_from: &s.period_from,
+        period_to: &s.period_to,
+    };
+    let parsed = Selector::parse(&raw);
+    match parsed {
+        Ok(selector) if violations.is_empty() => Ok(selector),
+        Ok(_) => Err(Error::InvalidArgument(violations)),
+        Err(errors) => {
+            violations.extend(Violation::under(field, errors));
+            Err(Error::InvalidArgument(violations))
+        }
+    }
+}
+
+pub fn parse_group_name(name: &str, field: &str) -> Result<GroupName> {
+    GroupName::parse(name).map_err(|e| Error::invalid(field, e.0))
+}
+
+pub fn parse_group(group: Option<&pb::PartnerGroup>) -> Result<PartnerGroup> {
+    let Some(g) = group else {
+        return Err(Error::invalid("group", "group is required"));
+    };
+    let mut violations = Vec::new();
+    let name = GroupName::parse(&g.name).map_err(|e| violations.push(Violation::new("group.name", e.0)));
+    let mut members = BTreeSet::new();
+    if g.members.is_empty() {
+        violations.push(Violation::new(
+            "group.members",
+            "a group needs at least one member",
+        ));
+    }
+    for (i, m) in g.members.iter().enumerate() {
+        match CountryCode::parse_country(m) {
+            Ok(c) if !members.insert(c) => violations.push(Violation::new(
+                format!("group.members[{i}]"),
+                format!("{m} is listed twice"),
+            )),
+            Ok(_) => {}
+            Err(e) => violations.push(Violation::new(format!("group.members[{i}]"), e.0)),
+        }
+    }
+    if g.description.chars().count() > PartnerGroup::MAX_DESCRIPTION_CHARS {
+        violations.push(Violation::new(
+            "group.description",
+            format!(
+                "description is longer than {} characters",
+                PartnerGroup::MAX_DESCRIPTION_CHARS
+            ),
+        ));
+    }
+    match name {
+        Ok(name) if violations.is_empty() => Ok(PartnerGroup {
+            name,
+            members,
+            description: g.description.clone(),
+        }),
+        _ => Err(Error::InvalidArgument(violations)),
+    }
+}
+
+pub fn group_to_pb(group: &PartnerGroup, updated_at: prost_types::Timestamp) -> pb::PartnerGroup {
+    pb::PartnerGroup {
+        name: group.name.to_string(),
+        members: group.members.iter().map(ToString::to_string).collect(),
+        description: group.description.clone(),
+        updated_at: Some(updated_at),
+    }
+}

@@ -1,0 +1,30 @@
+//! Domain types that can only hold valid values. The api layer parses every
+//! request into these once; nothing below it checks again.
+
+mod code;
+mod commodity;
+mod group;
+mod money;
+mod period;
+mod record;
+mod selector;
+
+pub use code::{CountryCode, CurrencyCode, Party};
+pub use commodity::{Commodity, CommodityLevel};
+pub use group::{GroupName, PartnerGroup};
+pub use money::Money;
+pub use period::{Frequency, Period};
+pub use record::{FieldError, Flow, RawKey, RawRecord, RecordKey, StoredRecord, TradeRecord, WriteOutcome};
+pub use selector::{RawSelector, Selector};
+
+/// Why a value could not be parsed: a sentence for the caller, without the
+/// field name (the api layer knows where the value came from).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Invalid(reason.into())
+    }
+}

@@ -1,0 +1,112 @@
+//! tradewatch: a gRPC service that stores international trade statistics in
+//! an embedded sled store, answers exact aggregate questions about them, and
+//! tells subscribers when a milestone is reached.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod domain;
+pub mod error;
+pub mod query;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+/// Generated protobuf and gRPC code of `tradewatch.v1`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("tradewatch.v1");
+
+    /// Descriptors of the API and of the `google.rpc` error details, for
+    /// server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tradewatch_descriptor");
+}
+
+/// How long open calls get to finish after shutdown is asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What a server needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+}
+
+/// A bound, ready-to-run server: the same object in production and tests.
+pub struct Application {
+    listener: TcpListener,
+    store: Arc<store::Store>,
+}
+
+impl Application {
+    /// Opens the store and binds the listener (`127.0.0.1:0` picks a free
+    /// port).
+    pub async fn build(listen: SocketAddr, config: Config) -> anyhow::Result<Self> {
+        let store = store::Store::open(&config.data_dir)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        Ok(Application {
+            listener,
+            store: Arc::new(store),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops taking calls, gives
+    /// open ones a short grace, and closes the store.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        use pb::trade_service_server::TradeServiceServer;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<TradeServiceServer<api::TradeApi>>().await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let stop = CancellationToken::new();
+        let server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(TradeServiceServer::new(api::TradeApi::new(self.store.clone())))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.listener),
+                stop.clone().cancelled_owned(),
+            );
+        tokio::pin!(server);
+
+        let served = tokio::select! {
+            result = &mut server => result,
+            () = shutdown => {
+                tracing::info!("shutting down");
+                health.set_not_serving::<TradeServiceServer<api::TradeApi>>().await;
+                stop.cancel();
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing them");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        self.store.close().await;
+        served?;
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// tradewatch: trade statistics over gRPC, with exact aggregates and
+/// milestone notifications.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC service.
+    Serve {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, env = "TRADEWATCH_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// Directory of the embedded store; created if missing.
+        #[arg(long, env = "TRADEWATCH_DATA_DIR", default_value = "./tradewatch-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { listen, data_dir } => {
+            let app = tradewatch::Application::build(
+                listen,
+                tradewatch::Config {
+                    data_dir: data_dir.clone(),
+                },
+            )
+            .await?;
+            let addr = app.local_addr()?;
+            tracing::info!(%addr, data_dir = %data_dir.display(), "tradewatch serving");
+            // A stable line on stdout for scripts that start the server on port 0.
+            println!("tradewatch listening on {addr}");
+            app.run_until(shutdown_signal()).await
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

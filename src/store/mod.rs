@@ -1,0 +1,317 @@
+//! Everything that knows sled: key layout, atomic apply, recovery.
+
+mod codec;
+mod keys;
+mod writer;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use prost::Message;
+use prost_types::Timestamp;
+use tokio::sync::watch;
+
+use crate::domain::{
+    CountryCode, GroupName, PartnerGroup, RecordKey, StoredRecord, TradeRecord, WriteOutcome,
+};
+use crate::error::{Error, Result};
+pub use writer::SequenceRange;
+use writer::{Change, Writer, WriterHandle};
+
+/// The on-disk layout version. A directory written with another version is
+/// refused rather than misread.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The outcome of a batch of record writes.
+#[derive(Debug, Clone)]
+pub struct PutOutcome {
+    /// Per record, in request order: what happened and the revision after.
+    pub results: Vec<(RecordKey, WriteOutcome, i64)>,
+    pub sequences: Option<SequenceRange>,
+}
+
+/// A page of records and where the next one starts.
+pub struct RecordPage {
+    pub records: Vec<StoredRecord>,
+    /// Encoded key of the last record returned, when more may follow.
+    pub resume_after: Option<Vec<u8>>,
+}
+
+/// Which key ranges a listing scans, in key order, and what each record
+/// must match besides.
+pub struct ScanPlan<'a> {
+    /// `None`: every reporter.
+    pub reporters: Option<&'a BTreeSet<CountryCode>>,
+    /// `None`: every partner.
+    pub partners: Option<&'a BTreeSet<CountryCode>>,
+    pub filter: &'a dyn Fn(&RecordKey) -> bool,
+}
+
+pub struct Store {
+    db: sled::Db,
+    writer: WriterHandle,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    durable_head: watch::Receiver<u64>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, refusing a directory of another
+    /// format.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::FailedPrecondition(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+            sled::Error::Io(io) => Error::FailedPrecondition(format!(
+                "cannot open store in {} (is another tradewatch using it?): {io}",
+                dir.display()
+            )),
+            other => Error::Storage(other),
+        })?;
+        let head = Self::check_or_init(&db, dir)?;
+        let (writer, thread, durable_head) = Writer::spawn(db.clone(), head)
+            .map_err(|e| Error::Unavailable(format!("cannot start writer thread: {e}")))?;
+        Ok(Store {
+            db,
+            writer,
+            writer_thread: Mutex::new(Some(thread)),
+            durable_head,
+        })
+    }
+
+    /// Checks the format version; a new, empty store gets the current version
+    /// and the built-in groups. Returns the head sequence.
+    fn check_or_init(db: &sled::Db, dir: &Path) -> Result<u64> {
+        match db.get(keys::META_FORMAT_VERSION)? {
+            Some(v) => {
+                let version = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).ok();
+                if version != Some(FORMAT_VERSION) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{} holds a tradewatch store of format {}; this build reads format {FORMAT_VERSION}",
+                        dir.display(),
+                        version.map_or("unknown".to_owned(), |v| v.to_string()),
+                    )));
+                }
+                let head = db.get(keys::META_HEAD_SEQUENCE)?;
+                Ok(head
+                    .and_then(|h| <[u8; 8]>::try_from(h.as_ref()).ok())
+                    .map_or(0, u64::from_be_bytes))
+            }
+            None if db.is_empty() => {
+                let mut batch = sled::Batch::default();
+                batch.insert(keys::META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes());
+                batch.insert(keys::META_HEAD_SEQUENCE, &0u64.to_be_bytes());
+                let central_asia = PartnerGroup::central_asia();
+                batch.insert(
+                    keys::group_key(&central_asia.name),
+                    codec::encode_group(&central_asia, now()).encode_to_vec(),
+                );
+                db.apply_batch(batch)?;
+                db.flush()?;
+                Ok(0)
+            }
+            None => Err(Error::FailedPrecondition(format!(
+                "{} holds data that is not a tradewatch store",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// Stops the writer after the queued writes and flushes. Writes after
+    /// this answer UNAVAILABLE.
+    pub async fn close(&self) {
+        let thread = self.writer_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            self.writer.close(thread).await;
+        }
+    }
+
+    /// The last event sequence that is on disk.
+    pub fn durable_head(&self) -> u64 {
+        *self.durable_head.borrow()
+    }
+
+    pub fn get_record(&self, key: &RecordKey) -> Result<Option<StoredRecord>> {
+        let k = keys::record_key(key);
+        self.db.get(k)?.map(|v| codec::decode_record(&k, &v)).transpose()
+    }
+
+    /// Records matching `plan` in key order, strictly after `after`, at
+    /// most `limit`.
+    pub fn list_records(
+        &self,
+        plan: &ScanPlan<'_>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<RecordPage> {
+        let prefixes = Self::prefixes(plan);
+        let mut records = Vec::new();
+        for prefix in &prefixes {
+            let range = match after {
+                Some(a) if a >= prefix.as_slice() => {
+                    if !a.starts_with(prefix) {
+                        continue; // this whole prefix lies before the resume point
+                    }
+                    let mut start = a.to_vec();
+                    start.push(0); // strictly after
+                    self.db.range(start..)
+                }
+                _ => self.db.range(prefix.as_slice()..),
+            };
+            for entry in range {
+                let (k, v) = entry?;
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                let key = keys::decode_record_key(&k)?;
+                if plan.partners.is_some_and(|p| !p.contains(&key.partner)) || !(plan.filter)(&key) {
+                    continue;
+                }
+                records.push(codec::decode_record(&k, &v)?);
+                if records.len() == limit {
+                    return Ok(RecordPage {
+                        records,
+                        resume_after: Some(k.to_vec()),
+                    });
+                }
+            }
+        }
+        Ok(RecordPage {
+            records,
+            resume_after: None,
+        })
+    }
+
+    /// Key prefixes to scan, sorted and disjoint.
+    fn prefixes(plan: &ScanPlan<'_>) -> Vec<Vec<u8>> {
+        match (plan.reporters, plan.partners) {
+            (None, _) => vec![keys::record_prefix(None, None)],
+            (Some(reporters), None) => reporters
+                .iter()
+                .map(|&r| keys::record_prefix(Some(r), None))
+                .collect(),
+            (Some(reporters), Some(partners)) => reporters
+                .iter()
+                .flat_map(|&r| {
+                    partners
+                        .iter()
+                        .map(move |&p| keys::record_prefix(Some(r), Some(p)))
+                })
+                .collect(),
+        }
+    }
+
+    /// Creates or revises records in one atomic, durable batch. The records
+    /// must have distinct keys.
+    pub async fn put_records(&self, records: Vec<TradeRecord>) -> Result<PutOutcome> {
+        self.writer
+            .submit(move |w| {
+                let now = now();
+                let mut changes = Vec::new();
+                let mut results = Vec::with_capacity(records.len());
+                for record in records {
+                    let key = record.key;
+                    let k = keys::record_key(&key);
+                    let before = w.get(&k)?.map(|v| codec::decode_record(&k, &v)).transpose()?;
+                    let (outcome, revision) = match &before {
+                        None => (WriteOutcome::Created, 1),
+                        Some(old) if old.record == record => (WriteOutcome::Unchanged, old.revision),
+                        Some(old) => (WriteOutcome::Revised, old.revision + 1),
+                    };
+                    results.push((key, outcome, revision));
+                    if outcome != WriteOutcome::Unchanged {
+                        let after = Some(StoredRecord {
+                            record,
+                            revision,
+                            updated_at: now,
+                        });
+                        changes.push(Change { key, before, after });
+                    }
+                }
+                let sequences = w.commit(&changes, sled::Batch::default(), now)?;
+                Ok(PutOutcome { results, sequences })
+            })
+            .await
+    }
+
+    /// Deletes a record; returns it as it was and the event's sequence.
+    pub async fn delete_record(&self, key: RecordKey) -> Result<(StoredRecord, u64)> {
+        self.writer
+            .submit(move |w| {
+                let k = keys::record_key(&key);
+                let Some(before) = w.get(&k)?.map(|v| codec::decode_record(&k, &v)).transpose()? else {
+                    return Err(Error::NotFound(format!("no record {key}")));
+                };
+                let change = Change {
+                    key,
+                    before: Some(before.clone()),
+                    after: None,
+                };
+                let range = w.commit(&[change], sled::Batch::default(), now())?;
+                Ok((before, range.map_or(0, |r| r.last)))
+            })
+            .await
+    }
+
+    pub fn get_group(&self, name: &GroupName) -> Result<Option<(PartnerGroup, Timestamp)>> {
+        let k = keys::group_key(name);
+        self.db.get(&k)?.map(|v| codec::decode_group(&k, &v)).transpose()
+    }
+
+    pub fn list_groups(&self) -> Result<Vec<(PartnerGroup, Timestamp)>> {
+        self.db
+            .scan_prefix([keys::NS_GROUP])
+            .map(|entry| {
+                let (k, v) = entry?;
+                codec::decode_group(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Every group by name, for resolving selectors.
+    pub fn groups_by_name(&self) -> Result<BTreeMap<GroupName, PartnerGroup>> {
+        Ok(self
+            .list_groups()?
+            .into_iter()
+            .map(|(g, _)| (g.name.clone(), g))
+            .collect())
+    }
+
+    /// Creates or replaces a group.
+    pub async fn put_group(&self, group: PartnerGroup) -> Result<(PartnerGroup, Timestamp)> {
+        self.writer
+            .submit(move |w| {
+                let now = now();
+                let mut batch = sled::Batch::default();
+                batch.insert(
+                    keys::group_key(&group.name),
+                    codec::encode_group(&group, now).encode_to_vec(),
+                );
+                w.commit(&[], batch, now)?;
+                Ok((group, now))
+            })
+            .await
+    }
+
+    /// Deletes a group; returns it as it was.
+    pub async fn delete_group(&self, name: GroupName) -> Result<(PartnerGroup, Timestamp)> {
+        self.writer
+            .submit(move |w| {
+                let k = keys::group_key(&name);
+                let Some(old) = w.get(&k)?.map(|v| codec::decode_group(&k, &v)).transpose()? else {
+                    return Err(Error::NotFound(format!("no group {name}")));
+                };
+                let mut batch = sled::Batch::default();
+                batch.remove(k);
+                w.commit(&[], batch, now())?;
+                Ok(old)
+            })
+            .await
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp::from(SystemTime::now())
+}
