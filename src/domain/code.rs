@@ -68,6 +68,12 @@ impl CurrencyCode {
         if iso_currency::Currency::from_code(s).is_none() {
             return Err(Invalid(format!("{s:?} is not an ISO 4217 currency code")));
         }
+        // ISO 4217 codes that name no money: "no currency" and "testing".
+        if matches!(s, "XXX" | "XTS") {
+            return Err(Invalid(format!(
+                "{s:?} is not a currency a trade figure can be stated in"
+            )));
+        }
         Ok(CurrencyCode(bytes))
     }
 
@@ -156,6 +162,7 @@ mod tests {
         assert!(CurrencyCode::parse("US").is_err());
         assert!(CurrencyCode::parse("usd").is_err());
         assert!(CurrencyCode::parse("ABC").is_err());
+        assert!(CurrencyCode::parse("XXX").is_err());
     }
 
     #[test]

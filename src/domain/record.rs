@@ -39,6 +39,11 @@ impl Flow {
     }
 
     pub fn from_code(code: i32) -> Result<Self, Invalid> {
+        if code == 0 {
+            return Err(Invalid::new(
+                "flow is required: FLOW_EXPORT, FLOW_IMPORT, FLOW_RE_EXPORT, FLOW_RE_IMPORT or FLOW_TURNOVER",
+            ));
+        }
         Flow::ALL
             .into_iter()
             .find(|f| i32::from(f.code()) == code)
@@ -48,6 +53,17 @@ impl Flow {
                      FLOW_RE_IMPORT, FLOW_TURNOVER"
                 ))
             })
+    }
+
+    /// The API's enum name: `FLOW_EXPORT`.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Flow::Export => "FLOW_EXPORT",
+            Flow::Import => "FLOW_IMPORT",
+            Flow::ReExport => "FLOW_RE_EXPORT",
+            Flow::ReImport => "FLOW_RE_IMPORT",
+            Flow::Turnover => "FLOW_TURNOVER",
+        }
     }
 
     /// The lower-case name used in CSV files and headlines: `export`,
@@ -86,10 +102,10 @@ impl fmt::Display for RecordKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}→{} {} {} {} {}",
+            "({}, {}, {}, {}, {}, {})",
             self.reporter,
             self.partner,
-            self.flow.name(),
+            self.flow.api_name(),
             self.period,
             self.commodity,
             self.currency
@@ -147,15 +163,29 @@ impl RecordKey {
             currency_field,
             currency.as_ref().map(|_| ()).map_err(Clone::clone),
         );
+        if let (Ok(r), Ok(p)) = (&reporter, &partner)
+            && r == p
+        {
+            errors.push(FieldError {
+                field: "partner".into(),
+                reason: Invalid(format!(
+                    "partner {p} is the reporter itself; a country does not trade with itself"
+                )),
+            });
+        }
         match (reporter, partner, flow, period, commodity, currency) {
-            (Ok(reporter), Ok(partner), Ok(flow), Ok(period), Ok(commodity), Ok(currency)) => Ok(RecordKey {
-                reporter,
-                partner,
-                flow,
-                period,
-                commodity,
-                currency,
-            }),
+            (Ok(reporter), Ok(partner), Ok(flow), Ok(period), Ok(commodity), Ok(currency))
+                if errors.is_empty() =>
+            {
+                Ok(RecordKey {
+                    reporter,
+                    partner,
+                    flow,
+                    period,
+                    commodity,
+                    currency,
+                })
+            }
             _ => Err(errors),
         }
     }
@@ -379,6 +409,15 @@ mod tests {
                 "net_weight_kg"
             ]
         );
+    }
+
+    #[test]
+    fn a_country_does_not_trade_with_itself() {
+        let mut bad = raw();
+        bad.key.partner = "CHN";
+        let errors = TradeRecord::parse(&bad).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "partner");
     }
 
     #[test]

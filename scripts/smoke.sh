@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# End-to-end smoke test of the tradewatch gRPC service with the real grpcurl.
+#
+# Usage: scripts/smoke.sh [path-to-binary]   (default: target/release/tradewatch)
+#
+# Starts `BINARY serve` on a free loopback port with a fresh data dir, drives
+# it through reflection, health, PutRecords/GetRecord/ListRecords, a rejected
+# batch and a restart on the same data dir. Prints PASS/FAIL per check and
+# exits non-zero on the first failure. Needs grpcurl and python3 on PATH.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${1:-$ROOT/target/release/tradewatch}
+CSV=$ROOT/data/china_central_asia.csv
+SERVICE=tradewatch.v1.TradeService
+START_TIMEOUT_S=20
+STOP_TIMEOUT_S=10
+
+# grpcurl's own limits, so that a hung server fails the check instead of the run.
+GRPCURL=(grpcurl -plaintext -connect-timeout 5 -max-time 15)
+
+die() {
+    echo "smoke: $*" >&2
+    exit 2
+}
+
+[[ -x $BIN ]] || die "no executable binary at $BIN (build it with: cargo build --release)"
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+[[ -r $CSV ]] || die "cannot read $CSV"
+command -v grpcurl >/dev/null || die "grpcurl is not on PATH"
+command -v python3 >/dev/null || die "python3 is not on PATH"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tradewatch-smoke.XXXXXX")
+DATA_DIR=$WORK/data
+SERVER_PID=
+ADDR=
+STARTS=0
+CHECKS=0
+
+cleanup() {
+    local rc=$?
+    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+pass() {
+    CHECKS=$((CHECKS + 1))
+    printf 'PASS  %s\n' "$1"
+}
+
+# fail NAME [OUTPUT]: report, show what failed and the server's log, stop.
+fail() {
+    printf 'FAIL  %s\n' "$1"
+    if [[ $# -ge 2 ]]; then
+        printf -- '----- output -----\n%s\n------------------\n' "$2"
+    fi
+    local log
+    for log in "$WORK"/server-*.stderr; do
+        [[ -e $log ]] || continue
+        printf -- '----- last lines of %s -----\n' "$(basename "$log")"
+        tail -n 20 "$log"
+    done
+    printf 'smoke: FAILED after %d passed checks\n' "$CHECKS"
+    exit 1
+}
+
+# call ARGS...: runs grpcurl against the server; sets OUT (stdout+stderr) and RC.
+call() {
+    RC=0
+    OUT=$("${GRPCURL[@]}" "$@" 2>&1) || RC=$?
+}
+
+# rpc METHOD JSON: unary call of a TradeService method with a JSON request.
+rpc() {
+    call -d "$2" "$ADDR" "$SERVICE/$1"
+}
+
+# json_get EXPR: evaluates a Python expression over the JSON in $OUT (bound to
+# `r`) and prints the result; prints nothing if OUT is not JSON.
+json_get() {
+    printf '%s' "$OUT" | python3 -c '
+import json, sys
+try:
+    r = json.load(sys.stdin)
+except ValueError:
+    sys.exit(0)
+try:
+    print(eval(sys.argv[1]))
+except Exception as e:
+    print("<%s: %s>" % (type(e).__name__, e))
+' "$1"
+}
+
+# expect_ok NAME: fails unless the last call exited 0.
+expect_ok() {
+    [[ $RC -eq 0 ]] || fail "$1 (grpcurl exit $RC)" "$OUT"
+}
+
+# expect_error NAME CODE: fails unless the last call failed with gRPC code CODE.
+expect_error() {
+    if [[ $RC -eq 0 ]] || ! grep -q "Code: $2\$" <<<"$OUT"; then
+        fail "$1 (expected $2, grpcurl exit $RC)" "$OUT"
+    fi
+}
+
+start_server() {
+    STARTS=$((STARTS + 1))
+    local out=$WORK/server-$STARTS.stdout err=$WORK/server-$STARTS.stderr
+    NO_COLOR=1 "$BIN" serve --listen 127.0.0.1:0 --data-dir "$DATA_DIR" >"$out" 2>"$err" &
+    SERVER_PID=$!
+    local deadline=$((SECONDS + START_TIMEOUT_S)) line=
+    while :; do
+        line=$(grep -m1 '^tradewatch listening on ' "$out" || true)
+        [[ -n $line ]] && break
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            local rc=0
+            wait "$SERVER_PID" || rc=$?
+            SERVER_PID=
+            fail "server start #$STARTS (exited with status $rc before listening)" "$(cat "$out")"
+        fi
+        ((SECONDS < deadline)) || fail "server start #$STARTS (no listening line within ${START_TIMEOUT_S}s)" "$(cat "$out")"
+        sleep 0.1
+    done
+    ADDR=${line#tradewatch listening on }
+    [[ $ADDR =~ ^127\.0\.0\.1:[0-9]+$ ]] || fail "server start #$STARTS (cannot parse address)" "$line"
+    local lines
+    lines=$(wc -l <"$out")
+    [[ $lines -eq 1 ]] || fail "server start #$STARTS (expected exactly one stdout line, got $lines)" "$(cat "$out")"
+    pass "server start #$STARTS: listening on $ADDR (pid $SERVER_PID)"
+}
+
+stop_server() {
+    kill -TERM "$SERVER_PID"
+    local deadline=$((SECONDS + STOP_TIMEOUT_S))
+    while kill -0 "$SERVER_PID" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            fail "SIGTERM: server still running after ${STOP_TIMEOUT_S}s"
+        fi
+        sleep 0.1
+    done
+    local rc=0
+    wait "$SERVER_PID" || rc=$?
+    SERVER_PID=
+    [[ $rc -eq 0 ]] || fail "SIGTERM: server exited with status $rc (expected 0)"
+    pass "SIGTERM: server exited cleanly within ${STOP_TIMEOUT_S}s"
+}
+
+# ---------------------------------------------------------------------------
+# Request bodies
+# ---------------------------------------------------------------------------
+
+# The whole CSV as one PutRecordsRequest.
+ALL_RECORDS=$(python3 - "$CSV" <<'PY'
+import csv, json, sys
+
+FLOWS = {
+    "export": "FLOW_EXPORT",
+    "import": "FLOW_IMPORT",
+    "re_export": "FLOW_RE_EXPORT",
+    "re-export": "FLOW_RE_EXPORT",
+    "re_import": "FLOW_RE_IMPORT",
+    "re-import": "FLOW_RE_IMPORT",
+    "turnover": "FLOW_TURNOVER",
+}
+records = []
+with open(sys.argv[1], newline="") as f:
+    for row in csv.DictReader(f):
+        rec = {
+            "reporter": row["reporter"],
+            "partner": row["partner"],
+            "flow": FLOWS[row["flow"].strip().lower()],
+            "period": row["period"],
+            "commodity": row["commodity"],
+            # int64 as a JSON string, as grpcurl prints it.
+            "value": {"currency_code": row["currency"], "units": str(int(row["value"]))},
+            "source": row["source"],
+        }
+        if row.get("released_at"):
+            rec["released_at"] = row["released_at"]
+        records.append(rec)
+print(json.dumps({"records": records}))
+PY
+)
+N_RECORDS=$(python3 -c 'import json,sys; print(len(json.load(sys.stdin)["records"]))' <<<"$ALL_RECORDS")
+[[ $N_RECORDS -eq 16 ]] || die "expected 16 records in $CSV, read $N_RECORDS"
+
+KAZ_2025_KEY='{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2025","commodity":"TOTAL","currency":"USD"}'
+REVISE_KAZ_2025='{"records":[{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2025",
+  "commodity":"TOTAL","value":{"currency_code":"USD","units":"48700000000"},"source":"GACC"}]}'
+# records[0] is valid and new; records[1] is wrong in five fields.
+BAD_BATCH='{"records":[
+  {"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2022","commodity":"TOTAL",
+   "value":{"currency_code":"USD","units":"31200000000"},"source":"smoke"},
+  {"reporter":"XYZ","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2025-13","commodity":"27A",
+   "value":{"currency_code":"US","units":"-5"},"source":"smoke"}]}'
+BAD_BATCH_GOOD_KEY='{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2022","commodity":"TOTAL","currency":"USD"}'
+
+# ---------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------
+
+echo "smoke: binary $BIN"
+echo "smoke: data dir $DATA_DIR"
+start_server
+
+call "$ADDR" list
+expect_ok "reflection: list services"
+for svc in "$SERVICE" grpc.health.v1.Health; do
+    grep -qx "$svc" <<<"$OUT" || fail "reflection: list shows $svc" "$OUT"
+done
+pass "reflection: list shows $SERVICE and grpc.health.v1.Health"
+
+call -d '{"service":"tradewatch.v1.TradeService"}' "$ADDR" grpc.health.v1.Health/Check
+expect_ok "health: Check $SERVICE"
+[[ $(json_get 'r.get("status")') == SERVING ]] || fail "health: $SERVICE is SERVING" "$OUT"
+pass "health: $SERVICE is SERVING"
+
+call "$ADDR" describe "$SERVICE"
+expect_ok "reflection: describe $SERVICE"
+grep -q 'atomically' <<<"$OUT" || fail "reflection: describe carries proto comments (\"atomically\")" "$OUT"
+pass "reflection: describe $SERVICE carries proto comments"
+
+rpc PutRecords "$ALL_RECORDS"
+expect_ok "PutRecords: all 16 CSV records"
+got=$(json_get 'sum(1 for x in r.get("results", []) if x.get("outcome") == "WRITE_OUTCOME_CREATED")')
+total=$(json_get 'len(r.get("results", []))')
+[[ $got == 16 && $total == 16 ]] || fail "PutRecords: 16 x WRITE_OUTCOME_CREATED (got $got of $total results)" "$OUT"
+pass "PutRecords: 16 records, all WRITE_OUTCOME_CREATED"
+
+rpc PutRecords "$ALL_RECORDS"
+expect_ok "PutRecords: same 16 records again"
+got=$(json_get 'sum(1 for x in r.get("results", []) if x.get("outcome") == "WRITE_OUTCOME_UNCHANGED")')
+total=$(json_get 'len(r.get("results", []))')
+[[ $got == 16 && $total == 16 ]] || fail "PutRecords again: 16 x WRITE_OUTCOME_UNCHANGED (got $got of $total results)" "$OUT"
+pass "PutRecords again: 16 records, all WRITE_OUTCOME_UNCHANGED"
+
+rpc GetRecord "$KAZ_2025_KEY"
+expect_ok "GetRecord CHN/KAZ/2025"
+[[ $(json_get 'r["value"]["units"]') == 48600000000 ]] || fail "GetRecord CHN/KAZ/2025: units \"48600000000\"" "$OUT"
+pass "GetRecord CHN/KAZ/FLOW_TURNOVER/2025/TOTAL/USD: units \"48600000000\""
+
+rpc ListRecords '{"selector":{"reporters":["CHN"],"partners":["CENTRAL_ASIA"]}}'
+expect_ok "ListRecords CHN x CENTRAL_ASIA"
+got=$(json_get 'len(r.get("records", []))')
+token=$(json_get 'r.get("nextPageToken", "")')
+[[ $got == 15 && -z $token ]] || fail "ListRecords CHN x CENTRAL_ASIA: 15 records on one page (got $got, next token '$token')" "$OUT"
+pass "ListRecords reporters=[CHN] partners=[CENTRAL_ASIA]: 15 records"
+
+rpc PutRecords "$REVISE_KAZ_2025"
+expect_ok "PutRecords: revise CHN/KAZ/2025"
+[[ $(json_get 'r["results"][0]["outcome"]') == WRITE_OUTCOME_REVISED &&
+    $(json_get 'r["results"][0]["revision"]') == 2 ]] ||
+    fail "PutRecords: revise CHN/KAZ/2025 to 48700000000 -> WRITE_OUTCOME_REVISED, revision \"2\"" "$OUT"
+pass "PutRecords: revise CHN/KAZ/2025 to 48700000000 -> WRITE_OUTCOME_REVISED, revision \"2\""
+
+rpc PutRecords "$BAD_BATCH"
+expect_error "PutRecords: bad batch rejected" InvalidArgument
+for field in reporter period commodity value.currency_code value.units; do
+    grep -qF "records[1].$field" <<<"$OUT" || fail "PutRecords: bad batch names records[1].$field" "$OUT"
+done
+if grep -qF 'records[0]' <<<"$OUT"; then
+    fail "PutRecords: bad batch blames only records[1], not records[0]" "$OUT"
+fi
+pass "PutRecords: bad batch -> InvalidArgument naming records[1].{reporter,period,commodity,value.currency_code,value.units}"
+
+rpc GetRecord "$BAD_BATCH_GOOD_KEY"
+expect_error "GetRecord: good record of the rejected batch was not stored" NotFound
+pass "GetRecord: good record of the rejected batch -> NotFound (batch is atomic)"
+
+stop_server
+start_server
+
+rpc GetRecord "$KAZ_2025_KEY"
+expect_ok "after restart: GetRecord CHN/KAZ/2025"
+[[ $(json_get 'r["value"]["units"]') == 48700000000 && $(json_get 'r.get("revision")') == 2 ]] ||
+    fail "after restart: CHN/KAZ/2025 is 48700000000 at revision 2" "$OUT"
+pass "after restart: CHN/KAZ/2025 is \"48700000000\" at revision \"2\""
+
+rpc ListRecords '{"selector":{"reporters":["CHN"],"partners":["CENTRAL_ASIA"]}}'
+expect_ok "after restart: ListRecords CHN x CENTRAL_ASIA"
+[[ $(json_get 'len(r.get("records", []))') == 15 ]] || fail "after restart: ListRecords still 15 records" "$OUT"
+pass "after restart: ListRecords still returns 15 records"
+
+stop_server
+
+echo "smoke: PASS ($CHECKS checks)"

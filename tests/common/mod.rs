@@ -1,0 +1,151 @@
+//! A real server on an ephemeral port with a temporary data dir, built with
+//! the same `Application` the binary runs.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tradewatch::pb::{self, trade_service_client::TradeServiceClient};
+use tradewatch::{Application, Config};
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut server = TestServer::start_in(tmp.path()).await;
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// Starts a server on an existing data dir (which the caller keeps).
+    pub async fn start_in(dir: &Path) -> TestServer {
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+        };
+        let app = Application::build("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .expect("server builds");
+        let addr = app.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            data_dir: dir.to_path_buf(),
+            _tmp: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> TradeServiceClient<Channel> {
+        TradeServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connects")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects")
+    }
+
+    /// Stops the server gracefully and waits until it has let go of the store.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server stops cleanly");
+        }
+    }
+
+    /// Stops and starts again on the same data dir.
+    pub async fn restart(mut self) -> TestServer {
+        self.stop().await;
+        let mut next = TestServer::start_in(&self.data_dir).await;
+        next._tmp = self._tmp.take();
+        next
+    }
+}
+
+/// The records of data/china_central_asia.csv, in file order.
+pub fn seed_records() -> Vec<pb::TradeRecord> {
+    let csv = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/china_central_asia.csv"
+    ))
+    .expect("seed data");
+    csv.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            assert_eq!(f[2], "turnover", "seed data is turnover");
+            record(f[0], f[1], f[3], f[6].parse().unwrap(), f[7])
+        })
+        .collect()
+}
+
+/// A TOTAL turnover record in USD.
+pub fn record(reporter: &str, partner: &str, period: &str, units: i64, source: &str) -> pb::TradeRecord {
+    pb::TradeRecord {
+        reporter: reporter.into(),
+        partner: partner.into(),
+        flow: pb::Flow::Turnover.into(),
+        period: period.into(),
+        commodity: "TOTAL".into(),
+        value: Some(pb::Money {
+            currency_code: "USD".into(),
+            units,
+            nanos: 0,
+        }),
+        source: source.into(),
+        ..Default::default()
+    }
+}
+
+pub fn key_of(r: &pb::TradeRecord) -> pb::RecordKey {
+    pb::RecordKey {
+        reporter: r.reporter.clone(),
+        partner: r.partner.clone(),
+        flow: r.flow,
+        period: r.period.clone(),
+        commodity: if r.commodity.is_empty() {
+            "TOTAL".into()
+        } else {
+            r.commodity.clone()
+        },
+        currency: r
+            .value
+            .as_ref()
+            .map(|v| v.currency_code.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// The caller-supplied content of a record (server-set fields cleared).
+pub fn content(r: &pb::TradeRecord) -> pb::TradeRecord {
+    pb::TradeRecord {
+        revision: 0,
+        updated_at: None,
+        ..r.clone()
+    }
+}
+
+pub fn put(records: Vec<pb::TradeRecord>) -> pb::PutRecordsRequest {
+    pb::PutRecordsRequest { records }
+}
