@@ -9,6 +9,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result, Violation};
 use crate::pb;
+use crate::query::aggregate;
 
 pub fn parse_key(key: &pb::RecordKey) -> Result<RecordKey> {
     RecordKey::parse(&raw_key(key), "currency").map_err(|e| Error::InvalidArgument(Violation::under("", e)))
@@ -242,4 +243,121 @@ pub fn group_to_pb(group: &PartnerGroup, updated_at: prost_types::Timestamp) -> 
         description: group.description.clone(),
         updated_at: Some(updated_at),
     }
+}
+
+/// Parses an aggregate request's own fields (its selector is parsed apart).
+pub fn parse_aggregate(request: &pb::AggregateRequest) -> Result<aggregate::AggregateRequest> {
+    use aggregate::{Dimension, Granularity, RowOrder};
+    let mut violations = Vec::new();
+    let mut group_by = BTreeSet::new();
+    for (i, &d) in request.group_by.iter().enumerate() {
+        let dimension = match pb::Dimension::try_from(d) {
+            Ok(pb::Dimension::Reporter) => Dimension::Reporter,
+            Ok(pb::Dimension::Partner) => Dimension::Partner,
+            Ok(pb::Dimension::Flow) => Dimension::Flow,
+            Ok(pb::Dimension::Commodity) => Dimension::Commodity,
+            Ok(pb::Dimension::Period) => Dimension::Period,
+            Ok(pb::Dimension::Unspecified) | Err(_) => {
+                violations.push(Violation::new(
+                    format!("group_by[{i}]"),
+                    format!(
+                        "{d} is not a dimension: DIMENSION_REPORTER, DIMENSION_PARTNER, DIMENSION_FLOW, \
+                         DIMENSION_COMMODITY or DIMENSION_PERIOD"
+                    ),
+                ));
+                continue;
+            }
+        };
+        if !group_by.insert(dimension) {
+            violations.push(Violation::new(
+                format!("group_by[{i}]"),
+                format!("{dimension:?} is listed twice"),
+            ));
+        }
+    }
+    let granularity = match pb::Granularity::try_from(request.granularity) {
+        Ok(pb::Granularity::Unspecified) => None,
+        Ok(pb::Granularity::Year) => Some(Granularity::Year),
+        Ok(pb::Granularity::Quarter) => Some(Granularity::Quarter),
+        Ok(pb::Granularity::Month) => Some(Granularity::Month),
+        Err(_) => {
+            violations.push(Violation::new(
+                "granularity",
+                format!("{} is not a Granularity", request.granularity),
+            ));
+            None
+        }
+    };
+    if granularity.is_some() && !group_by.contains(&Dimension::Period) {
+        violations.push(Violation::new(
+            "granularity",
+            "granularity applies only when grouping by DIMENSION_PERIOD",
+        ));
+    }
+    let order = match pb::OrderBy::try_from(request.order_by) {
+        Ok(pb::OrderBy::Unspecified) => RowOrder::Group,
+        Ok(pb::OrderBy::TotalDesc) => RowOrder::TotalDesc,
+        Ok(pb::OrderBy::TotalAsc) => RowOrder::TotalAsc,
+        Err(_) => {
+            violations.push(Violation::new(
+                "order_by",
+                format!("{} is not an OrderBy", request.order_by),
+            ));
+            RowOrder::Group
+        }
+    };
+    if !violations.is_empty() {
+        return Err(Error::InvalidArgument(violations));
+    }
+    Ok(aggregate::AggregateRequest {
+        group_by,
+        granularity,
+        order,
+        limit: request.limit as usize,
+    })
+}
+
+pub fn aggregate_to_pb(answer: &aggregate::AggregateAnswer) -> Result<pb::AggregateResponse> {
+    let money = |m: crate::domain::Money| -> Result<pb::Money> {
+        let (units, nanos) = m.to_parts().ok_or_else(|| {
+            Error::OutOfRange(format!(
+                "a total of {m} does not fit google.type.Money (int64 units)"
+            ))
+        })?;
+        Ok(pb::Money {
+            currency_code: m.currency().to_string(),
+            units,
+            nanos,
+        })
+    };
+    let rows = answer
+        .rows
+        .iter()
+        .map(|row| {
+            Ok(pb::AggregateRow {
+                reporter: row.group.reporter.map(|c| c.to_string()).unwrap_or_default(),
+                partner: row.group.partner.map(|c| c.to_string()).unwrap_or_default(),
+                flow: row.group.flow.map_or(0, |f| i32::from(f.code())),
+                commodity: row.group.commodity.map(|c| c.to_string()).unwrap_or_default(),
+                period: row.group.period.map(|b| b.label()).unwrap_or_default(),
+                total: Some(money(row.total)?),
+                record_count: row.record_count,
+                months_covered: row.months_covered.iter().map(ToString::to_string).collect(),
+                previous_year_total: row.previous_year_total.map(money).transpose()?,
+                yoy_growth_percent: row.yoy_growth_percent,
+                share_percent: row.share_percent,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(pb::AggregateResponse {
+        rows,
+        grand_total: Some(money(answer.grand_total)?),
+        record_count: answer.record_count,
+        currency: answer.currency.to_string(),
+        frequency: match answer.frequency {
+            Frequency::Annual => pb::Frequency::Annual,
+            Frequency::Monthly => pb::Frequency::Monthly,
+        }
+        .into(),
+    })
 }

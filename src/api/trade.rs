@@ -172,6 +172,26 @@ impl TradeService for TradeApi {
         }))
     }
 
+    async fn aggregate(
+        &self,
+        request: Request<pb::AggregateRequest>,
+    ) -> Result<Response<pb::AggregateResponse>, Status> {
+        let request = request.get_ref();
+        let question = convert::parse_aggregate(request);
+        let selector = convert::parse_selector(request.selector.as_ref(), "selector");
+        let (question, selector) = match (question, selector) {
+            (Ok(q), Ok(s)) => (q, s),
+            (Err(Error::InvalidArgument(mut a)), Err(Error::InvalidArgument(b))) => {
+                a.extend(b);
+                return Err(Error::InvalidArgument(a).into());
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+        };
+        let resolved = ResolvedSelector::resolve(&self.store, selector, "selector")?;
+        let answer = crate::query::aggregate::aggregate(&self.store, &resolved, &question)?;
+        Ok(Response::new(convert::aggregate_to_pb(&answer)?))
+    }
+
     async fn put_group(
         &self,
         request: Request<pb::PutGroupRequest>,

@@ -1,4 +1,6 @@
-//! Questions about stored records: selector resolution and listing.
+//! Questions about stored records: selector resolution, listing, aggregates.
+
+pub mod aggregate;
 
 use std::collections::{BTreeMap, BTreeSet};
 

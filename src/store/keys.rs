@@ -3,15 +3,19 @@
 //! `apply_batch`; the first byte of a key names its namespace.
 //!
 //! Record keys are fixed-width and ordered reporter, partner, commodity,
-//! period, flow, currency, so that one reporter–partner pair, or one
+//! frequency, period, flow, currency, so that one reporter–partner pair, or one
 //! commodity of it, is a contiguous range.
 
 use crate::domain::{
-    Commodity, CommodityLevel, CountryCode, CurrencyCode, Flow, GroupName, Period, RecordKey,
+    Commodity, CommodityLevel, CountryCode, CurrencyCode, Flow, Frequency, GroupName, Period, RecordKey,
 };
 use crate::error::{Error, Result};
 
 pub const NS_EVENT: u8 = b'e';
+/// Rollup over partners: reporter, currency, commodity, period, flow.
+pub const NS_ROLLUP_REPORTER: u8 = b'p';
+/// Rollup over reporters and partners: currency, commodity, period, flow.
+pub const NS_ROLLUP_WORLD: u8 = b'w';
 pub const NS_GROUP: u8 = b'g';
 pub const NS_RECORD: u8 = b'r';
 
@@ -19,9 +23,9 @@ pub const NS_RECORD: u8 = b'r';
 pub const META_FORMAT_VERSION: &[u8] = b"\x00format_version";
 pub const META_HEAD_SEQUENCE: &[u8] = b"\x00head_sequence";
 
-/// Namespace byte + reporter 3 + partner 3 + commodity 7 + period 3 + flow 1
+/// Namespace byte + reporter 3 + partner 3 + commodity 7 + period 4 + flow 1
 /// + currency 3.
-pub const RECORD_KEY_LEN: usize = 21;
+pub const RECORD_KEY_LEN: usize = 22;
 
 pub fn record_key(key: &RecordKey) -> [u8; RECORD_KEY_LEN] {
     let mut out = [0u8; RECORD_KEY_LEN];
@@ -29,25 +33,95 @@ pub fn record_key(key: &RecordKey) -> [u8; RECORD_KEY_LEN] {
     out[1..4].copy_from_slice(&key.reporter.as_bytes());
     out[4..7].copy_from_slice(&key.partner.as_bytes());
     out[7..14].copy_from_slice(&commodity_bytes(key.commodity));
-    out[14..16].copy_from_slice(&key.period.year().to_be_bytes());
-    out[16] = key.period.month().unwrap_or(0);
-    out[17] = key.flow.code();
-    out[18..21].copy_from_slice(&key.currency.as_bytes());
+    out[14..18].copy_from_slice(&period_bytes(key.period));
+    out[18] = key.flow.code();
+    out[19..22].copy_from_slice(&key.currency.as_bytes());
     out
 }
 
 /// Level byte, then the digits zero-padded: `TOTAL` sorts first, then each
 /// level in code order.
-fn commodity_bytes(c: Commodity) -> [u8; 7] {
+pub fn commodity_bytes(c: Commodity) -> [u8; 7] {
     let mut out = [0u8; 7];
-    out[0] = match c.level() {
+    out[0] = level_byte(c.level());
+    out[1..1 + c.digits().len()].copy_from_slice(c.digits().as_bytes());
+    out
+}
+
+/// The first byte of an encoded commodity: its number of digits.
+pub fn level_byte(level: CommodityLevel) -> u8 {
+    match level {
         CommodityLevel::Total => 0,
         CommodityLevel::Hs2 => 2,
         CommodityLevel::Hs4 => 4,
         CommodityLevel::Hs6 => 6,
+    }
+}
+
+/// Frequency byte (0 annual, 1 monthly), year, month (0 for annual): each
+/// dataset is contiguous, years in order.
+pub fn period_bytes(p: Period) -> [u8; 4] {
+    let [hi, lo] = p.year().to_be_bytes();
+    let frequency = match p.frequency() {
+        Frequency::Annual => 0,
+        Frequency::Monthly => 1,
     };
-    out[1..1 + c.digits().len()].copy_from_slice(c.digits().as_bytes());
+    [frequency, hi, lo, p.month().unwrap_or(0)]
+}
+
+/// The flow byte of rollup entries that hold trade volume (turnover if
+/// published, else exports + imports) rather than one flow.
+pub const VOLUME_FLOW: u8 = 0;
+
+/// Byte offsets of the parts of a record key.
+pub mod record_offsets {
+    pub const REPORTER: usize = 1;
+    pub const FLOW: usize = 18;
+    pub const CURRENCY: usize = 19;
+}
+
+/// Rollup key over partners: ns, reporter 3, currency 3, commodity 7,
+/// period 4, flow 1.
+pub fn reporter_rollup_key(key: &RecordKey, flow: u8) -> [u8; 19] {
+    let mut out = [0u8; 19];
+    out[0] = NS_ROLLUP_REPORTER;
+    out[1..4].copy_from_slice(&key.reporter.as_bytes());
+    out[4..7].copy_from_slice(&key.currency.as_bytes());
+    out[7..14].copy_from_slice(&commodity_bytes(key.commodity));
+    out[14..18].copy_from_slice(&period_bytes(key.period));
+    out[18] = flow;
     out
+}
+
+/// Rollup key over reporters and partners: ns, currency 3, commodity 7,
+/// period 4, flow 1.
+pub fn world_rollup_key(key: &RecordKey, flow: u8) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[0] = NS_ROLLUP_WORLD;
+    out[1..4].copy_from_slice(&key.currency.as_bytes());
+    out[4..11].copy_from_slice(&commodity_bytes(key.commodity));
+    out[11..15].copy_from_slice(&period_bytes(key.period));
+    out[15] = flow;
+    out
+}
+
+/// Decodes the commodity part of a key (7 bytes).
+pub fn decode_commodity(bytes: &[u8]) -> Option<Commodity> {
+    let level = usize::from(*bytes.first()?);
+    if level == 0 {
+        return Some(Commodity::TOTAL);
+    }
+    let digits = std::str::from_utf8(bytes.get(1..1 + level)?).ok()?;
+    Commodity::parse(digits).ok()
+}
+
+/// Decodes the period part of a key (4 bytes).
+pub fn decode_period(bytes: &[u8]) -> Option<Period> {
+    let period = Period::from_parts(
+        u16::from_be_bytes([*bytes.get(1)?, *bytes.get(2)?]),
+        *bytes.get(3)?,
+    )?;
+    (period_bytes(period)[0] == *bytes.first()?).then_some(period)
 }
 
 pub fn decode_record_key(bytes: &[u8]) -> Result<RecordKey> {
@@ -56,17 +130,13 @@ pub fn decode_record_key(bytes: &[u8]) -> Result<RecordKey> {
         return Err(corrupt());
     }
     let three = |at: usize| -> [u8; 3] { [bytes[at], bytes[at + 1], bytes[at + 2]] };
-    let level = usize::from(bytes[7]);
-    let digits = std::str::from_utf8(&bytes[8..8 + level.min(6)]).map_err(|_| corrupt())?;
-    let commodity = Commodity::parse(if level == 0 { "TOTAL" } else { digits }).map_err(|_| corrupt())?;
-    let year = u16::from_be_bytes([bytes[14], bytes[15]]);
     Ok(RecordKey {
         reporter: CountryCode::from_stored(three(1)).ok_or_else(corrupt)?,
         partner: CountryCode::from_stored(three(4)).ok_or_else(corrupt)?,
-        commodity,
-        period: Period::from_parts(year, bytes[16]).ok_or_else(corrupt)?,
-        flow: Flow::from_code(i32::from(bytes[17])).map_err(|_| corrupt())?,
-        currency: CurrencyCode::from_stored(three(18)).ok_or_else(corrupt)?,
+        commodity: decode_commodity(&bytes[7..14]).ok_or_else(corrupt)?,
+        period: decode_period(&bytes[14..18]).ok_or_else(corrupt)?,
+        flow: Flow::from_code(i32::from(bytes[18])).map_err(|_| corrupt())?,
+        currency: CurrencyCode::from_stored(three(19)).ok_or_else(corrupt)?,
     })
 }
 
@@ -139,8 +209,10 @@ mod tests {
         }
 
         #[test]
-        fn encoding_orders_by_reporter_partner_commodity_period(a in key_strategy(), b in key_strategy()) {
-            let tuple = |k: &RecordKey| (k.reporter, k.partner, k.commodity, k.period, k.flow, k.currency);
+        fn encoding_orders_by_reporter_partner_commodity_frequency_period(a in key_strategy(), b in key_strategy()) {
+            let tuple = |k: &RecordKey| {
+                (k.reporter, k.partner, k.commodity, k.period.frequency(), k.period, k.flow, k.currency)
+            };
             prop_assert_eq!(record_key(&a).cmp(&record_key(&b)), tuple(&a).cmp(&tuple(&b)));
         }
     }

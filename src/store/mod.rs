@@ -1,7 +1,10 @@
 //! Everything that knows sled: key layout, atomic apply, recovery.
 
 mod codec;
+mod facts;
 mod keys;
+mod rollup;
+mod scan;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,6 +20,8 @@ use crate::domain::{
     CountryCode, GroupName, PartnerGroup, RecordKey, StoredRecord, TradeRecord, WriteOutcome,
 };
 use crate::error::{Error, Result};
+pub use facts::{CommodityScan, Fact, FactScan, FactSource, FlowScan};
+pub use rollup::Tally;
 pub use writer::SequenceRange;
 use writer::{Change, Writer, WriterHandle};
 

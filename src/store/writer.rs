@@ -7,8 +7,11 @@ use prost::Message;
 use prost_types::Timestamp;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use std::collections::HashMap;
+
 use super::codec::{self, EventKind, EventValue, RecordStoredValue};
 use super::keys;
+use super::rollup::RollupDeltas;
 use crate::domain::{RecordKey, StoredRecord};
 use crate::error::{Error, Result};
 
@@ -139,6 +142,15 @@ impl Writer {
         Ok(self.db.get(key)?)
     }
 
+    /// A stored record's value in nanos.
+    fn value_of(&self, key: &RecordKey) -> Result<Option<i128>> {
+        let k = keys::record_key(key);
+        self.db
+            .get(k)?
+            .map(|v| codec::decode_record(&k, &v).map(|r| r.record.value().nanos()))
+            .transpose()
+    }
+
     /// Writes record changes with their events in one atomic batch, together
     /// with `extra` writes (e.g. a group). Returns the sequence numbers
     /// assigned, if any event was produced.
@@ -150,7 +162,19 @@ impl Writer {
     ) -> Result<Option<SequenceRange>> {
         let first = self.head + 1;
         let mut next = first;
+        let mut rollups = RollupDeltas::default();
+        // Records as this write leaves them so far, for rollups that look at
+        // a record's siblings.
+        let mut written: HashMap<RecordKey, Option<i128>> = HashMap::new();
         for change in changes {
+            rollups.add_change(change, |k| match written.get(k) {
+                Some(v) => Ok(*v),
+                None => self.value_of(k),
+            })?;
+            written.insert(
+                change.key,
+                change.after.as_ref().map(|r| r.record.value().nanos()),
+            );
             let key = keys::record_key(&change.key);
             let after = change.after.as_ref().map(codec::encode_record);
             match &after {
@@ -168,6 +192,7 @@ impl Writer {
             batch.insert(&keys::event_key(next), event.encode_to_vec());
             next += 1;
         }
+        rollups.write_into(&mut batch, &self.db)?;
         let last = next - 1;
         if last >= first {
             batch.insert(keys::META_HEAD_SEQUENCE, &last.to_be_bytes());

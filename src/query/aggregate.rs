@@ -1,0 +1,435 @@
+//! Aggregate questions: exact totals of the records a selector picks,
+//! grouped by any dimension, with year-over-year growth and shares.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::ResolvedSelector;
+use crate::domain::{Commodity, CountryCode, CurrencyCode, Flow, Frequency, Money, Period};
+use crate::error::{Error, Result, Violation};
+use crate::store::{CommodityScan, Fact, FactScan, FactSource, FlowScan, Store, Tally};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dimension {
+    Reporter,
+    Partner,
+    Flow,
+    Commodity,
+    Period,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    Year,
+    Quarter,
+    Month,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RowOrder {
+    /// By group values.
+    #[default]
+    Group,
+    TotalDesc,
+    TotalAsc,
+}
+
+/// A parsed aggregate question, before its selector is resolved.
+pub struct AggregateRequest {
+    pub group_by: BTreeSet<Dimension>,
+    /// `None`: years for annual data, months for monthly.
+    pub granularity: Option<Granularity>,
+    pub order: RowOrder,
+    /// 0: all rows.
+    pub limit: usize,
+}
+
+/// A period at a granularity: a year, a quarter (`sub` 1..=4) or a month
+/// (`sub` 1..=12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bucket {
+    pub year: u16,
+    pub sub: u8,
+    pub granularity: GranularityTag,
+}
+
+/// Granularity as part of a bucket's identity (orders like the enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GranularityTag {
+    Year,
+    Quarter,
+    Month,
+}
+
+impl Bucket {
+    fn of(period: Period, granularity: Granularity) -> Bucket {
+        let month = period.month().unwrap_or(0);
+        let (sub, granularity) = match granularity {
+            Granularity::Year => (0, GranularityTag::Year),
+            Granularity::Quarter => (month.div_ceil(3), GranularityTag::Quarter),
+            Granularity::Month => (month, GranularityTag::Month),
+        };
+        Bucket {
+            year: period.year(),
+            sub,
+            granularity,
+        }
+    }
+
+    fn year_earlier(self) -> Bucket {
+        Bucket {
+            year: self.year - 1,
+            ..self
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self.granularity {
+            GranularityTag::Year => format!("{:04}", self.year),
+            GranularityTag::Quarter => format!("{:04}-Q{}", self.year, self.sub),
+            GranularityTag::Month => format!("{:04}-{:02}", self.year, self.sub),
+        }
+    }
+}
+
+/// What a row is a group of; unset parts are not grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKey {
+    pub reporter: Option<CountryCode>,
+    pub partner: Option<CountryCode>,
+    pub flow: Option<Flow>,
+    pub commodity: Option<Commodity>,
+    pub period: Option<Bucket>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Accumulator {
+    tally: Tally,
+    /// Monthly data: the sum per month (keyed by year and month, so that a
+    /// row's months can be matched a year earlier).
+    months: BTreeMap<Period, i128>,
+}
+
+/// One row of the answer.
+#[derive(Debug, Clone)]
+pub struct AggregateRow {
+    pub group: GroupKey,
+    pub total: Money,
+    pub record_count: u64,
+    pub months_covered: Vec<Period>,
+    pub previous_year_total: Option<Money>,
+    pub yoy_growth_percent: Option<f64>,
+    pub share_percent: f64,
+}
+
+/// The answer to an aggregate question.
+#[derive(Debug, Clone)]
+pub struct AggregateAnswer {
+    pub rows: Vec<AggregateRow>,
+    pub grand_total: Money,
+    pub record_count: u64,
+    pub currency: CurrencyCode,
+    pub frequency: Frequency,
+}
+
+/// Checks the question against its selector and answers it.
+pub fn aggregate(
+    store: &Store,
+    selector: &ResolvedSelector,
+    request: &AggregateRequest,
+) -> Result<AggregateAnswer> {
+    let plan = Plan::new(selector, request)?;
+    plan.answer(store)
+}
+
+/// A question made concrete: defaults applied, the source chosen.
+struct Plan<'a> {
+    selector: &'a ResolvedSelector,
+    request: &'a AggregateRequest,
+    currency: CurrencyCode,
+    frequency: Frequency,
+    granularity: Granularity,
+    commodities: CommodityScan,
+    flows: FlowScan,
+    /// The periods asked for.
+    from: Period,
+    to: Period,
+}
+
+fn invalid(field: &str, description: impl Into<String>) -> Error {
+    Error::InvalidArgument(vec![Violation::new(field, description)])
+}
+
+impl<'a> Plan<'a> {
+    fn new(selector: &'a ResolvedSelector, request: &'a AggregateRequest) -> Result<Self> {
+        let s = &selector.selector;
+        let frequency = s.frequency.unwrap_or(Frequency::Annual);
+        let granularity = match (frequency, request.granularity) {
+            (Frequency::Annual, None | Some(Granularity::Year)) => Granularity::Year,
+            (Frequency::Annual, Some(g)) => {
+                return Err(invalid(
+                    "granularity",
+                    format!(
+                        "{} granularity needs monthly data; set selector.frequency to FREQUENCY_MONTHLY",
+                        if g == Granularity::Month {
+                            "month"
+                        } else {
+                            "quarter"
+                        }
+                    ),
+                ));
+            }
+            (Frequency::Monthly, None) => Granularity::Month,
+            (Frequency::Monthly, Some(g)) => g,
+        };
+
+        let commodities = if !s.commodities.is_empty() {
+            check_no_overlap(&s.commodities)?;
+            let kept: BTreeSet<Commodity> = s
+                .commodities
+                .iter()
+                .copied()
+                .filter(|c| s.matches_commodity(*c))
+                .collect();
+            CommodityScan::Exact(kept)
+        } else if let Some(level) = s.commodity_level {
+            CommodityScan::Level(level, s.commodity_prefix.clone().unwrap_or_default())
+        } else if s.commodity_prefix.is_some() {
+            return Err(invalid(
+                "selector.commodity_prefix",
+                "an aggregate with a commodity_prefix needs a commodity_level, so that no goods are counted twice",
+            ));
+        } else {
+            CommodityScan::Exact([Commodity::TOTAL].into())
+        };
+
+        let flows = if s.flows.is_empty() {
+            if request.group_by.contains(&Dimension::Flow) {
+                return Err(invalid(
+                    "group_by",
+                    "grouping by flow needs selector.flows (with no flows the answer is trade volume)",
+                ));
+            }
+            FlowScan::Volume
+        } else {
+            FlowScan::Flows(s.flows.clone())
+        };
+
+        let (from, to) = period_range(s.period_from, s.period_to, frequency)?;
+        Ok(Plan {
+            selector,
+            request,
+            currency: s.currency.unwrap_or(CurrencyCode::USD),
+            frequency,
+            granularity,
+            commodities,
+            flows,
+            from,
+            to,
+        })
+    }
+
+    fn source(&self) -> FactSource {
+        let by = &self.request.group_by;
+        if self.selector.partners.is_some() || by.contains(&Dimension::Partner) {
+            FactSource::Records
+        } else if self.selector.reporters.is_some() || by.contains(&Dimension::Reporter) {
+            FactSource::ReporterRollup
+        } else {
+            FactSource::WorldRollup
+        }
+    }
+
+    fn group_of(&self, fact: &Fact) -> GroupKey {
+        let by = &self.request.group_by;
+        GroupKey {
+            reporter: fact.reporter.filter(|_| by.contains(&Dimension::Reporter)),
+            partner: fact.partner.filter(|_| by.contains(&Dimension::Partner)),
+            flow: fact.flow.filter(|_| by.contains(&Dimension::Flow)),
+            commodity: Some(fact.commodity).filter(|_| by.contains(&Dimension::Commodity)),
+            period: by
+                .contains(&Dimension::Period)
+                .then(|| Bucket::of(fact.period, self.granularity)),
+        }
+    }
+
+    fn answer(&self, store: &Store) -> Result<AggregateAnswer> {
+        let by_period = self.request.group_by.contains(&Dimension::Period);
+        // With periods, read a year further back for year-over-year growth.
+        let scan_from = if by_period {
+            Period::from_parts(
+                self.from.year().saturating_sub(1).max(Period::MIN_YEAR),
+                self.from.month().unwrap_or(0),
+            )
+            .unwrap_or(self.from)
+        } else {
+            self.from
+        };
+        let scan = FactScan {
+            source: self.source(),
+            reporters: self.selector.reporters.as_ref(),
+            partners: self.selector.partners.as_ref(),
+            currency: self.currency,
+            commodities: &self.commodities,
+            flows: &self.flows,
+            from: scan_from,
+            to: self.to,
+        };
+        let monthly = self.frequency == Frequency::Monthly;
+        let mut rows: BTreeMap<GroupKey, Accumulator> = BTreeMap::new();
+        let mut earlier: BTreeMap<GroupKey, Accumulator> = BTreeMap::new();
+        store.scan_facts(&scan, &mut |fact| {
+            let target = if fact.period >= self.from {
+                &mut rows
+            } else {
+                &mut earlier
+            };
+            let acc = target.entry(self.group_of(&fact)).or_default();
+            acc.tally.nanos += fact.tally.nanos;
+            acc.tally.count += fact.tally.count;
+            if monthly {
+                *acc.months.entry(fact.period).or_default() += fact.tally.nanos;
+            }
+        })?;
+
+        let grand: i128 = rows.values().map(|a| a.tally.nanos).sum();
+        let record_count: i64 = rows.values().map(|a| a.tally.count).sum();
+        let money = |nanos| Money::new(self.currency, nanos);
+        let mut out: Vec<AggregateRow> = rows
+            .iter()
+            .map(|(group, acc)| {
+                let previous = group.period.and_then(|bucket| {
+                    let key = GroupKey {
+                        period: Some(bucket.year_earlier()),
+                        ..*group
+                    };
+                    let prev = rows.get(&key).or_else(|| earlier.get(&key))?;
+                    previous_total(acc, prev, monthly)
+                });
+                AggregateRow {
+                    group: *group,
+                    total: money(acc.tally.nanos),
+                    record_count: acc.tally.count.max(0) as u64,
+                    months_covered: acc.months.keys().copied().collect(),
+                    previous_year_total: previous.map(money),
+                    yoy_growth_percent: previous
+                        .filter(|p| *p != 0)
+                        .map(|p| percent(acc.tally.nanos - p, p)),
+                    share_percent: if grand == 0 {
+                        0.0
+                    } else {
+                        percent(acc.tally.nanos, grand)
+                    },
+                }
+            })
+            .collect();
+
+        match self.request.order {
+            RowOrder::Group => {}
+            RowOrder::TotalDesc => {
+                out.sort_by(|a, b| b.total.nanos().cmp(&a.total.nanos()).then(a.group.cmp(&b.group)))
+            }
+            RowOrder::TotalAsc => {
+                out.sort_by(|a, b| a.total.nanos().cmp(&b.total.nanos()).then(a.group.cmp(&b.group)))
+            }
+        }
+        if self.request.limit > 0 {
+            out.truncate(self.request.limit);
+        }
+        Ok(AggregateAnswer {
+            rows: out,
+            grand_total: money(grand),
+            record_count: record_count.max(0) as u64,
+            currency: self.currency,
+            frequency: self.frequency,
+        })
+    }
+}
+
+/// The same period a year earlier; for monthly data only over the same
+/// months, and only if every one of them is there.
+fn previous_total(current: &Accumulator, previous: &Accumulator, monthly: bool) -> Option<i128> {
+    if !monthly {
+        return Some(previous.tally.nanos);
+    }
+    current
+        .months
+        .keys()
+        .map(|p| {
+            let month = Period::from_parts(p.year() - 1, p.month().unwrap_or(0))?;
+            previous.months.get(&month).copied()
+        })
+        .sum()
+}
+
+/// `part / whole` in percent; exact integers until the final division.
+fn percent(part: i128, whole: i128) -> f64 {
+    (part as f64 / whole as f64) * 100.0
+}
+
+/// The inclusive range of periods of the frequency being summed.
+fn period_range(from: Option<Period>, to: Option<Period>, frequency: Frequency) -> Result<(Period, Period)> {
+    let bound = |p: Option<Period>, field: &str, is_from: bool| -> Result<Period> {
+        let year = p.map_or(
+            if is_from {
+                Period::MIN_YEAR
+            } else {
+                Period::MAX_YEAR
+            },
+            |p| p.year(),
+        );
+        let month = match (frequency, p.and_then(|p| p.month())) {
+            (Frequency::Annual, Some(_)) => {
+                return Err(invalid(
+                    &format!("selector.{field}"),
+                    format!(
+                        "{} is a month, but annual data is summed; give a year",
+                        p.map(|p| p.to_string()).unwrap_or_default()
+                    ),
+                ));
+            }
+            (Frequency::Annual, None) => 0,
+            (Frequency::Monthly, Some(m)) => m,
+            (Frequency::Monthly, None) => {
+                if is_from {
+                    1
+                } else {
+                    12
+                }
+            }
+        };
+        Period::from_parts(year, month)
+            .ok_or_else(|| invalid(&format!("selector.{field}"), "period out of range"))
+    };
+    Ok((bound(from, "period_from", true)?, bound(to, "period_to", false)?))
+}
+
+/// Named commodities must not contain one another (TOTAL contains every
+/// code, `27` contains `2701`), or goods would be counted twice.
+fn check_no_overlap(commodities: &BTreeSet<Commodity>) -> Result<()> {
+    for a in commodities {
+        for b in commodities {
+            let contains = a != b
+                && (*a == Commodity::TOTAL || (!a.digits().is_empty() && b.digits().starts_with(a.digits())));
+            if contains {
+                return Err(invalid(
+                    "selector.commodities",
+                    format!("{a} contains {b}; summing both would count goods twice"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl PartialOrd for AggregateRow {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.group.cmp(&other.group))
+    }
+}
+
+impl PartialEq for AggregateRow {
+    fn eq(&self, other: &Self) -> bool {
+        self.group == other.group
+    }
+}

@@ -1,0 +1,232 @@
+//! Reading the sums aggregates are built from, from records or rollups.
+
+use std::collections::BTreeSet;
+
+use super::Store;
+use super::codec;
+use super::keys::{self, record_offsets as at};
+use super::rollup::{Tally, volume};
+use super::scan::{Component, skip_scan};
+use crate::domain::{Commodity, CommodityLevel, CountryCode, CurrencyCode, Flow, Period};
+use crate::error::{Error, Result};
+
+/// Which stored entries answer a question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactSource {
+    /// Individual records: needed whenever partners matter.
+    Records,
+    /// Per-reporter sums over partners (partner WLD left out).
+    ReporterRollup,
+    /// Sums over reporters and partners (partner WLD left out).
+    WorldRollup,
+}
+
+/// Which commodities to read.
+#[derive(Debug, Clone)]
+pub enum CommodityScan {
+    Exact(BTreeSet<Commodity>),
+    /// Every code of a level whose digits start with a prefix (maybe empty).
+    Level(CommodityLevel, String),
+}
+
+/// What to sum.
+#[derive(Debug, Clone)]
+pub enum FlowScan {
+    /// Trade volume: turnover if published, else exports + imports.
+    Volume,
+    Flows(BTreeSet<Flow>),
+}
+
+/// The part of an aggregate question the store answers.
+pub struct FactScan<'a> {
+    pub source: FactSource,
+    /// `None`: every reporter.
+    pub reporters: Option<&'a BTreeSet<CountryCode>>,
+    /// `None`: every partner but WLD.
+    pub partners: Option<&'a BTreeSet<CountryCode>>,
+    pub currency: CurrencyCode,
+    pub commodities: &'a CommodityScan,
+    pub flows: &'a FlowScan,
+    /// Inclusive; both of the frequency being summed.
+    pub from: Period,
+    pub to: Period,
+}
+
+/// A sum at the finest grain the source holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Fact {
+    /// `None` when the source sums over reporters.
+    pub reporter: Option<CountryCode>,
+    /// `None` when the source sums over partners.
+    pub partner: Option<CountryCode>,
+    /// `None` for trade volume.
+    pub flow: Option<Flow>,
+    pub commodity: Commodity,
+    pub period: Period,
+    pub tally: Tally,
+}
+
+fn country_component(set: Option<&BTreeSet<CountryCode>>) -> Component {
+    match set {
+        Some(set) => Component::values(3, set.iter().map(|c| c.as_bytes().to_vec())),
+        None => Component::between(b"AAA".to_vec(), b"ZZZ".to_vec()),
+    }
+}
+
+fn commodity_component(scan: &CommodityScan) -> Component {
+    match scan {
+        CommodityScan::Exact(set) => {
+            Component::values(7, set.iter().map(|c| keys::commodity_bytes(*c).to_vec()))
+        }
+        CommodityScan::Level(level, prefix) => {
+            let mut lo = vec![keys::level_byte(*level)];
+            lo.extend_from_slice(prefix.as_bytes());
+            let mut hi = lo.clone();
+            lo.resize(7, 0);
+            hi.resize(7, 0xff);
+            Component::between(lo, hi)
+        }
+    }
+}
+
+fn corrupt(key: &[u8]) -> Error {
+    Error::Corrupt(format!("bad aggregate key {key:02x?}"))
+}
+
+impl Store {
+    /// Visits the facts a question needs, in key order.
+    pub fn scan_facts(&self, scan: &FactScan<'_>, visit: &mut dyn FnMut(Fact)) -> Result<()> {
+        let period = Component::between(
+            keys::period_bytes(scan.from).to_vec(),
+            keys::period_bytes(scan.to).to_vec(),
+        );
+        let commodity = commodity_component(scan.commodities);
+        let currency = Component::values(3, [scan.currency.as_bytes().to_vec()]);
+        match scan.source {
+            FactSource::Records => {
+                let components = [
+                    country_component(scan.reporters),
+                    country_component(scan.partners),
+                    commodity,
+                    period,
+                ];
+                self.scan_record_facts(scan, &components, visit)
+            }
+            FactSource::ReporterRollup => {
+                let components = [country_component(scan.reporters), currency, commodity, period];
+                skip_scan(&self.db, &[keys::NS_ROLLUP_REPORTER], &components, &mut |k, v| {
+                    let reporter = CountryCode::from_stored([k[1], k[2], k[3]]).ok_or_else(|| corrupt(k))?;
+                    rollup_fact(scan, k, v, Some(reporter), 7, 14, 18, visit)
+                })
+            }
+            FactSource::WorldRollup => {
+                let components = [currency, commodity, period];
+                skip_scan(&self.db, &[keys::NS_ROLLUP_WORLD], &components, &mut |k, v| {
+                    rollup_fact(scan, k, v, None, 4, 11, 15, visit)
+                })
+            }
+        }
+    }
+
+    fn scan_record_facts(
+        &self,
+        scan: &FactScan<'_>,
+        components: &[Component],
+        visit: &mut dyn FnMut(Fact),
+    ) -> Result<()> {
+        let currency = scan.currency.as_bytes();
+        // Volume needs every flow of one reporter–partner–commodity–period
+        // together; they are adjacent in key order.
+        let mut group: Option<VolumeGroup> = None;
+        let flush = |group: &mut Option<VolumeGroup>, visit: &mut dyn FnMut(Fact)| {
+            if let Some((_, mut fact, [t, x, m])) = group.take() {
+                fact.tally = volume(t, x, m);
+                if fact.tally.count > 0 {
+                    visit(fact);
+                }
+            }
+        };
+        skip_scan(&self.db, &[keys::NS_RECORD], components, &mut |k, v| {
+            if k.get(at::CURRENCY..at::CURRENCY + 3) != Some(&currency[..]) {
+                return Ok(());
+            }
+            let key = keys::decode_record_key(k)?;
+            if scan.partners.is_none() && key.partner == CountryCode::WORLD {
+                return Ok(());
+            }
+            let nanos = codec::decode_record(k, v)?.record.value().nanos();
+            let fact = Fact {
+                reporter: Some(key.reporter),
+                partner: Some(key.partner),
+                flow: Some(key.flow),
+                commodity: key.commodity,
+                period: key.period,
+                tally: Tally { nanos, count: 1 },
+            };
+            match scan.flows {
+                FlowScan::Flows(flows) => {
+                    if flows.contains(&key.flow) {
+                        visit(fact);
+                    }
+                }
+                FlowScan::Volume => {
+                    let base = &k[at::REPORTER..at::FLOW];
+                    if group.as_ref().is_none_or(|(b, _, _)| b.as_slice() != base) {
+                        flush(&mut group, visit);
+                        group = Some((base.to_vec(), Fact { flow: None, ..fact }, [None; 3]));
+                    }
+                    if let Some((_, _, flows)) = group.as_mut() {
+                        match key.flow {
+                            Flow::Turnover => flows[0] = Some(nanos),
+                            Flow::Export => flows[1] = Some(nanos),
+                            Flow::Import => flows[2] = Some(nanos),
+                            Flow::ReExport | Flow::ReImport => {}
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        flush(&mut group, visit);
+        Ok(())
+    }
+}
+
+/// Key bytes shared by one volume's flows, its fact, and its turnover,
+/// export and import values.
+type VolumeGroup = (Vec<u8>, Fact, [Option<i128>; 3]);
+
+/// One rollup entry as a fact, if its flow is wanted.
+#[allow(clippy::too_many_arguments)]
+fn rollup_fact(
+    scan: &FactScan<'_>,
+    k: &[u8],
+    v: &[u8],
+    reporter: Option<CountryCode>,
+    commodity_at: usize,
+    period_at: usize,
+    flow_at: usize,
+    visit: &mut dyn FnMut(Fact),
+) -> Result<()> {
+    let flow_byte = *k.get(flow_at).ok_or_else(|| corrupt(k))?;
+    let flow = match (scan.flows, flow_byte) {
+        (FlowScan::Volume, keys::VOLUME_FLOW) => None,
+        (FlowScan::Flows(flows), code) if code != keys::VOLUME_FLOW => {
+            let flow = Flow::from_code(i32::from(code)).map_err(|_| corrupt(k))?;
+            if !flows.contains(&flow) {
+                return Ok(());
+            }
+            Some(flow)
+        }
+        _ => return Ok(()),
+    };
+    visit(Fact {
+        reporter,
+        partner: None,
+        flow,
+        commodity: keys::decode_commodity(&k[commodity_at..commodity_at + 7]).ok_or_else(|| corrupt(k))?,
+        period: keys::decode_period(&k[period_at..period_at + 4]).ok_or_else(|| corrupt(k))?,
+        tally: Tally::decode(v).ok_or_else(|| corrupt(k))?,
+    });
+    Ok(())
+}

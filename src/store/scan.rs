@@ -1,0 +1,160 @@
+//! Skip-scan: visit the keys whose fixed-width components each lie in a set
+//! of ranges, seeking past everything else. The cost follows the entries
+//! that match (plus one seek per distinct value of an open component), not
+//! the size of the store.
+
+use crate::error::Result;
+
+/// Called with each visited key and value.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
+/// Allowed values of one fixed-width key component: inclusive byte ranges,
+/// sorted and disjoint. A range whose ends are equal is a single value.
+pub struct Component {
+    pub width: usize,
+    pub ranges: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Component {
+    pub fn values<I: IntoIterator<Item = Vec<u8>>>(width: usize, values: I) -> Self {
+        Component {
+            width,
+            ranges: values.into_iter().map(|v| (v.clone(), v)).collect(),
+        }
+    }
+
+    pub fn between(lo: Vec<u8>, hi: Vec<u8>) -> Self {
+        Component {
+            width: lo.len(),
+            ranges: vec![(lo, hi)],
+        }
+    }
+}
+
+/// Calls `visit` with each entry whose key is `prefix`, then one allowed
+/// value of each component, then anything. All components but the last are
+/// enumerated (single values directly, ranges by seeking from one present
+/// value to the next); the last is read as contiguous ranges.
+pub fn skip_scan(
+    tree: &sled::Tree,
+    prefix: &[u8],
+    components: &[Component],
+    visit: &mut Visit<'_>,
+) -> Result<()> {
+    let mut prefix = prefix.to_vec();
+    walk(tree, &mut prefix, components, visit)
+}
+
+fn walk(
+    tree: &sled::Tree,
+    prefix: &mut Vec<u8>,
+    components: &[Component],
+    visit: &mut Visit<'_>,
+) -> Result<()> {
+    let Some((component, rest)) = components.split_first() else {
+        return Ok(());
+    };
+    let at = prefix.len();
+    let part = |key: &[u8]| key.get(at..at + component.width).map(<[u8]>::to_vec);
+    for (lo, hi) in &component.ranges {
+        if rest.is_empty() {
+            let mut start = prefix.clone();
+            start.extend_from_slice(lo);
+            for entry in tree.range(start..) {
+                let (k, v) = entry?;
+                if !k.starts_with(prefix) || part(&k).is_none_or(|p| p > *hi) {
+                    break;
+                }
+                visit(&k, &v)?;
+            }
+        } else if lo == hi {
+            prefix.extend_from_slice(lo);
+            walk(tree, prefix, rest, visit)?;
+            prefix.truncate(at);
+        } else {
+            let mut seek = prefix.clone();
+            seek.extend_from_slice(lo);
+            loop {
+                let Some(entry) = tree.range(seek.as_slice()..).next() else {
+                    break;
+                };
+                let (k, _) = entry?;
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                let Some(value) = part(&k).filter(|p| p <= hi) else {
+                    break;
+                };
+                prefix.extend_from_slice(&value);
+                walk(tree, prefix, rest, visit)?;
+                let next = successor(prefix);
+                prefix.truncate(at);
+                match next {
+                    Some(next) => seek = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The smallest key greater than every key that starts with `bytes`.
+fn successor(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out = bytes.to_vec();
+    while let Some(last) = out.pop() {
+        if last < 0xff {
+            out.push(last + 1);
+            return Some(out);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visits_exactly_the_matching_keys() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        for a in 0u8..5 {
+            for b in 0u8..5 {
+                for c in 0u8..5 {
+                    db.insert([b'x', a, b, c, 9], &[a, b, c]).unwrap();
+                }
+            }
+        }
+        db.insert([b'y', 1, 1, 1, 9], &[0]).unwrap();
+        let components = [
+            Component::values(1, [vec![1], vec![3]]),
+            Component::between(vec![2], vec![4]),
+            Component {
+                width: 1,
+                ranges: vec![(vec![0], vec![0]), (vec![3], vec![4])],
+            },
+        ];
+        let mut seen = Vec::new();
+        skip_scan(&db, b"x", &components, &mut |_, v| {
+            seen.push(v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        let mut expected = Vec::new();
+        for a in [1u8, 3] {
+            for b in 2u8..=4 {
+                for c in [0u8, 3, 4] {
+                    expected.push(vec![a, b, c]);
+                }
+            }
+        }
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn successor_skips_a_whole_prefix() {
+        assert_eq!(successor(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(successor(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(successor(&[0xff]), None);
+    }
+}
