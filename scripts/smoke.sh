@@ -4,7 +4,7 @@
 # Usage: scripts/smoke.sh [path-to-binary]   (default: target/release/tradewatch)
 #
 # Starts `BINARY serve` on a free loopback port with a fresh data dir, drives
-# it through reflection, health, PutRecords/GetRecord/ListRecords, a rejected
+# it through reflection, health, PutRecords/GetRecord/ListRecords/Aggregate, a rejected
 # batch and a restart on the same data dir. Prints PASS/FAIL per check and
 # exits non-zero on the first failure. Needs grpcurl and python3 on PATH.
 set -euo pipefail
@@ -257,6 +257,14 @@ got=$(json_get 'len(r.get("records", []))')
 token=$(json_get 'r.get("nextPageToken", "")')
 [[ $got == 15 && -z $token ]] || fail "ListRecords CHN x CENTRAL_ASIA: 15 records on one page (got $got, next token '$token')" "$OUT"
 pass "ListRecords reporters=[CHN] partners=[CENTRAL_ASIA]: 15 records"
+
+rpc Aggregate '{"selector":{"reporters":["CHN"],"partners":["CENTRAL_ASIA"]},"group_by":["DIMENSION_PERIOD"],"granularity":"GRANULARITY_YEAR"}'
+expect_ok "Aggregate: the seed question"
+got=$(json_get '" ".join(row["period"] + "=" + row["total"]["units"] for row in r["rows"])')
+[[ $got == "2023=89300000000 2024=94820000000 2025=106300000000" ]] || fail "Aggregate: 89.3, 94.82, 106.3 bn USD (got $got)" "$OUT"
+growth=$(json_get '"%.1f" % r["rows"][2]["yoyGrowthPercent"]')
+[[ $growth == 12.1 ]] || fail "Aggregate: 2025 growth +12.1 % (got $growth)" "$OUT"
+pass "Aggregate CHN x CENTRAL_ASIA per year: 89.3, 94.82, 106.3 bn USD, 2025 +12.1 %"
 
 rpc PutRecords "$REVISE_KAZ_2025"
 expect_ok "PutRecords: revise CHN/KAZ/2025"

@@ -29,6 +29,19 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tradewatch_descriptor");
 }
 
+/// Accepted connections, with Nagle's algorithm off: small responses must
+/// not wait for the client's delayed ACK.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
 /// How long open calls get to finish after shutdown is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -84,10 +97,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TradeServiceServer::new(api::TradeApi::new(self.store.clone())))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
-                stop.clone().cancelled_owned(),
-            );
+            .serve_with_incoming_shutdown(incoming(self.listener), stop.clone().cancelled_owned());
         tokio::pin!(server);
 
         let served = tokio::select! {

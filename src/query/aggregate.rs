@@ -110,6 +110,16 @@ struct Accumulator {
     months: BTreeMap<Period, i128>,
 }
 
+impl Accumulator {
+    fn add(&mut self, fact: &Fact, monthly: bool) {
+        self.tally.nanos += fact.tally.nanos;
+        self.tally.count += fact.tally.count;
+        if monthly {
+            *self.months.entry(fact.period).or_default() += fact.tally.nanos;
+        }
+    }
+}
+
 /// One row of the answer.
 #[derive(Debug, Clone)]
 pub struct AggregateRow {
@@ -276,19 +286,15 @@ impl<'a> Plan<'a> {
             to: self.to,
         };
         let monthly = self.frequency == Frequency::Monthly;
+        // `rows` holds the periods asked for; `everything` also the year
+        // before them, for year-over-year comparisons.
         let mut rows: BTreeMap<GroupKey, Accumulator> = BTreeMap::new();
-        let mut earlier: BTreeMap<GroupKey, Accumulator> = BTreeMap::new();
+        let mut everything: BTreeMap<GroupKey, Accumulator> = BTreeMap::new();
         store.scan_facts(&scan, &mut |fact| {
-            let target = if fact.period >= self.from {
-                &mut rows
-            } else {
-                &mut earlier
-            };
-            let acc = target.entry(self.group_of(&fact)).or_default();
-            acc.tally.nanos += fact.tally.nanos;
-            acc.tally.count += fact.tally.count;
-            if monthly {
-                *acc.months.entry(fact.period).or_default() += fact.tally.nanos;
+            let group = self.group_of(&fact);
+            everything.entry(group).or_default().add(&fact, monthly);
+            if fact.period >= self.from {
+                rows.entry(group).or_default().add(&fact, monthly);
             }
         })?;
 
@@ -303,7 +309,7 @@ impl<'a> Plan<'a> {
                         period: Some(bucket.year_earlier()),
                         ..*group
                     };
-                    let prev = rows.get(&key).or_else(|| earlier.get(&key))?;
+                    let prev = everything.get(&key)?;
                     previous_total(acc, prev, monthly)
                 });
                 AggregateRow {
@@ -401,7 +407,14 @@ fn period_range(from: Option<Period>, to: Option<Period>, frequency: Frequency) 
         Period::from_parts(year, month)
             .ok_or_else(|| invalid(&format!("selector.{field}"), "period out of range"))
     };
-    Ok((bound(from, "period_from", true)?, bound(to, "period_to", false)?))
+    match (bound(from, "period_from", true), bound(to, "period_to", false)) {
+        (Ok(from), Ok(to)) => Ok((from, to)),
+        (Err(Error::InvalidArgument(mut a)), Err(Error::InvalidArgument(b))) => {
+            a.extend(b);
+            Err(Error::InvalidArgument(a))
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
 }
 
 /// Named commodities must not contain one another (TOTAL contains every

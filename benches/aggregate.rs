@@ -1,0 +1,521 @@
+//! Aggregate latency at 1 million and 10 million records, through the gRPC
+//! API on loopback, side by side with PostgreSQL 15 on the same rows.
+//!
+//! ```sh
+//! scripts/bench-postgres.sh            # start PostgreSQL and prepare a database (optional)
+//! cargo bench --bench aggregate -- 1m  # or 10m, or "1m 10m"
+//! ```
+//!
+//! Without `TRADEWATCH_BENCH_PG` (a connection string) the PostgreSQL column
+//! is skipped. Stores are built under `target/bench-data/` and reused when
+//! already loaded (`--reload` rebuilds them).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use tonic::transport::Channel;
+use tradewatch::pb::{self, trade_service_client::TradeServiceClient};
+use tradewatch::{Application, Config};
+
+const CENTRAL_ASIA: [&str; 5] = ["KAZ", "KGZ", "TJK", "TKM", "UZB"];
+const YEARS: std::ops::RangeInclusive<u16> = 2016..=2025;
+const BATCH: usize = 2000;
+const LOADERS: usize = 4;
+
+/// The synthetic dataset: `reporters` reporters (CHN first) × 100 partners
+/// (the five Central Asian among them) × export and import × 10 years ×
+/// TOTAL plus 99 HS2 codes.
+struct Dataset {
+    name: &'static str,
+    reporters: Vec<&'static str>,
+    partners: Vec<&'static str>,
+    commodities: Vec<String>,
+}
+
+impl Dataset {
+    fn new(name: &'static str, reporter_count: usize) -> Dataset {
+        let all: Vec<&'static str> = celes::Country::get_countries().iter().map(|c| c.alpha3).collect();
+        let mut partners: Vec<&'static str> = CENTRAL_ASIA.to_vec();
+        let others = all.iter().filter(|c| !CENTRAL_ASIA.contains(c) && **c != "CHN");
+        partners.extend(others.clone().take(95));
+        let mut reporters = vec!["CHN"];
+        reporters.extend(others.skip(95).take(reporter_count - 1));
+        let mut commodities = vec!["TOTAL".to_owned()];
+        commodities.extend((1..=99).map(|c| format!("{c:02}")));
+        Dataset {
+            name,
+            reporters,
+            partners,
+            commodities,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.reporters.len() * self.partners.len() * self.commodities.len() * YEARS.count() * 2
+    }
+
+    /// Whole units, from a fixed formula.
+    fn value(r: usize, p: usize, c: usize, year: u16, flow: usize) -> i64 {
+        let h =
+            (r as i64 * 7919 + p as i64 * 104_729 + c as i64 * 613 + i64::from(year) * 31 + flow as i64 * 17)
+                % 1_000_003;
+        (h + 1) * 1000 + if c == 0 { 1_000_000_000 } else { 0 }
+    }
+
+    /// Every row: (reporter, partner, flow, year, commodity, units), in the
+    /// order a statistics office releases them: by reporter, then year, then
+    /// commodity, every partner of it together.
+    fn rows(&self) -> impl Iterator<Item = (&'static str, &'static str, usize, u16, &str, i64)> + '_ {
+        self.reporters.iter().enumerate().flat_map(move |(r, &reporter)| {
+            YEARS.flat_map(move |year| {
+                self.commodities
+                    .iter()
+                    .enumerate()
+                    .flat_map(move |(c, commodity)| {
+                        self.partners.iter().enumerate().flat_map(move |(p, &partner)| {
+                            (0..2).map(move |flow| {
+                                let units = Dataset::value(r, p, c, year, flow);
+                                (reporter, partner, flow, year, commodity.as_str(), units)
+                            })
+                        })
+                    })
+            })
+        })
+    }
+}
+
+fn to_record(row: (&str, &str, usize, u16, &str, i64)) -> pb::TradeRecord {
+    let (reporter, partner, flow, year, commodity, units) = row;
+    pb::TradeRecord {
+        reporter: reporter.into(),
+        partner: partner.into(),
+        flow: if flow == 0 {
+            pb::Flow::Export
+        } else {
+            pb::Flow::Import
+        }
+        .into(),
+        period: year.to_string(),
+        commodity: commodity.into(),
+        value: Some(pb::Money {
+            currency_code: "USD".into(),
+            units,
+            nanos: 0,
+        }),
+        source: "synthetic".into(),
+        ..Default::default()
+    }
+}
+
+/// The four questions, as gRPC requests.
+fn questions() -> Vec<(&'static str, pb::AggregateRequest)> {
+    let selector = |reporters: &[&str], partners: &[&str]| pb::RecordSelector {
+        reporters: reporters.iter().map(|s| s.to_string()).collect(),
+        partners: partners.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    vec![
+        (
+            "(a) CHN ↔ CENTRAL_ASIA per year, growth",
+            pb::AggregateRequest {
+                selector: Some(selector(&["CHN"], &["CENTRAL_ASIA"])),
+                group_by: vec![pb::Dimension::Period.into()],
+                granularity: pb::Granularity::Year.into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "(b) CHN top 10 partners, 2025",
+            pb::AggregateRequest {
+                selector: Some(pb::RecordSelector {
+                    period_from: "2025".into(),
+                    period_to: "2025".into(),
+                    ..selector(&["CHN"], &[])
+                }),
+                group_by: vec![pb::Dimension::Partner.into()],
+                order_by: pb::OrderBy::TotalDesc.into(),
+                limit: 10,
+                ..Default::default()
+            },
+        ),
+        (
+            "(c) world total per year, all reporters",
+            pb::AggregateRequest {
+                group_by: vec![pb::Dimension::Period.into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "(d) top 10 HS2 of CHN exports to KAZ, 2021-2025",
+            pb::AggregateRequest {
+                selector: Some(pb::RecordSelector {
+                    flows: vec![pb::Flow::Export.into()],
+                    commodity_level: pb::CommodityLevel::Hs2.into(),
+                    period_from: "2021".into(),
+                    period_to: "2025".into(),
+                    ..selector(&["CHN"], &["KAZ"])
+                }),
+                group_by: vec![pb::Dimension::Commodity.into()],
+                order_by: pb::OrderBy::TotalDesc.into(),
+                limit: 10,
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+/// The same questions in SQL, trade volume computed per key as tradewatch
+/// does (turnover if published, else exports + imports).
+fn sql_questions() -> Vec<&'static str> {
+    vec![
+        "WITH v AS (
+           SELECT period, CASE WHEN bool_or(flow = 'turnover') THEN sum(value) FILTER (WHERE flow = 'turnover')
+                               ELSE sum(value) FILTER (WHERE flow IN ('export', 'import')) END AS volume
+           FROM trade
+           WHERE reporter = 'CHN' AND partner IN ('KAZ','KGZ','TJK','TKM','UZB') AND commodity = 'TOTAL'
+             AND currency = 'USD' AND monthly = false
+           GROUP BY partner, period)
+         SELECT period, total, total - lag(total) OVER (ORDER BY period) AS growth
+         FROM (SELECT period, sum(volume) AS total FROM v GROUP BY period) t ORDER BY period",
+        "WITH v AS (
+           SELECT partner, CASE WHEN bool_or(flow = 'turnover') THEN sum(value) FILTER (WHERE flow = 'turnover')
+                                ELSE sum(value) FILTER (WHERE flow IN ('export', 'import')) END AS volume
+           FROM trade
+           WHERE reporter = 'CHN' AND partner <> 'WLD' AND commodity = 'TOTAL' AND currency = 'USD'
+             AND monthly = false AND period = 2025
+           GROUP BY partner)
+         SELECT partner, volume FROM v ORDER BY volume DESC, partner LIMIT 10",
+        "WITH v AS (
+           SELECT period, CASE WHEN bool_or(flow = 'turnover') THEN sum(value) FILTER (WHERE flow = 'turnover')
+                               ELSE sum(value) FILTER (WHERE flow IN ('export', 'import')) END AS volume
+           FROM trade
+           WHERE partner <> 'WLD' AND commodity = 'TOTAL' AND currency = 'USD' AND monthly = false
+           GROUP BY reporter, partner, period)
+         SELECT period, total, total - lag(total) OVER (ORDER BY period) AS growth
+         FROM (SELECT period, sum(volume) AS total FROM v GROUP BY period) t ORDER BY period",
+        "SELECT commodity, sum(value) AS total FROM trade
+         WHERE reporter = 'CHN' AND partner = 'KAZ' AND flow = 'export' AND length(commodity) = 2
+           AND currency = 'USD' AND monthly = false AND period BETWEEN 2021 AND 2025
+         GROUP BY commodity ORDER BY total DESC, commodity LIMIT 10",
+    ]
+}
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+    runs: usize,
+}
+
+/// Runs `f` repeatedly (after a warm-up) for up to `budget` or `max_runs`.
+async fn measure<F, Fut>(budget: Duration, max_runs: usize, mut f: F) -> Stats
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..20 {
+        f().await;
+    }
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < max_runs && (start.elapsed() < budget || samples.len() < 20) {
+        let t = Instant::now();
+        f().await;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        p50: at(0.5),
+        p99: at(0.99),
+        runs: samples.len(),
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Loads the dataset through concurrent PutRecords calls; returns records/s.
+async fn load_tradewatch(channel: Channel, data: &Dataset) -> f64 {
+    let (tx, rx) = async_channel_pair();
+    let start = Instant::now();
+    let loaders: Vec<_> = (0..LOADERS)
+        .map(|_| {
+            let mut client = TradeServiceClient::new(channel.clone());
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                while let Ok(batch) = rx.recv().await {
+                    client
+                        .put_records(pb::PutRecordsRequest { records: batch })
+                        .await
+                        .expect("batch stored");
+                }
+            })
+        })
+        .collect();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut sent = 0usize;
+    for row in data.rows() {
+        batch.push(to_record(row));
+        if batch.len() == BATCH {
+            sent += batch.len();
+            tx.send(std::mem::take(&mut batch)).await.expect("loaders alive");
+            if sent % 500_000 == 0 {
+                eprintln!(
+                    "  {sent} records, {:.0} records/s",
+                    sent as f64 / start.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    if !batch.is_empty() {
+        tx.send(batch).await.expect("loaders alive");
+    }
+    drop(tx);
+    for l in loaders {
+        l.await.expect("loader");
+    }
+    data.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A multi-consumer queue of batches (a tokio mpsc behind a mutex).
+fn async_channel_pair() -> (tokio::sync::mpsc::Sender<Vec<pb::TradeRecord>>, SharedReceiver) {
+    let (tx, rx) = tokio::sync::mpsc::channel(LOADERS * 2);
+    (
+        tx,
+        SharedReceiver(std::sync::Arc::new(tokio::sync::Mutex::new(rx))),
+    )
+}
+
+#[derive(Clone)]
+struct SharedReceiver(std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Vec<pb::TradeRecord>>>>);
+
+impl SharedReceiver {
+    async fn recv(&self) -> Result<Vec<pb::TradeRecord>, ()> {
+        self.0.lock().await.recv().await.ok_or(())
+    }
+}
+
+async fn load_postgres(
+    pg: &tokio_postgres::Client,
+    data: &Dataset,
+) -> Result<(f64, u64), tokio_postgres::Error> {
+    pg.batch_execute(
+        "DROP TABLE IF EXISTS trade;
+         CREATE TABLE trade (
+           reporter char(3) NOT NULL, partner char(3) NOT NULL, flow text NOT NULL,
+           period smallint NOT NULL, month smallint NOT NULL DEFAULT 0, monthly boolean NOT NULL DEFAULT false,
+           commodity varchar(6) NOT NULL, currency char(3) NOT NULL, value numeric(38, 9) NOT NULL,
+           source text, PRIMARY KEY (reporter, partner, commodity, monthly, period, month, flow, currency))",
+    )
+    .await?;
+    let start = Instant::now();
+    let sink = pg
+        .copy_in(
+            "COPY trade (reporter, partner, flow, period, commodity, currency, value, source) FROM STDIN",
+        )
+        .await?;
+    futures_util::pin_mut!(sink);
+    let mut buf = String::with_capacity(1 << 20);
+    for (reporter, partner, flow, year, commodity, units) in data.rows() {
+        let flow = if flow == 0 { "export" } else { "import" };
+        buf.push_str(&format!(
+            "{reporter}\t{partner}\t{flow}\t{year}\t{commodity}\tUSD\t{units}\tsynthetic\n"
+        ));
+        if buf.len() > (1 << 20) {
+            sink.send(bytes::Bytes::from(std::mem::take(&mut buf))).await?;
+        }
+    }
+    sink.send(bytes::Bytes::from(buf)).await?;
+    sink.as_mut().finish().await?;
+    // What a DBA would add for these questions: the primary key serves
+    // reporter–partner lookups; commodity-first serves world totals.
+    pg.batch_execute(
+        "CREATE INDEX trade_commodity_period ON trade (commodity, monthly, period); ANALYZE trade;",
+    )
+    .await?;
+    let rate = data.len() as f64 / start.elapsed().as_secs_f64();
+    let size: i64 = pg
+        .query_one("SELECT pg_total_relation_size('trade')", &[])
+        .await?
+        .get(0);
+    Ok((rate, size as u64))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let reload = args.iter().any(|a| a == "--reload");
+    let mut sizes: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| ["1m", "10m"].contains(a))
+        .collect();
+    if sizes.is_empty() {
+        sizes.push("1m");
+    }
+    let pg_url = std::env::var("TRADEWATCH_BENCH_PG").ok();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+
+    let mut report: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for size in sizes {
+        let data = if size == "1m" {
+            Dataset::new("1m", 5)
+        } else {
+            Dataset::new("10m", 50)
+        };
+        let dir = root.join(data.name);
+        let marker = dir.join("loaded");
+        if reload && dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        let app = Application::build(
+            "127.0.0.1:0".parse()?,
+            Config {
+                data_dir: dir.join("store"),
+            },
+        )
+        .await?;
+        let addr = app.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stop_rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+
+        let mut lines = vec![format!(
+            "## {} records ({} reporters)",
+            data.len(),
+            data.reporters.len()
+        )];
+        if !marker.exists() {
+            eprintln!("loading {} records into tradewatch…", data.len());
+            let rate = load_tradewatch(channel.clone(), &data).await;
+            std::fs::write(&marker, format!("{rate:.0}"))?;
+        }
+        let tw_rate: f64 = std::fs::read_to_string(&marker)?.trim().parse().unwrap_or(0.0);
+        let tw_size = dir_size(&dir.join("store"));
+
+        let pg = match &pg_url {
+            Some(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                let table = format!("trade_{}", data.name);
+                let loaded: bool = client
+                    .query_one(&format!("SELECT to_regclass('{table}') IS NOT NULL"), &[])
+                    .await?
+                    .get(0);
+                let pg_marker = dir.join("pg-loaded");
+                if !loaded || reload || !pg_marker.exists() {
+                    eprintln!("loading {} rows into PostgreSQL…", data.len());
+                    let (rate, _) = load_postgres(&client, &data).await?;
+                    client
+                        .batch_execute(&format!(
+                            "DROP TABLE IF EXISTS {table}; ALTER TABLE trade RENAME TO {table};"
+                        ))
+                        .await?;
+                    std::fs::write(&pg_marker, format!("{rate:.0}"))?;
+                }
+                client
+                    .batch_execute(&format!(
+                        "DROP VIEW IF EXISTS trade; CREATE TEMP VIEW trade AS SELECT * FROM {table}"
+                    ))
+                    .await?;
+                let rate: f64 = std::fs::read_to_string(&pg_marker)?.trim().parse().unwrap_or(0.0);
+                let size: i64 = client
+                    .query_one(&format!("SELECT pg_total_relation_size('{table}')"), &[])
+                    .await?
+                    .get(0);
+                Some((client, rate, size as u64))
+            }
+            None => None,
+        };
+
+        lines.push(String::new());
+        lines.push("| question | tradewatch p50 ms | p99 ms | runs | PostgreSQL p50 ms | p99 ms | runs | PG / tw (p50) |".into());
+        lines.push("|---|---|---|---|---|---|---|---|".into());
+        for ((name, request), sql) in questions().into_iter().zip(sql_questions()) {
+            let mut client = TradeServiceClient::new(channel.clone());
+            let tw = measure(Duration::from_secs(5), 20_000, || {
+                let request = request.clone();
+                let mut client = client.clone();
+                async move {
+                    client.aggregate(request).await.expect("aggregate");
+                }
+            })
+            .await;
+            // Show one answer so a reader can check the bench asks what it says.
+            let sample = client.aggregate(request.clone()).await?.into_inner();
+            eprintln!(
+                "{name}: {} rows, grand total {:?}",
+                sample.rows.len(),
+                sample.grand_total
+            );
+            let pg_cells = match &pg {
+                Some((pg, _, _)) => {
+                    let statement = pg.prepare(sql).await?;
+                    let s = measure(Duration::from_secs(5), 2_000, || {
+                        let statement = statement.clone();
+                        async move {
+                            pg.query(&statement, &[]).await.expect("query");
+                        }
+                    })
+                    .await;
+                    format!(
+                        "{} | {} | {} | {:.1}×",
+                        ms(s.p50),
+                        ms(s.p99),
+                        s.runs,
+                        s.p50.as_secs_f64() / tw.p50.as_secs_f64()
+                    )
+                }
+                None => "– | – | – | –".into(),
+            };
+            lines.push(format!(
+                "| {name} | {} | {} | {} | {pg_cells} |",
+                ms(tw.p50),
+                ms(tw.p99),
+                tw.runs
+            ));
+        }
+        lines.push(String::new());
+        let mb = |b: u64| format!("{:.0} MB", b as f64 / 1e6);
+        match &pg {
+            Some((_, rate, size)) => {
+                lines.push(format!("- load rate: tradewatch {tw_rate:.0} records/s (gRPC PutRecords, {LOADERS} clients × {BATCH}-record batches, each batch durable); PostgreSQL {rate:.0} rows/s (COPY, then index build)"));
+                lines.push(format!(
+                    "- size on disk: tradewatch {}; PostgreSQL {} (table + indexes)",
+                    mb(tw_size),
+                    mb(*size)
+                ));
+            }
+            None => {
+                lines.push(format!("- load rate: tradewatch {tw_rate:.0} records/s"));
+                lines.push(format!("- size on disk: tradewatch {}", mb(tw_size)));
+            }
+        }
+        println!("{}", lines.join("\n"));
+        report.insert(data.name, lines);
+        drop(channel);
+        let _ = stop_tx.send(());
+        server.await??;
+    }
+    Ok(())
+}
