@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const API_PROTOS: &[&str] = &["tradewatch/v1/trade.proto"];
+const API_PROTOS: &[&str] = &["tradewatch/v1/trade.proto", "tradewatch/v1/milestones.proto"];
 /// Error-detail messages the API returns; registered with reflection so
 /// grpcurl can print a `google.rpc.BadRequest`.
 const DETAIL_PROTOS: &[&str] = &["google/rpc/error_details.proto"];

@@ -314,8 +314,8 @@ async fn load_postgres(
     data: &Dataset,
 ) -> Result<(f64, u64), tokio_postgres::Error> {
     pg.batch_execute(
-        "DROP TABLE IF EXISTS trade;
-         CREATE TABLE trade (
+        "DROP TABLE IF EXISTS trade_loading;
+         CREATE TABLE trade_loading (
            reporter char(3) NOT NULL, partner char(3) NOT NULL, flow text NOT NULL,
            period smallint NOT NULL, month smallint NOT NULL DEFAULT 0, monthly boolean NOT NULL DEFAULT false,
            commodity varchar(6) NOT NULL, currency char(3) NOT NULL, value numeric(38, 9) NOT NULL,
@@ -325,7 +325,7 @@ async fn load_postgres(
     let start = Instant::now();
     let sink = pg
         .copy_in(
-            "COPY trade (reporter, partner, flow, period, commodity, currency, value, source) FROM STDIN",
+            "COPY trade_loading (reporter, partner, flow, period, commodity, currency, value, source) FROM STDIN",
         )
         .await?;
     futures_util::pin_mut!(sink);
@@ -343,13 +343,11 @@ async fn load_postgres(
     sink.as_mut().finish().await?;
     // What a DBA would add for these questions: the primary key serves
     // reporter–partner lookups; commodity-first serves world totals.
-    pg.batch_execute(
-        "CREATE INDEX trade_commodity_period ON trade (commodity, monthly, period); ANALYZE trade;",
-    )
-    .await?;
+    pg.batch_execute("CREATE INDEX ON trade_loading (commodity, monthly, period); ANALYZE trade_loading;")
+        .await?;
     let rate = data.len() as f64 / start.elapsed().as_secs_f64();
     let size: i64 = pg
-        .query_one("SELECT pg_total_relation_size('trade')", &[])
+        .query_one("SELECT pg_total_relation_size('trade_loading')", &[])
         .await?
         .get(0);
     Ok((rate, size as u64))
@@ -428,7 +426,7 @@ async fn main() -> anyhow::Result<()> {
                     let (rate, _) = load_postgres(&client, &data).await?;
                     client
                         .batch_execute(&format!(
-                            "DROP TABLE IF EXISTS {table}; ALTER TABLE trade RENAME TO {table};"
+                            "DROP TABLE IF EXISTS {table}; ALTER TABLE trade_loading RENAME TO {table};"
                         ))
                         .await?;
                     std::fs::write(&pg_marker, format!("{rate:.0}"))?;

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod domain;
 pub mod error;
+pub mod milestones;
 pub mod query;
 pub mod store;
 

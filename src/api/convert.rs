@@ -247,7 +247,8 @@ pub fn group_to_pb(group: &PartnerGroup, updated_at: prost_types::Timestamp) -> 
 
 /// Parses an aggregate request's own fields (its selector is parsed apart).
 pub fn parse_aggregate(request: &pb::AggregateRequest) -> Result<aggregate::AggregateRequest> {
-    use aggregate::{Dimension, Granularity, RowOrder};
+    use crate::domain::Granularity;
+    use aggregate::{Dimension, RowOrder};
     let mut violations = Vec::new();
     let mut group_by = BTreeSet::new();
     for (i, &d) in request.group_by.iter().enumerate() {

@@ -197,7 +197,7 @@ impl TradeService for TradeApi {
         request: Request<pb::PutGroupRequest>,
     ) -> Result<Response<pb::PartnerGroup>, Status> {
         let group = convert::parse_group(request.get_ref().group.as_ref())?;
-        let (group, updated_at) = self.store.put_group(group).await?;
+        let (group, updated_at, _) = self.store.put_group(group).await?;
         Ok(Response::new(convert::group_to_pb(&group, updated_at)))
     }
 

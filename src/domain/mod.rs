@@ -8,6 +8,8 @@ mod money;
 mod period;
 mod record;
 mod selector;
+mod series;
+mod watch;
 
 pub use code::{CountryCode, CurrencyCode, Party};
 pub use commodity::{Commodity, CommodityLevel};
@@ -16,6 +18,8 @@ pub use money::Money;
 pub use period::{Frequency, Period};
 pub use record::{FieldError, Flow, RawKey, RawRecord, RecordKey, StoredRecord, TradeRecord, WriteOutcome};
 pub use selector::{RawSelector, Selector};
+pub use series::{Bucket, CommodityFilter, Granularity, Measure, SeriesSpec};
+pub use watch::{WatchDef, WatchId, WatchRules};
 
 /// Why a value could not be parsed: a sentence for the caller, without the
 /// field name (the api layer knows where the value came from).

@@ -5,9 +5,12 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ResolvedSelector;
-use crate::domain::{Commodity, CountryCode, CurrencyCode, Flow, Frequency, Money, Period};
+use crate::domain::{
+    Bucket, Commodity, CommodityFilter, CountryCode, CurrencyCode, Flow, Frequency, Granularity, Measure,
+    Money, Period, SeriesSpec,
+};
 use crate::error::{Error, Result, Violation};
-use crate::store::{CommodityScan, Fact, FactScan, FactSource, FlowScan, Store, Tally};
+use crate::store::{Fact, FactScan, FactSource, Store, Tally};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Dimension {
@@ -16,13 +19,6 @@ pub enum Dimension {
     Flow,
     Commodity,
     Period,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Granularity {
-    Year,
-    Quarter,
-    Month,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,54 +38,6 @@ pub struct AggregateRequest {
     pub order: RowOrder,
     /// 0: all rows.
     pub limit: usize,
-}
-
-/// A period at a granularity: a year, a quarter (`sub` 1..=4) or a month
-/// (`sub` 1..=12).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bucket {
-    pub year: u16,
-    pub sub: u8,
-    pub granularity: GranularityTag,
-}
-
-/// Granularity as part of a bucket's identity (orders like the enum).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum GranularityTag {
-    Year,
-    Quarter,
-    Month,
-}
-
-impl Bucket {
-    fn of(period: Period, granularity: Granularity) -> Bucket {
-        let month = period.month().unwrap_or(0);
-        let (sub, granularity) = match granularity {
-            Granularity::Year => (0, GranularityTag::Year),
-            Granularity::Quarter => (month.div_ceil(3), GranularityTag::Quarter),
-            Granularity::Month => (month, GranularityTag::Month),
-        };
-        Bucket {
-            year: period.year(),
-            sub,
-            granularity,
-        }
-    }
-
-    fn year_earlier(self) -> Bucket {
-        Bucket {
-            year: self.year - 1,
-            ..self
-        }
-    }
-
-    pub fn label(&self) -> String {
-        match self.granularity {
-            GranularityTag::Year => format!("{:04}", self.year),
-            GranularityTag::Quarter => format!("{:04}-Q{}", self.year, self.sub),
-            GranularityTag::Month => format!("{:04}-{:02}", self.year, self.sub),
-        }
-    }
 }
 
 /// What a row is a group of; unset parts are not grouped by.
@@ -154,27 +102,40 @@ pub fn aggregate(
 
 /// A question made concrete: defaults applied, the source chosen.
 struct Plan<'a> {
-    selector: &'a ResolvedSelector,
     request: &'a AggregateRequest,
-    currency: CurrencyCode,
-    frequency: Frequency,
-    granularity: Granularity,
-    commodities: CommodityScan,
-    flows: FlowScan,
-    /// The periods asked for.
-    from: Period,
-    to: Period,
+    spec: SeriesSpec,
 }
 
 fn invalid(field: &str, description: impl Into<String>) -> Error {
     Error::InvalidArgument(vec![Violation::new(field, description)])
 }
 
+/// The series a selector picks, at a granularity (`None`: years for annual
+/// data, months for monthly), with the aggregate defaults applied; `by_flow`
+/// when rows are to be split by flow.
+pub fn series_spec(
+    selector: &ResolvedSelector,
+    granularity: Option<Granularity>,
+    by_flow: bool,
+) -> Result<SeriesSpec> {
+    Plan::spec(selector, granularity, by_flow)
+}
+
 impl<'a> Plan<'a> {
-    fn new(selector: &'a ResolvedSelector, request: &'a AggregateRequest) -> Result<Self> {
+    fn new(selector: &ResolvedSelector, request: &'a AggregateRequest) -> Result<Self> {
+        let by_flow = request.group_by.contains(&Dimension::Flow);
+        let spec = Self::spec(selector, request.granularity, by_flow)?;
+        Ok(Plan { request, spec })
+    }
+
+    fn spec(
+        selector: &ResolvedSelector,
+        granularity: Option<Granularity>,
+        by_flow: bool,
+    ) -> Result<SeriesSpec> {
         let s = &selector.selector;
         let frequency = s.frequency.unwrap_or(Frequency::Annual);
-        let granularity = match (frequency, request.granularity) {
+        let granularity = match (frequency, granularity) {
             (Frequency::Annual, None | Some(Granularity::Year)) => Granularity::Year,
             (Frequency::Annual, Some(g)) => {
                 return Err(invalid(
@@ -201,39 +162,39 @@ impl<'a> Plan<'a> {
                 .copied()
                 .filter(|c| s.matches_commodity(*c))
                 .collect();
-            CommodityScan::Exact(kept)
+            CommodityFilter::Exact(kept)
         } else if let Some(level) = s.commodity_level {
-            CommodityScan::Level(level, s.commodity_prefix.clone().unwrap_or_default())
+            CommodityFilter::Level(level, s.commodity_prefix.clone().unwrap_or_default())
         } else if s.commodity_prefix.is_some() {
             return Err(invalid(
                 "selector.commodity_prefix",
                 "an aggregate with a commodity_prefix needs a commodity_level, so that no goods are counted twice",
             ));
         } else {
-            CommodityScan::Exact([Commodity::TOTAL].into())
+            CommodityFilter::Exact([Commodity::TOTAL].into())
         };
 
-        let flows = if s.flows.is_empty() {
-            if request.group_by.contains(&Dimension::Flow) {
+        let measure = if s.flows.is_empty() {
+            if by_flow {
                 return Err(invalid(
                     "group_by",
                     "grouping by flow needs selector.flows (with no flows the answer is trade volume)",
                 ));
             }
-            FlowScan::Volume
+            Measure::Volume
         } else {
-            FlowScan::Flows(s.flows.clone())
+            Measure::Flows(s.flows.clone())
         };
 
         let (from, to) = period_range(s.period_from, s.period_to, frequency)?;
-        Ok(Plan {
-            selector,
-            request,
+        Ok(SeriesSpec {
+            reporters: selector.reporters.clone(),
+            partners: selector.partners.clone(),
+            measure,
+            commodities,
             currency: s.currency.unwrap_or(CurrencyCode::USD),
             frequency,
             granularity,
-            commodities,
-            flows,
             from,
             to,
         })
@@ -241,9 +202,9 @@ impl<'a> Plan<'a> {
 
     fn source(&self) -> FactSource {
         let by = &self.request.group_by;
-        if self.selector.partners.is_some() || by.contains(&Dimension::Partner) {
+        if self.spec.partners.is_some() || by.contains(&Dimension::Partner) {
             FactSource::Records
-        } else if self.selector.reporters.is_some() || by.contains(&Dimension::Reporter) {
+        } else if self.spec.reporters.is_some() || by.contains(&Dimension::Reporter) {
             FactSource::ReporterRollup
         } else {
             FactSource::WorldRollup
@@ -259,7 +220,7 @@ impl<'a> Plan<'a> {
             commodity: Some(fact.commodity).filter(|_| by.contains(&Dimension::Commodity)),
             period: by
                 .contains(&Dimension::Period)
-                .then(|| Bucket::of(fact.period, self.granularity)),
+                .then(|| self.spec.bucket(fact.period)),
         }
     }
 
@@ -268,24 +229,19 @@ impl<'a> Plan<'a> {
         // With periods, read a year further back for year-over-year growth.
         let scan_from = if by_period {
             Period::from_parts(
-                self.from.year().saturating_sub(1).max(Period::MIN_YEAR),
-                self.from.month().unwrap_or(0),
+                self.spec.from.year().saturating_sub(1).max(Period::MIN_YEAR),
+                self.spec.from.month().unwrap_or(0),
             )
-            .unwrap_or(self.from)
+            .unwrap_or(self.spec.from)
         } else {
-            self.from
+            self.spec.from
         };
         let scan = FactScan {
             source: self.source(),
-            reporters: self.selector.reporters.as_ref(),
-            partners: self.selector.partners.as_ref(),
-            currency: self.currency,
-            commodities: &self.commodities,
-            flows: &self.flows,
+            spec: &self.spec,
             from: scan_from,
-            to: self.to,
         };
-        let monthly = self.frequency == Frequency::Monthly;
+        let monthly = self.spec.frequency == Frequency::Monthly;
         // `rows` holds the periods asked for; `everything` also the year
         // before them, for year-over-year comparisons.
         let mut rows: BTreeMap<GroupKey, Accumulator> = BTreeMap::new();
@@ -293,14 +249,14 @@ impl<'a> Plan<'a> {
         store.scan_facts(&scan, &mut |fact| {
             let group = self.group_of(&fact);
             everything.entry(group).or_default().add(&fact, monthly);
-            if fact.period >= self.from {
+            if fact.period >= self.spec.from {
                 rows.entry(group).or_default().add(&fact, monthly);
             }
         })?;
 
         let grand: i128 = rows.values().map(|a| a.tally.nanos).sum();
         let record_count: i64 = rows.values().map(|a| a.tally.count).sum();
-        let money = |nanos| Money::new(self.currency, nanos);
+        let money = |nanos| Money::new(self.spec.currency, nanos);
         let mut out: Vec<AggregateRow> = rows
             .iter()
             .map(|(group, acc)| {
@@ -346,8 +302,8 @@ impl<'a> Plan<'a> {
             rows: out,
             grand_total: money(grand),
             record_count: record_count.max(0) as u64,
-            currency: self.currency,
-            frequency: self.frequency,
+            currency: self.spec.currency,
+            frequency: self.spec.frequency,
         })
     }
 }

@@ -27,6 +27,22 @@ pub struct RecordValue {
     pub updated_at: Option<Timestamp>,
 }
 
+/// The leading fields of a `RecordValue`: what aggregates read, decoded
+/// without touching the rest.
+#[derive(Clone, PartialEq, Message)]
+pub struct RecordAmount {
+    #[prost(sint64, tag = "1")]
+    pub units: i64,
+    #[prost(sint32, tag = "2")]
+    pub nanos: i32,
+}
+
+impl RecordAmount {
+    pub fn nanos(&self) -> i128 {
+        i128::from(self.units) * 1_000_000_000 + i128::from(self.nanos)
+    }
+}
+
 #[derive(Clone, PartialEq, Message)]
 pub struct GroupValue {
     #[prost(string, repeated, tag = "1")]
@@ -50,6 +66,121 @@ pub struct EventValue {
 pub enum EventKind {
     #[prost(message, tag = "2")]
     RecordStored(RecordStoredValue),
+    #[prost(message, tag = "3")]
+    ThresholdCrossed(MilestoneValue),
+    #[prost(message, tag = "4")]
+    RecordHigh(MilestoneValue),
+}
+
+/// A milestone of a watch. Amounts are i128 nanos, big-endian; empty bytes
+/// mean "no value".
+#[derive(Clone, PartialEq, Message)]
+pub struct MilestoneValue {
+    #[prost(string, tag = "1")]
+    pub watch_id: String,
+    #[prost(string, tag = "2")]
+    pub watch_name: String,
+    /// The period label: `2025`, `2025-Q1`, `2025-03`.
+    #[prost(string, tag = "3")]
+    pub period: String,
+    #[prost(string, tag = "4")]
+    pub currency: String,
+    #[prost(bytes = "vec", tag = "5")]
+    pub before: Vec<u8>,
+    #[prost(bytes = "vec", tag = "6")]
+    pub after: Vec<u8>,
+    /// ThresholdCrossed: the threshold and whether it was crossed upwards.
+    #[prost(bytes = "vec", tag = "7")]
+    pub threshold: Vec<u8>,
+    #[prost(bool, tag = "8")]
+    pub up: bool,
+    /// RecordHigh: the previous holder, its value now, and the cause
+    /// (1 new data, 2 revision, 3 group change).
+    #[prost(string, tag = "9")]
+    pub previous_period: String,
+    #[prost(bytes = "vec", tag = "10")]
+    pub previous_value: Vec<u8>,
+    #[prost(int32, tag = "11")]
+    pub cause: i32,
+    /// Keys (store encoding) of the records whose write caused it.
+    #[prost(bytes = "vec", repeated, tag = "12")]
+    pub caused_by: Vec<Vec<u8>>,
+    #[prost(string, tag = "13")]
+    pub headline: String,
+}
+
+/// A watch definition: the parties as named, and the rest of its series.
+#[derive(Clone, PartialEq, Message)]
+pub struct WatchValue {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, repeated, tag = "2")]
+    pub reporters: Vec<String>,
+    #[prost(string, repeated, tag = "3")]
+    pub partners: Vec<String>,
+    /// Flow codes; empty for trade volume.
+    #[prost(int32, repeated, tag = "4")]
+    pub flows: Vec<i32>,
+    /// Exact commodity codes, when `commodity_level` is 0.
+    #[prost(string, repeated, tag = "5")]
+    pub commodities: Vec<String>,
+    /// 0 exact list; else the level's digit count (2, 4, 6; 1 for TOTAL).
+    #[prost(int32, tag = "6")]
+    pub commodity_level: i32,
+    #[prost(string, tag = "7")]
+    pub commodity_prefix: String,
+    #[prost(string, tag = "8")]
+    pub currency: String,
+    /// Bounds of the series, of its frequency (`1900`, `1900-01`).
+    #[prost(string, tag = "9")]
+    pub period_from: String,
+    #[prost(string, tag = "10")]
+    pub period_to: String,
+    /// 1 year, 2 quarter, 3 month.
+    #[prost(int32, tag = "11")]
+    pub granularity: i32,
+    #[prost(bytes = "vec", repeated, tag = "12")]
+    pub thresholds: Vec<Vec<u8>>,
+    #[prost(bool, tag = "13")]
+    pub record_high: bool,
+    #[prost(message, optional, tag = "14")]
+    pub created_at: Option<Timestamp>,
+}
+
+/// The state of a watched series.
+#[derive(Clone, PartialEq, Message)]
+pub struct SeriesValue {
+    #[prost(message, repeated, tag = "1")]
+    pub periods: Vec<PeriodTally>,
+    /// The record holder, if any: year and sub-period.
+    #[prost(message, optional, tag = "2")]
+    pub holder: Option<BucketValue>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PeriodTally {
+    #[prost(message, optional, tag = "1")]
+    pub bucket: Option<BucketValue>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub nanos: Vec<u8>,
+    #[prost(int64, tag = "3")]
+    pub count: i64,
+}
+
+#[derive(Clone, Copy, PartialEq, Message)]
+pub struct BucketValue {
+    #[prost(uint32, tag = "1")]
+    pub year: u32,
+    #[prost(uint32, tag = "2")]
+    pub sub: u32,
+}
+
+pub fn encode_amount(nanos: Option<i128>) -> Vec<u8> {
+    nanos.map(|n| n.to_be_bytes().to_vec()).unwrap_or_default()
+}
+
+pub fn decode_amount(bytes: &[u8]) -> Option<i128> {
+    <[u8; 16]>::try_from(bytes).ok().map(i128::from_be_bytes)
 }
 
 /// A record was created, revised or deleted.

@@ -3,11 +3,13 @@
 use std::collections::BTreeSet;
 
 use super::Store;
+use prost::Message;
+
 use super::codec;
 use super::keys::{self, record_offsets as at};
 use super::rollup::{Tally, volume};
 use super::scan::{Component, skip_scan};
-use crate::domain::{Commodity, CommodityLevel, CountryCode, CurrencyCode, Flow, Period};
+use crate::domain::{Commodity, CommodityFilter, CountryCode, Flow, Measure, Period, SeriesSpec};
 use crate::error::{Error, Result};
 
 /// Which stored entries answer a question.
@@ -21,35 +23,13 @@ pub enum FactSource {
     WorldRollup,
 }
 
-/// Which commodities to read.
-#[derive(Debug, Clone)]
-pub enum CommodityScan {
-    Exact(BTreeSet<Commodity>),
-    /// Every code of a level whose digits start with a prefix (maybe empty).
-    Level(CommodityLevel, String),
-}
-
-/// What to sum.
-#[derive(Debug, Clone)]
-pub enum FlowScan {
-    /// Trade volume: turnover if published, else exports + imports.
-    Volume,
-    Flows(BTreeSet<Flow>),
-}
-
 /// The part of an aggregate question the store answers.
 pub struct FactScan<'a> {
     pub source: FactSource,
-    /// `None`: every reporter.
-    pub reporters: Option<&'a BTreeSet<CountryCode>>,
-    /// `None`: every partner but WLD.
-    pub partners: Option<&'a BTreeSet<CountryCode>>,
-    pub currency: CurrencyCode,
-    pub commodities: &'a CommodityScan,
-    pub flows: &'a FlowScan,
-    /// Inclusive; both of the frequency being summed.
+    pub spec: &'a SeriesSpec,
+    /// Where reading starts: the spec's `from`, or earlier (a year before,
+    /// for year-over-year comparisons).
     pub from: Period,
-    pub to: Period,
 }
 
 /// A sum at the finest grain the source holds.
@@ -73,12 +53,12 @@ fn country_component(set: Option<&BTreeSet<CountryCode>>) -> Component {
     }
 }
 
-fn commodity_component(scan: &CommodityScan) -> Component {
-    match scan {
-        CommodityScan::Exact(set) => {
+fn commodity_component(filter: &CommodityFilter) -> Component {
+    match filter {
+        CommodityFilter::Exact(set) => {
             Component::values(7, set.iter().map(|c| keys::commodity_bytes(*c).to_vec()))
         }
-        CommodityScan::Level(level, prefix) => {
+        CommodityFilter::Level(level, prefix) => {
             let mut lo = vec![keys::level_byte(*level)];
             lo.extend_from_slice(prefix.as_bytes());
             let mut hi = lo.clone();
@@ -96,100 +76,114 @@ fn corrupt(key: &[u8]) -> Error {
 impl Store {
     /// Visits the facts a question needs, in key order.
     pub fn scan_facts(&self, scan: &FactScan<'_>, visit: &mut dyn FnMut(Fact)) -> Result<()> {
-        let period = Component::between(
-            keys::period_bytes(scan.from).to_vec(),
-            keys::period_bytes(scan.to).to_vec(),
-        );
-        let commodity = commodity_component(scan.commodities);
-        let currency = Component::values(3, [scan.currency.as_bytes().to_vec()]);
-        match scan.source {
-            FactSource::Records => {
-                let components = [
-                    country_component(scan.reporters),
-                    country_component(scan.partners),
-                    commodity,
-                    period,
-                ];
-                self.scan_record_facts(scan, &components, visit)
-            }
-            FactSource::ReporterRollup => {
-                let components = [country_component(scan.reporters), currency, commodity, period];
-                skip_scan(&self.db, &[keys::NS_ROLLUP_REPORTER], &components, &mut |k, v| {
-                    let reporter = CountryCode::from_stored([k[1], k[2], k[3]]).ok_or_else(|| corrupt(k))?;
-                    rollup_fact(scan, k, v, Some(reporter), 7, 14, 18, visit)
-                })
-            }
-            FactSource::WorldRollup => {
-                let components = [currency, commodity, period];
-                skip_scan(&self.db, &[keys::NS_ROLLUP_WORLD], &components, &mut |k, v| {
-                    rollup_fact(scan, k, v, None, 4, 11, 15, visit)
-                })
-            }
+        scan_facts(&self.db, scan, visit)
+    }
+}
+
+/// Visits the facts a question needs, in key order.
+pub fn scan_facts(db: &sled::Db, scan: &FactScan<'_>, visit: &mut dyn FnMut(Fact)) -> Result<()> {
+    let spec = scan.spec;
+    let period = Component::between(
+        keys::period_bytes(scan.from).to_vec(),
+        keys::period_bytes(spec.to).to_vec(),
+    );
+    let commodity = commodity_component(&spec.commodities);
+    let currency = Component::values(3, [spec.currency.as_bytes().to_vec()]);
+    match scan.source {
+        FactSource::Records => {
+            let components = [
+                country_component(spec.reporters.as_ref()),
+                country_component(spec.partners.as_ref()),
+                commodity,
+                period,
+            ];
+            scan_record_facts(db, scan, &components, visit)
+        }
+        FactSource::ReporterRollup => {
+            let components = [
+                country_component(spec.reporters.as_ref()),
+                currency,
+                commodity,
+                period,
+            ];
+            skip_scan(db, &[keys::NS_ROLLUP_REPORTER], &components, &mut |k, v| {
+                let reporter = CountryCode::from_stored([k[1], k[2], k[3]]).ok_or_else(|| corrupt(k))?;
+                rollup_fact(scan, k, v, Some(reporter), 7, 14, 18, visit)
+            })
+        }
+        FactSource::WorldRollup => {
+            let components = [currency, commodity, period];
+            skip_scan(db, &[keys::NS_ROLLUP_WORLD], &components, &mut |k, v| {
+                rollup_fact(scan, k, v, None, 4, 11, 15, visit)
+            })
         }
     }
+}
 
-    fn scan_record_facts(
-        &self,
-        scan: &FactScan<'_>,
-        components: &[Component],
-        visit: &mut dyn FnMut(Fact),
-    ) -> Result<()> {
-        let currency = scan.currency.as_bytes();
-        // Volume needs every flow of one reporter–partner–commodity–period
-        // together; they are adjacent in key order.
-        let mut group: Option<VolumeGroup> = None;
-        let flush = |group: &mut Option<VolumeGroup>, visit: &mut dyn FnMut(Fact)| {
-            if let Some((_, mut fact, [t, x, m])) = group.take() {
-                fact.tally = volume(t, x, m);
-                if fact.tally.count > 0 {
+fn scan_record_facts(
+    db: &sled::Db,
+    scan: &FactScan<'_>,
+    components: &[Component],
+    visit: &mut dyn FnMut(Fact),
+) -> Result<()> {
+    let spec = scan.spec;
+    let currency = spec.currency.as_bytes();
+    // Volume needs every flow of one reporter–partner–commodity–period
+    // together; they are adjacent in key order.
+    let mut group: Option<VolumeGroup> = None;
+    let flush = |group: &mut Option<VolumeGroup>, visit: &mut dyn FnMut(Fact)| {
+        if let Some((_, mut fact, [t, x, m])) = group.take() {
+            fact.tally = volume(t, x, m);
+            if fact.tally.count > 0 {
+                visit(fact);
+            }
+        }
+    };
+    skip_scan(db, &[keys::NS_RECORD], components, &mut |k, v| {
+        if k.get(at::CURRENCY..at::CURRENCY + 3) != Some(&currency[..]) {
+            return Ok(());
+        }
+        let key = keys::decode_record_key(k)?;
+        if spec.partners.is_none() && key.partner == CountryCode::WORLD {
+            return Ok(());
+        }
+        let nanos = codec::RecordAmount::decode(v)
+            .map_err(|e| Error::Corrupt(format!("record {key}: {e}")))?
+            .nanos();
+        let fact = Fact {
+            reporter: Some(key.reporter),
+            partner: Some(key.partner),
+            flow: Some(key.flow),
+            commodity: key.commodity,
+            period: key.period,
+            tally: Tally { nanos, count: 1 },
+        };
+        match &spec.measure {
+            Measure::Flows(flows) => {
+                if flows.contains(&key.flow) {
                     visit(fact);
                 }
             }
-        };
-        skip_scan(&self.db, &[keys::NS_RECORD], components, &mut |k, v| {
-            if k.get(at::CURRENCY..at::CURRENCY + 3) != Some(&currency[..]) {
-                return Ok(());
-            }
-            let key = keys::decode_record_key(k)?;
-            if scan.partners.is_none() && key.partner == CountryCode::WORLD {
-                return Ok(());
-            }
-            let nanos = codec::decode_record(k, v)?.record.value().nanos();
-            let fact = Fact {
-                reporter: Some(key.reporter),
-                partner: Some(key.partner),
-                flow: Some(key.flow),
-                commodity: key.commodity,
-                period: key.period,
-                tally: Tally { nanos, count: 1 },
-            };
-            match scan.flows {
-                FlowScan::Flows(flows) => {
-                    if flows.contains(&key.flow) {
-                        visit(fact);
-                    }
+            Measure::Volume => {
+                let base = &k[at::REPORTER..at::FLOW];
+                if group.as_ref().is_none_or(|(b, _, _)| b.as_slice() != base) {
+                    flush(&mut group, visit);
+                    group = Some((base.to_vec(), Fact { flow: None, ..fact }, [None; 3]));
                 }
-                FlowScan::Volume => {
-                    let base = &k[at::REPORTER..at::FLOW];
-                    if group.as_ref().is_none_or(|(b, _, _)| b.as_slice() != base) {
-                        flush(&mut group, visit);
-                        group = Some((base.to_vec(), Fact { flow: None, ..fact }, [None; 3]));
-                    }
-                    if let Some((_, _, flows)) = group.as_mut() {
-                        match key.flow {
-                            Flow::Turnover => flows[0] = Some(nanos),
-                            Flow::Export => flows[1] = Some(nanos),
-                            Flow::Import => flows[2] = Some(nanos),
-                            Flow::ReExport | Flow::ReImport => {}
-                        }
+                if let Some((_, _, flows)) = group.as_mut() {
+                    match key.flow {
+                        Flow::Turnover => flows[0] = Some(nanos),
+                        Flow::Export => flows[1] = Some(nanos),
+                        Flow::Import => flows[2] = Some(nanos),
+                        Flow::ReExport | Flow::ReImport => {}
                     }
                 }
             }
-            Ok(())
-        })?;
-        flush(&mut group, visit);
+        }
         Ok(())
-    }
+    })?;
+    flush(&mut group, visit);
+    Ok(())
 }
 
 /// Key bytes shared by one volume's flows, its fact, and its turnover,
@@ -209,9 +203,9 @@ fn rollup_fact(
     visit: &mut dyn FnMut(Fact),
 ) -> Result<()> {
     let flow_byte = *k.get(flow_at).ok_or_else(|| corrupt(k))?;
-    let flow = match (scan.flows, flow_byte) {
-        (FlowScan::Volume, keys::VOLUME_FLOW) => None,
-        (FlowScan::Flows(flows), code) if code != keys::VOLUME_FLOW => {
+    let flow = match (&scan.spec.measure, flow_byte) {
+        (Measure::Volume, keys::VOLUME_FLOW) => None,
+        (Measure::Flows(flows), code) if code != keys::VOLUME_FLOW => {
             let flow = Flow::from_code(i32::from(code)).map_err(|_| corrupt(k))?;
             if !flows.contains(&flow) {
                 return Ok(());

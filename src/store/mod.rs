@@ -5,6 +5,7 @@ mod facts;
 mod keys;
 mod rollup;
 mod scan;
+mod watches;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,13 +18,15 @@ use prost_types::Timestamp;
 use tokio::sync::watch;
 
 use crate::domain::{
-    CountryCode, GroupName, PartnerGroup, RecordKey, StoredRecord, TradeRecord, WriteOutcome,
+    CountryCode, GroupName, PartnerGroup, RecordKey, StoredRecord, TradeRecord, WatchDef, WatchId,
+    WriteOutcome,
 };
 use crate::error::{Error, Result};
-pub use facts::{CommodityScan, Fact, FactScan, FactSource, FlowScan};
+pub use codec::{EventKind, EventValue, MilestoneValue, RecordStoredValue, decode_amount};
+pub use facts::{Fact, FactScan, FactSource};
 pub use rollup::Tally;
 pub use writer::SequenceRange;
-use writer::{Change, Writer, WriterHandle};
+use writer::{Change, Pending, Writer, WriterHandle};
 
 /// The on-disk layout version. A directory written with another version is
 /// refused rather than misread.
@@ -76,8 +79,7 @@ impl Store {
             other => Error::Storage(other),
         })?;
         let head = Self::check_or_init(&db, dir)?;
-        let (writer, thread, durable_head) = Writer::spawn(db.clone(), head)
-            .map_err(|e| Error::Unavailable(format!("cannot start writer thread: {e}")))?;
+        let (writer, thread, durable_head) = Writer::spawn(db.clone(), head)?;
         Ok(Store {
             db,
             writer,
@@ -235,7 +237,7 @@ impl Store {
                         changes.push(Change { key, before, after });
                     }
                 }
-                let sequences = w.commit(&changes, sled::Batch::default(), now)?;
+                let sequences = w.commit(&changes, Pending::default(), now)?;
                 Ok(PutOutcome { results, sequences })
             })
             .await
@@ -254,7 +256,7 @@ impl Store {
                     before: Some(before.clone()),
                     after: None,
                 };
-                let range = w.commit(&[change], sled::Batch::default(), now())?;
+                let range = w.commit(&[change], Pending::default(), now())?;
                 Ok((before, range.map_or(0, |r| r.last)))
             })
             .await
@@ -284,23 +286,57 @@ impl Store {
             .collect())
     }
 
-    /// Creates or replaces a group.
-    pub async fn put_group(&self, group: PartnerGroup) -> Result<(PartnerGroup, Timestamp)> {
+    /// Creates or replaces a group; the watches that name it follow the new
+    /// members at once (their milestones cause GROUP_CHANGE).
+    pub async fn put_group(
+        &self,
+        group: PartnerGroup,
+    ) -> Result<(PartnerGroup, Timestamp, Option<SequenceRange>)> {
         self.writer
             .submit(move |w| {
                 let now = now();
-                let mut batch = sled::Batch::default();
-                batch.insert(
+                let mut pending = Pending::default();
+                pending.batch.insert(
                     keys::group_key(&group.name),
                     codec::encode_group(&group, now).encode_to_vec(),
                 );
-                w.commit(&[], batch, now)?;
-                Ok((group, now))
+                let mut groups = w.groups()?;
+                groups.insert(group.name.clone(), group.clone());
+                let users: Vec<_> = w
+                    .watches
+                    .values()
+                    .filter(|r| r.def.uses_group(&group.name))
+                    .cloned()
+                    .collect();
+                for runtime in users {
+                    let mut def = runtime.def;
+                    def.spec = def
+                        .respecify(&groups)
+                        .ok_or_else(|| Error::Corrupt(format!("watch {} names a missing group", def.id)))?;
+                    let values = watches::series_values(&w.db, &def.spec)?;
+                    let updates = runtime
+                        .series
+                        .values
+                        .keys()
+                        .chain(values.keys())
+                        .map(|b| (*b, values.get(b).copied()))
+                        .collect();
+                    let (series, reached) = crate::milestones::evaluate(
+                        &def.rules,
+                        &runtime.series,
+                        &updates,
+                        crate::milestones::Cause::GroupChange,
+                    );
+                    w.stage_watch(&def, series, &reached, &[], &mut pending);
+                }
+                let sequences = w.commit(&[], pending, now)?;
+                Ok((group, now, sequences))
             })
             .await
     }
 
-    /// Deletes a group; returns it as it was.
+    /// Deletes a group; returns it as it was. A group a watch names cannot
+    /// be deleted (FAILED_PRECONDITION): delete or redefine the watch first.
     pub async fn delete_group(&self, name: GroupName) -> Result<(PartnerGroup, Timestamp)> {
         self.writer
             .submit(move |w| {
@@ -308,13 +344,143 @@ impl Store {
                 let Some(old) = w.get(&k)?.map(|v| codec::decode_group(&k, &v)).transpose()? else {
                     return Err(Error::NotFound(format!("no group {name}")));
                 };
-                let mut batch = sled::Batch::default();
-                batch.remove(k);
-                w.commit(&[], batch, now())?;
+                if let Some(user) = w.watches.values().find(|r| r.def.uses_group(&name)) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "group {name} is used by watch {} ({}); delete the watch first",
+                        user.def.id, user.def.name
+                    )));
+                }
+                let mut pending = Pending::default();
+                pending.batch.remove(k);
+                w.commit(&[], pending, now())?;
                 Ok(old)
             })
             .await
     }
+
+    /// Creates a watch (assigning an id when it has none) and arms it from
+    /// the data already stored; with `backfill`, also stores the milestones
+    /// that data implies. Returns the watch, its creation time and the
+    /// sequences of any backfilled events.
+    pub async fn create_watch(
+        &self,
+        id: Option<WatchId>,
+        make: impl FnOnce(WatchId) -> WatchDef + Send + 'static,
+        backfill: bool,
+    ) -> Result<(WatchDef, Timestamp, Option<SequenceRange>)> {
+        self.writer
+            .submit(move |w| {
+                let now = now();
+                let mut pending = Pending::default();
+                let id = match id {
+                    Some(id) => {
+                        if w.watches.contains_key(&id) {
+                            return Err(Error::AlreadyExists(format!("a watch with id {id} exists")));
+                        }
+                        id
+                    }
+                    None => {
+                        let mut n = w
+                            .get(watches::META_NEXT_WATCH)?
+                            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                            .map_or(1, u64::from_be_bytes);
+                        while w.watches.contains_key(&WatchId::assigned(n)) {
+                            n += 1;
+                        }
+                        pending
+                            .batch
+                            .insert(watches::META_NEXT_WATCH, &(n + 1).to_be_bytes());
+                        WatchId::assigned(n)
+                    }
+                };
+                let def = make(id);
+                let values = watches::series_values(&w.db, &def.spec)?;
+                let (series, reached) = if backfill {
+                    crate::milestones::backfill(&def.rules, &values)
+                } else {
+                    (crate::milestones::arm(values), Vec::new())
+                };
+                pending.batch.insert(
+                    watches::watch_key(&def.id),
+                    watches::encode_watch(&def, now).encode_to_vec(),
+                );
+                w.stage_watch(&def, series, &reached, &[], &mut pending);
+                let sequences = w.commit(&[], pending, now)?;
+                Ok((def, now, sequences))
+            })
+            .await
+    }
+
+    /// Deletes a watch; returns it as it was.
+    pub async fn delete_watch(&self, id: WatchId) -> Result<WatchDef> {
+        self.writer
+            .submit(move |w| {
+                let Some(runtime) = w.watches.get(&id).cloned() else {
+                    return Err(Error::NotFound(format!("no watch {id}")));
+                };
+                let mut pending = Pending::default();
+                pending.batch.remove(watches::watch_key(&id));
+                pending.batch.remove(watches::state_key(&id));
+                pending.watches.push((id, None));
+                w.commit(&[], pending, now())?;
+                Ok(runtime.def)
+            })
+            .await
+    }
+
+    pub fn get_watch(&self, id: &WatchId) -> Result<Option<(WatchDef, Timestamp)>> {
+        let groups = writer::read_groups(&self.db)?;
+        let key = watches::watch_key(id);
+        self.db
+            .get(&key)?
+            .map(|v| watches::decode_watch_entry(&key, &v, &groups))
+            .transpose()
+    }
+
+    pub fn list_watches(&self) -> Result<Vec<(WatchDef, Timestamp)>> {
+        let groups = writer::read_groups(&self.db)?;
+        self.db
+            .scan_prefix([watches::NS_WATCH])
+            .map(|entry| {
+                let (k, v) = entry?;
+                watches::decode_watch_entry(&k, &v, &groups)
+            })
+            .collect()
+    }
+
+    /// Stored events from `from` on, at most `limit`, in order.
+    pub fn events(&self, from: u64, limit: usize) -> Result<Vec<(u64, EventValue)>> {
+        let start = keys::event_key(from.max(1));
+        let mut out = Vec::new();
+        for entry in self.db.range(start..) {
+            let (k, v) = entry?;
+            if k.first() != Some(&keys::NS_EVENT) || out.len() == limit {
+                break;
+            }
+            let sequence = <[u8; 8]>::try_from(&k[1..])
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::Corrupt(format!("bad event key {:02x?}", k.as_ref())))?;
+            let event = EventValue::decode(v.as_ref())
+                .map_err(|e| Error::Corrupt(format!("event {sequence}: {e}")))?;
+            out.push((sequence, event));
+        }
+        Ok(out)
+    }
+
+    /// The oldest event sequence the log retains.
+    pub fn oldest_sequence(&self) -> u64 {
+        1
+    }
+
+    /// A durable-head receiver, to wait for new events.
+    pub fn subscribe_head(&self) -> watch::Receiver<u64> {
+        self.durable_head.clone()
+    }
+}
+
+/// Decodes a record key as stored in events.
+pub fn decode_record_key(bytes: &[u8]) -> Result<RecordKey> {
+    keys::decode_record_key(bytes)
 }
 
 fn now() -> Timestamp {

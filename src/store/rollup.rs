@@ -44,14 +44,14 @@ impl Tally {
         value.map_or(Tally::default(), |nanos| Tally { nanos, count: 1 })
     }
 
-    fn minus(self, other: Tally) -> Tally {
+    pub fn minus(self, other: Tally) -> Tally {
         Tally {
             nanos: self.nanos - other.nanos,
             count: self.count - other.count,
         }
     }
 
-    fn add(&mut self, other: Tally) {
+    pub fn add(&mut self, other: Tally) {
         self.nanos += other.nanos;
         self.count += other.count;
     }
@@ -70,6 +70,56 @@ pub fn volume(turnover: Option<i128>, exports: Option<i128>, imports: Option<i12
     }
 }
 
+/// What one record change does to the sums it is part of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeEffect {
+    /// To the sum of its own flow.
+    pub flow: Tally,
+    /// To trade volume, for exports, imports and turnover.
+    pub volume: Option<Tally>,
+}
+
+impl ChangeEffect {
+    fn of(change: &Change, value_of: impl Fn(&RecordKey) -> Result<Option<i128>>) -> Result<Self> {
+        let key = change.key;
+        let before = change.before.as_ref().map(|r| r.record.value().nanos());
+        let after = change.after.as_ref().map(|r| r.record.value().nanos());
+        let flow = Tally::of(after).minus(Tally::of(before));
+        if !matches!(key.flow, Flow::Turnover | Flow::Export | Flow::Import) {
+            return Ok(ChangeEffect { flow, volume: None });
+        }
+        let sibling = |f: Flow| -> Result<Option<i128>> {
+            if f == key.flow {
+                Ok(before)
+            } else {
+                value_of(&RecordKey { flow: f, ..key })
+            }
+        };
+        let (t, x, m) = (
+            sibling(Flow::Turnover)?,
+            sibling(Flow::Export)?,
+            sibling(Flow::Import)?,
+        );
+        let volume_after = match key.flow {
+            Flow::Turnover => volume(after, x, m),
+            Flow::Export => volume(t, after, m),
+            _ => volume(t, x, after),
+        };
+        Ok(ChangeEffect {
+            flow,
+            volume: Some(volume_after.minus(volume(t, x, m))),
+        })
+    }
+
+    /// The change to a series measuring `measure`, if the record counts in it.
+    pub fn for_measure(&self, flow: Flow, measure: &crate::domain::Measure) -> Option<Tally> {
+        match measure {
+            crate::domain::Measure::Volume => self.volume,
+            crate::domain::Measure::Flows(flows) => flows.contains(&flow).then_some(self.flow),
+        }
+    }
+}
+
 /// Rollup changes accumulated over one write.
 #[derive(Default)]
 pub struct RollupDeltas {
@@ -77,44 +127,22 @@ pub struct RollupDeltas {
 }
 
 impl RollupDeltas {
-    /// Adds the effect of one record change. `value_of` answers a record's
-    /// value as it stands before this change (earlier changes of the same
-    /// write included).
+    /// Adds the effect of one record change, and returns it. `value_of`
+    /// answers a record's value as it stands before this change (earlier
+    /// changes of the same write included).
     pub fn add_change(
         &mut self,
         change: &Change,
         value_of: impl Fn(&RecordKey) -> Result<Option<i128>>,
-    ) -> Result<()> {
-        let key = change.key;
-        if key.partner == CountryCode::WORLD {
-            return Ok(());
+    ) -> Result<ChangeEffect> {
+        let effect = ChangeEffect::of(change, value_of)?;
+        if change.key.partner != CountryCode::WORLD {
+            self.add(&change.key, change.key.flow.code(), effect.flow);
+            if let Some(volume) = effect.volume {
+                self.add(&change.key, keys::VOLUME_FLOW, volume);
+            }
         }
-        let before = change.before.as_ref().map(|r| r.record.value().nanos());
-        let after = change.after.as_ref().map(|r| r.record.value().nanos());
-        self.add(&key, key.flow.code(), Tally::of(after).minus(Tally::of(before)));
-
-        if matches!(key.flow, Flow::Turnover | Flow::Export | Flow::Import) {
-            let sibling = |flow: Flow| -> Result<Option<i128>> {
-                if flow == key.flow {
-                    Ok(before)
-                } else {
-                    value_of(&RecordKey { flow, ..key })
-                }
-            };
-            let (t, x, m) = (
-                sibling(Flow::Turnover)?,
-                sibling(Flow::Export)?,
-                sibling(Flow::Import)?,
-            );
-            let volume_before = volume(t, x, m);
-            let volume_after = match key.flow {
-                Flow::Turnover => volume(after, x, m),
-                Flow::Export => volume(t, after, m),
-                _ => volume(t, x, after),
-            };
-            self.add(&key, keys::VOLUME_FLOW, volume_after.minus(volume_before));
-        }
-        Ok(())
+        Ok(effect)
     }
 
     fn add(&mut self, key: &RecordKey, flow: u8, delta: Tally) {

@@ -3,17 +3,18 @@
 //! the previous one left. Jobs that arrive together share one flush (group
 //! commit); each is answered only after that flush.
 
+use std::collections::{BTreeMap, HashMap};
+
 use prost::Message;
 use prost_types::Timestamp;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use std::collections::HashMap;
-
-use super::codec::{self, EventKind, EventValue, RecordStoredValue};
-use super::keys;
-use super::rollup::RollupDeltas;
-use crate::domain::{RecordKey, StoredRecord};
+use super::codec::{self, EventKind, EventValue, RecordStoredValue, SeriesValue};
+use super::rollup::{ChangeEffect, RollupDeltas, Tally};
+use super::{keys, watches};
+use crate::domain::{Bucket, GroupName, PartnerGroup, RecordKey, StoredRecord, WatchDef, WatchId};
 use crate::error::{Error, Result};
+use crate::milestones::{self, Cause, Series};
 
 /// Most jobs applied before one shared flush.
 const MAX_GROUP: usize = 512;
@@ -43,7 +44,25 @@ pub struct Writer {
     head: u64,
     /// Last sequence known to be on disk.
     durable_head: watch::Sender<u64>,
+    /// Every watch with the state of its series, as on disk.
+    pub(super) watches: BTreeMap<WatchId, WatchRuntime>,
     closing: bool,
+}
+
+/// A watch and the state of its series.
+#[derive(Debug, Clone)]
+pub struct WatchRuntime {
+    pub def: WatchDef,
+    pub series: Series,
+}
+
+/// What a write adds besides record changes: other writes, events caused by
+/// them, and watch states to take on once it is applied (`None`: deleted).
+#[derive(Default)]
+pub struct Pending {
+    pub batch: sled::Batch,
+    pub events: Vec<EventKind>,
+    pub watches: Vec<(WatchId, Option<WatchRuntime>)>,
 }
 
 /// The handle through which the rest of the store submits jobs.
@@ -93,23 +112,26 @@ impl WriterHandle {
 }
 
 impl Writer {
-    /// Starts the writer thread; returns its handle, the thread, and a
-    /// receiver of the durable head sequence.
+    /// Loads the watches and starts the writer thread; returns its handle,
+    /// the thread, and a receiver of the durable head sequence.
     pub fn spawn(
         db: sled::Db,
         head: u64,
-    ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>, watch::Receiver<u64>)> {
+    ) -> Result<(WriterHandle, std::thread::JoinHandle<()>, watch::Receiver<u64>)> {
+        let watches = load_watches(&db)?;
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
         let (durable_tx, durable_rx) = watch::channel(head);
         let writer = Writer {
             db,
             head,
             durable_head: durable_tx,
+            watches,
             closing: false,
         };
         let thread = std::thread::Builder::new()
             .name("tradewatch-writer".into())
-            .spawn(move || writer.run(jobs_rx))?;
+            .spawn(move || writer.run(jobs_rx))
+            .map_err(|e| Error::Unavailable(format!("cannot start writer thread: {e}")))?;
         Ok((WriterHandle { jobs: jobs_tx }, thread, durable_rx))
     }
 
@@ -151,26 +173,34 @@ impl Writer {
             .transpose()
     }
 
-    /// Writes record changes with their events in one atomic batch, together
-    /// with `extra` writes (e.g. a group). Returns the sequence numbers
-    /// assigned, if any event was produced.
+    /// Every group as stored.
+    pub fn groups(&self) -> Result<BTreeMap<GroupName, PartnerGroup>> {
+        read_groups(&self.db)
+    }
+
+    /// Writes record changes with their events, the rollups and watch
+    /// states they move and the milestones they reach, together with
+    /// `pending` (e.g. a group and the events its edit caused), in one
+    /// atomic batch. Returns the sequence numbers assigned, if any event was
+    /// produced.
     pub fn commit(
         &mut self,
         changes: &[Change],
-        mut batch: sled::Batch,
+        mut pending: Pending,
         now: Timestamp,
     ) -> Result<Option<SequenceRange>> {
-        let first = self.head + 1;
-        let mut next = first;
         let mut rollups = RollupDeltas::default();
-        // Records as this write leaves them so far, for rollups that look at
-        // a record's siblings.
+        // Records as this write leaves them so far, for sums that look at a
+        // record's siblings.
         let mut written: HashMap<RecordKey, Option<i128>> = HashMap::new();
+        let mut effects = Vec::with_capacity(changes.len());
+        let mut events = Vec::with_capacity(changes.len() + pending.events.len());
         for change in changes {
-            rollups.add_change(change, |k| match written.get(k) {
+            let effect = rollups.add_change(change, |k| match written.get(k) {
                 Some(v) => Ok(*v),
                 None => self.value_of(k),
             })?;
+            effects.push(effect);
             written.insert(
                 change.key,
                 change.after.as_ref().map(|r| r.record.value().nanos()),
@@ -178,27 +208,161 @@ impl Writer {
             let key = keys::record_key(&change.key);
             let after = change.after.as_ref().map(codec::encode_record);
             match &after {
-                Some(value) => batch.insert(&key, value.encode_to_vec()),
-                None => batch.remove(&key),
+                Some(value) => pending.batch.insert(&key, value.encode_to_vec()),
+                None => pending.batch.remove(&key),
             }
+            events.push(EventKind::RecordStored(RecordStoredValue {
+                key: key.to_vec(),
+                before: change.before.as_ref().map(codec::encode_record),
+                after,
+            }));
+        }
+        rollups.write_into(&mut pending.batch, &self.db)?;
+        self.follow_watches(changes, &effects, &mut pending)?;
+        events.append(&mut pending.events);
+
+        let first = self.head + 1;
+        let last = self.head + events.len() as u64;
+        let mut batch = pending.batch;
+        for (sequence, kind) in (first..).zip(events) {
             let event = EventValue {
                 time: Some(now),
-                kind: Some(EventKind::RecordStored(RecordStoredValue {
-                    key: key.to_vec(),
-                    before: change.before.as_ref().map(codec::encode_record),
-                    after,
-                })),
+                kind: Some(kind),
             };
-            batch.insert(&keys::event_key(next), event.encode_to_vec());
-            next += 1;
+            batch.insert(&keys::event_key(sequence), event.encode_to_vec());
         }
-        rollups.write_into(&mut batch, &self.db)?;
-        let last = next - 1;
         if last >= first {
             batch.insert(keys::META_HEAD_SEQUENCE, &last.to_be_bytes());
         }
         self.db.apply_batch(batch)?;
         self.head = last;
+        for (id, runtime) in pending.watches {
+            match runtime {
+                Some(r) => self.watches.insert(id, r),
+                None => self.watches.remove(&id),
+            };
+        }
         Ok((last >= first).then_some(SequenceRange { first, last }))
     }
+
+    /// Moves the series of every watch the changes touch, and adds the
+    /// milestones reached and the new states to `pending`.
+    fn follow_watches(
+        &self,
+        changes: &[Change],
+        effects: &[ChangeEffect],
+        pending: &mut Pending,
+    ) -> Result<()> {
+        struct Touch {
+            deltas: BTreeMap<Bucket, Tally>,
+            keys: Vec<RecordKey>,
+            revision: bool,
+        }
+        let mut touched: BTreeMap<&WatchId, Touch> = BTreeMap::new();
+        for (change, effect) in changes.iter().zip(effects) {
+            for (id, watch) in &self.watches {
+                let spec = &watch.def.spec;
+                if !spec.selects(&change.key) {
+                    continue;
+                }
+                let Some(delta) = effect.for_measure(change.key.flow, &spec.measure) else {
+                    continue;
+                };
+                if delta == Tally::default() {
+                    continue;
+                }
+                let touch = touched.entry(id).or_insert_with(|| Touch {
+                    deltas: BTreeMap::new(),
+                    keys: Vec::new(),
+                    revision: false,
+                });
+                touch
+                    .deltas
+                    .entry(spec.bucket(change.key.period))
+                    .or_default()
+                    .add(delta);
+                touch.keys.push(change.key);
+                touch.revision |= change.before.is_some();
+            }
+        }
+        for (id, touch) in touched {
+            let watch = &self.watches[id];
+            let updates = touch
+                .deltas
+                .iter()
+                .map(|(bucket, delta)| {
+                    let (nanos, count) = watch.series.values.get(bucket).copied().unwrap_or_default();
+                    let (nanos, count) = (nanos + delta.nanos, count + delta.count);
+                    (*bucket, (count > 0).then_some((nanos, count)))
+                })
+                .collect();
+            let cause = if touch.revision {
+                Cause::Revision
+            } else {
+                Cause::NewData
+            };
+            let (series, reached) = milestones::evaluate(&watch.def.rules, &watch.series, &updates, cause);
+            self.stage_watch(&watch.def, series, &reached, &touch.keys, pending);
+        }
+        Ok(())
+    }
+
+    /// Adds a watch's new state and the milestones it reached to `pending`.
+    pub fn stage_watch(
+        &self,
+        def: &WatchDef,
+        series: Series,
+        reached: &[milestones::Milestone],
+        caused_by: &[RecordKey],
+        pending: &mut Pending,
+    ) {
+        for milestone in reached {
+            let (is_record_high, value) = watches::milestone_event(def, milestone, caused_by);
+            pending.events.push(if is_record_high {
+                EventKind::RecordHigh(value)
+            } else {
+                EventKind::ThresholdCrossed(value)
+            });
+        }
+        pending.batch.insert(
+            watches::state_key(&def.id),
+            watches::encode_series(&series).encode_to_vec(),
+        );
+        pending.watches.push((
+            def.id.clone(),
+            Some(WatchRuntime {
+                def: def.clone(),
+                series,
+            }),
+        ));
+    }
+}
+
+pub fn read_groups(db: &sled::Db) -> Result<BTreeMap<GroupName, PartnerGroup>> {
+    db.scan_prefix([keys::NS_GROUP])
+        .map(|entry| {
+            let (k, v) = entry?;
+            let (group, _) = codec::decode_group(&k, &v)?;
+            Ok((group.name.clone(), group))
+        })
+        .collect()
+}
+
+fn load_watches(db: &sled::Db) -> Result<BTreeMap<WatchId, WatchRuntime>> {
+    let groups = read_groups(db)?;
+    let mut out = BTreeMap::new();
+    for entry in db.scan_prefix([watches::NS_WATCH]) {
+        let (k, v) = entry?;
+        let (def, _) = watches::decode_watch_entry(&k, &v, &groups)?;
+        let series = match db.get(watches::state_key(&def.id))? {
+            Some(state) => {
+                let value = SeriesValue::decode(state.as_ref())
+                    .map_err(|e| Error::Corrupt(format!("watch {} state: {e}", def.id)))?;
+                watches::decode_series(&value, def.spec.granularity)?
+            }
+            None => Series::default(),
+        };
+        out.insert(def.id.clone(), WatchRuntime { def, series });
+    }
+    Ok(out)
 }

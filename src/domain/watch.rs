@@ -1,0 +1,138 @@
+//! Watches: a series and what counts as a milestone in it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use super::{CountryCode, GroupName, Invalid, Measure, PartnerGroup, Party, SeriesSpec};
+
+/// `[a-z0-9][a-z0-9_-]{0,62}`; the server assigns `w1`, `w2`… when a
+/// watch is created without one.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WatchId(String);
+
+impl WatchId {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let b = s.as_bytes();
+        let ok = (1..=63).contains(&b.len())
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-');
+        if ok {
+            Ok(WatchId(s.to_owned()))
+        } else {
+            Err(Invalid(format!(
+                "{s:?} is not a watch id: expected 1 to 63 of a-z, 0-9, _ and -, starting with a letter or digit"
+            )))
+        }
+    }
+
+    /// The id the server gives the `n`th watch created without one.
+    pub fn assigned(n: u64) -> Self {
+        WatchId(format!("w{n}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for WatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a watch looks for in its series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchRules {
+    /// Amounts in nanos of the series' currency, each > 0, ascending.
+    pub thresholds: Vec<i128>,
+    pub record_high: bool,
+}
+
+/// A watch as defined: the parties as named (groups kept, so that a group
+/// edit can re-expand them) and the series they select.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchDef {
+    pub id: WatchId,
+    pub name: String,
+    pub reporters: Vec<Party>,
+    pub partners: Vec<Party>,
+    pub spec: SeriesSpec,
+    pub rules: WatchRules,
+}
+
+impl WatchDef {
+    pub const MAX_NAME_CHARS: usize = 200;
+
+    /// Whether the watch names this group.
+    pub fn uses_group(&self, name: &GroupName) -> bool {
+        self.reporters
+            .iter()
+            .chain(&self.partners)
+            .any(|p| matches!(p, Party::Group(g) if g == name))
+    }
+
+    /// The series again, with groups expanded from `groups`; `None` if a
+    /// group it names is missing.
+    pub fn respecify(&self, groups: &BTreeMap<GroupName, PartnerGroup>) -> Option<SeriesSpec> {
+        Some(SeriesSpec {
+            reporters: expand_parties(&self.reporters, groups)?,
+            partners: expand_parties(&self.partners, groups)?,
+            ..self.spec.clone()
+        })
+    }
+
+    /// `CHN ↔ CENTRAL_ASIA, turnover`: the series as a newsroom names it.
+    pub fn describe(&self) -> String {
+        let parties = |list: &[Party], all: &str| {
+            if list.is_empty() {
+                all.to_owned()
+            } else {
+                list.iter()
+                    .map(|p| match p {
+                        Party::Country(c) => c.to_string(),
+                        Party::Group(g) => g.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("+")
+            }
+        };
+        let measure = match &self.spec.measure {
+            Measure::Volume => "turnover".to_owned(),
+            Measure::Flows(flows) => flows.iter().map(|f| f.name()).collect::<Vec<_>>().join("+"),
+        };
+        format!(
+            "{} ↔ {}, {measure}",
+            parties(&self.reporters, "all reporters"),
+            parties(&self.partners, "all partners")
+        )
+    }
+}
+
+/// The countries a list of parties names: `Some(None)` for an empty list
+/// (no restriction), `None` when a named group is missing.
+fn expand_parties(
+    parties: &[Party],
+    groups: &BTreeMap<GroupName, PartnerGroup>,
+) -> Option<Option<BTreeSet<CountryCode>>> {
+    if parties.is_empty() {
+        return Some(None);
+    }
+    let mut out = BTreeSet::new();
+    for party in parties {
+        match party {
+            Party::Country(c) => {
+                out.insert(*c);
+            }
+            Party::Group(name) => out.extend(groups.get(name)?.members.iter().copied()),
+        }
+    }
+    Some(Some(out))
+}
