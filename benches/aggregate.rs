@@ -370,6 +370,11 @@ async fn main() -> anyhow::Result<()> {
         sizes.push("1m");
     }
     let pg_url = std::env::var("TRADEWATCH_BENCH_PG").ok();
+    // The server's page cache, as `serve --cache-mb` would set it.
+    let cache_mb: u64 = std::env::var("TRADEWATCH_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(tradewatch::Config::DEFAULT_CACHE_MB);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
 
     let mut report: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -388,6 +393,7 @@ async fn main() -> anyhow::Result<()> {
             "127.0.0.1:0".parse()?,
             Config {
                 data_dir: dir.join("store"),
+                cache_mb,
             },
         )
         .await?;

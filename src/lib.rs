@@ -9,6 +9,7 @@ pub mod error;
 pub mod milestones;
 pub mod query;
 pub mod store;
+pub mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,6 +51,20 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// Memory for the store's page cache, in MiB.
+    pub cache_mb: u64,
+}
+
+impl Config {
+    pub const DEFAULT_CACHE_MB: u64 = 1024;
+
+    /// A store in `data_dir` with the default cache.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            cache_mb: Self::DEFAULT_CACHE_MB,
+        }
+    }
 }
 
 /// A bound, ready-to-run server: the same object in production and tests.
@@ -62,7 +77,7 @@ impl Application {
     /// Opens the store and binds the listener (`127.0.0.1:0` picks a free
     /// port).
     pub async fn build(listen: SocketAddr, config: Config) -> anyhow::Result<Self> {
-        let store = store::Store::open(&config.data_dir)?;
+        let store = store::Store::open(&config.data_dir, config.cache_mb * 1024 * 1024)?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -98,6 +113,9 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TradeServiceServer::new(api::TradeApi::new(self.store.clone())))
+            .add_service(pb::milestone_service_server::MilestoneServiceServer::new(
+                api::MilestoneApi::new(self.store.clone(), stop.clone()),
+            ))
             .serve_with_incoming_shutdown(incoming(self.listener), stop.clone().cancelled_owned());
         tokio::pin!(server);
 

@@ -24,6 +24,9 @@ enum Command {
         /// Directory of the embedded store; created if missing.
         #[arg(long, env = "TRADEWATCH_DATA_DIR", default_value = "./tradewatch-data")]
         data_dir: PathBuf,
+        /// Memory for the store's page cache, in MiB.
+        #[arg(long, env = "TRADEWATCH_CACHE_MB", default_value_t = tradewatch::Config::DEFAULT_CACHE_MB)]
+        cache_mb: u64,
     },
 }
 
@@ -35,11 +38,16 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
-        Command::Serve { listen, data_dir } => {
+        Command::Serve {
+            listen,
+            data_dir,
+            cache_mb,
+        } => {
             let app = tradewatch::Application::build(
                 listen,
                 tradewatch::Config {
                     data_dir: data_dir.clone(),
+                    cache_mb,
                 },
             )
             .await?;

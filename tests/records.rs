@@ -626,9 +626,7 @@ async fn a_store_of_another_format_is_refused_not_misread() {
         db.insert(b"\x00format_version", &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let config = tradewatch::Config {
-        data_dir: dir.path().to_path_buf(),
-    };
+    let config = tradewatch::Config::new(dir.path());
     let error = tradewatch::Application::build("127.0.0.1:0".parse().unwrap(), config)
         .await
         .err()
@@ -644,9 +642,7 @@ async fn a_store_of_another_format_is_refused_not_misread() {
         .unwrap()
         .insert(b"hello", b"world")
         .unwrap();
-    let config = tradewatch::Config {
-        data_dir: foreign.path().to_path_buf(),
-    };
+    let config = tradewatch::Config::new(foreign.path());
     let error = tradewatch::Application::build("127.0.0.1:0".parse().unwrap(), config)
         .await
         .err()

@@ -362,3 +362,100 @@ pub fn aggregate_to_pb(answer: &aggregate::AggregateAnswer) -> Result<pb::Aggreg
         .into(),
     })
 }
+
+/// A granularity from its proto number; `None` when unspecified.
+pub fn parse_granularity(code: i32, field: &str) -> Result<Option<crate::domain::Granularity>> {
+    use crate::domain::Granularity;
+    match pb::Granularity::try_from(code) {
+        Ok(pb::Granularity::Unspecified) => Ok(None),
+        Ok(pb::Granularity::Year) => Ok(Some(Granularity::Year)),
+        Ok(pb::Granularity::Quarter) => Ok(Some(Granularity::Quarter)),
+        Ok(pb::Granularity::Month) => Ok(Some(Granularity::Month)),
+        Err(_) => Err(Error::invalid(field, format!("{code} is not a Granularity"))),
+    }
+}
+
+pub fn frequency_to_pb(frequency: Frequency) -> pb::Frequency {
+    match frequency {
+        Frequency::Annual => pb::Frequency::Annual,
+        Frequency::Monthly => pb::Frequency::Monthly,
+    }
+}
+
+fn amount_to_pb(nanos: Option<i128>, currency: &str) -> Result<Option<pb::Money>> {
+    let Some(nanos) = nanos else { return Ok(None) };
+    let currency = crate::domain::CurrencyCode::parse(currency)
+        .map_err(|e| Error::Corrupt(format!("event currency: {e}")))?;
+    Ok(Some(money_to_pb(crate::domain::Money::new(currency, nanos))))
+}
+
+fn stored_value_to_pb(v: &crate::store::RecordValueRef<'_>, currency: &str) -> Result<Option<pb::Money>> {
+    amount_to_pb(
+        v.map(|r| i128::from(r.units) * 1_000_000_000 + i128::from(r.nanos)),
+        currency,
+    )
+}
+
+/// A stored event as the API shows it.
+pub fn event_kind_to_pb(kind: &crate::store::EventKind) -> Result<pb::event::Kind> {
+    use crate::store::{EventKind, decode_amount, decode_record_key};
+    let keys = |caused_by: &[Vec<u8>]| -> Result<Vec<pb::RecordKey>> {
+        caused_by
+            .iter()
+            .map(|k| decode_record_key(k).map(|k| key_to_pb(&k)))
+            .collect()
+    };
+    Ok(match kind {
+        EventKind::RecordStored(v) => {
+            let key = decode_record_key(&v.key)?;
+            let currency = key.currency.to_string();
+            let change = match (&v.before, &v.after) {
+                (None, _) => pb::RecordChange::Created,
+                (_, None) => pb::RecordChange::Deleted,
+                _ => pb::RecordChange::Revised,
+            };
+            let revision = v.after.as_ref().or(v.before.as_ref()).map_or(0, |r| r.revision);
+            pb::event::Kind::RecordStored(pb::RecordStored {
+                key: Some(key_to_pb(&key)),
+                change: change.into(),
+                old_value: stored_value_to_pb(&v.before.as_ref(), &currency)?,
+                new_value: stored_value_to_pb(&v.after.as_ref(), &currency)?,
+                revision,
+            })
+        }
+        EventKind::ThresholdCrossed(m) => pb::event::Kind::ThresholdCrossed(pb::ThresholdCrossed {
+            watch_id: m.watch_id.clone(),
+            watch_name: m.watch_name.clone(),
+            period: m.period.clone(),
+            threshold: amount_to_pb(decode_amount(&m.threshold), &m.currency)?,
+            direction: if m.up {
+                pb::Direction::Up
+            } else {
+                pb::Direction::Down
+            }
+            .into(),
+            value_before: amount_to_pb(decode_amount(&m.before), &m.currency)?,
+            value_after: amount_to_pb(decode_amount(&m.after), &m.currency)?,
+            caused_by: keys(&m.caused_by)?,
+            headline: m.headline.clone(),
+        }),
+        EventKind::RecordHigh(m) => pb::event::Kind::RecordHigh(pb::RecordHigh {
+            watch_id: m.watch_id.clone(),
+            watch_name: m.watch_name.clone(),
+            period: m.period.clone(),
+            value_before: amount_to_pb(decode_amount(&m.before), &m.currency)?,
+            value_after: amount_to_pb(decode_amount(&m.after), &m.currency)?,
+            previous_period: m.previous_period.clone(),
+            previous_value: amount_to_pb(decode_amount(&m.previous_value), &m.currency)?,
+            cause: match m.cause {
+                1 => pb::Cause::NewData,
+                2 => pb::Cause::Revision,
+                3 => pb::Cause::GroupChange,
+                _ => pb::Cause::Unspecified,
+            }
+            .into(),
+            caused_by: keys(&m.caused_by)?,
+            headline: m.headline.clone(),
+        }),
+    })
+}

@@ -58,7 +58,7 @@ pub struct GroupValue {
 pub struct EventValue {
     #[prost(message, optional, tag = "1")]
     pub time: Option<Timestamp>,
-    #[prost(oneof = "EventKind", tags = "2")]
+    #[prost(oneof = "EventKind", tags = "2, 3, 4")]
     pub kind: Option<EventKind>,
 }
 

@@ -22,7 +22,10 @@ use crate::domain::{
     WriteOutcome,
 };
 use crate::error::{Error, Result};
-pub use codec::{EventKind, EventValue, MilestoneValue, RecordStoredValue, decode_amount};
+pub use codec::{EventKind, EventValue, MilestoneValue, RecordStoredValue, RecordValue, decode_amount};
+
+/// A stored record value inside an event, if there is one.
+pub type RecordValueRef<'a> = Option<&'a RecordValue>;
 pub use facts::{Fact, FactScan, FactSource};
 pub use rollup::Tally;
 pub use writer::SequenceRange;
@@ -67,17 +70,21 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`, refusing a directory of another
     /// format.
-    pub fn open(dir: &Path) -> Result<Store> {
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::FailedPrecondition(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
-        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
-            sled::Error::Io(io) => Error::FailedPrecondition(format!(
-                "cannot open store in {} (is another tradewatch using it?): {io}",
-                dir.display()
-            )),
-            other => Error::Storage(other),
-        })?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) => Error::FailedPrecondition(format!(
+                    "cannot open store in {} (is another tradewatch using it?): {io}",
+                    dir.display()
+                )),
+                other => Error::Storage(other),
+            })?;
         let head = Self::check_or_init(&db, dir)?;
         let (writer, thread, durable_head) = Writer::spawn(db.clone(), head)?;
         Ok(Store {
@@ -395,6 +402,7 @@ impl Store {
                 };
                 let def = make(id);
                 let values = watches::series_values(&w.db, &def.spec)?;
+
                 let (series, reached) = if backfill {
                     crate::milestones::backfill(&def.rules, &values)
                 } else {

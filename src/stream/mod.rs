@@ -25,7 +25,7 @@ const OUTGOING_BUFFER: usize = 64;
 /// What a subscription sends, in order.
 #[derive(Debug, Clone)]
 pub enum Message {
-    Event(u64, EventValue),
+    Event(u64, Box<EventValue>),
     CaughtUp { head: u64 },
     Progress { head: u64, next: u64 },
 }
@@ -72,7 +72,12 @@ pub fn subscribe(
                         break;
                     }
                     next = sequence + 1;
-                    if wanted(&event) && tx.send(Ok(Message::Event(sequence, event))).await.is_err() {
+                    if wanted(&event)
+                        && tx
+                            .send(Ok(Message::Event(sequence, Box::new(event))))
+                            .await
+                            .is_err()
+                    {
                         return;
                     }
                 }

@@ -29,9 +29,7 @@ impl TestServer {
 
     /// Starts a server on an existing data dir (which the caller keeps).
     pub async fn start_in(dir: &Path) -> TestServer {
-        let config = Config {
-            data_dir: dir.to_path_buf(),
-        };
+        let config = Config::new(dir);
         let app = Application::build("127.0.0.1:0".parse().unwrap(), config)
             .await
             .expect("server builds");

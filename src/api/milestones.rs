@@ -1,0 +1,376 @@
+//! `tradewatch.v1.MilestoneService`.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::domain::{CurrencyCode, Granularity, Money, Party, Period, WatchDef, WatchId, WatchRules};
+use crate::error::{Error, Result, Violation};
+use crate::pb::{self, milestone_service_server::MilestoneService};
+use crate::query::ResolvedSelector;
+use crate::store::{EventKind, EventValue, Store};
+use crate::stream::{self, Message};
+
+const DEFAULT_EVENTS_PAGE: usize = 100;
+const MAX_EVENTS_PAGE: usize = 1000;
+
+pub struct MilestoneApi {
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+}
+
+impl MilestoneApi {
+    pub fn new(store: Arc<Store>, shutdown: CancellationToken) -> Self {
+        MilestoneApi { store, shutdown }
+    }
+
+    async fn create(&self, watch: &pb::Watch) -> Result<pb::Watch> {
+        let mut violations = Vec::new();
+        let id = if watch.id.is_empty() {
+            None
+        } else {
+            WatchId::parse(&watch.id)
+                .map_err(|e| violations.push(Violation::new("id", e.0)))
+                .ok()
+        };
+        let name = watch.name.trim().to_owned();
+        if name.is_empty() {
+            violations.push(Violation::new("name", "a watch needs a name"));
+        } else if name.chars().count() > WatchDef::MAX_NAME_CHARS {
+            violations.push(Violation::new(
+                "name",
+                format!("longer than {} characters", WatchDef::MAX_NAME_CHARS),
+            ));
+        }
+        let granularity = convert::parse_granularity(watch.granularity, "granularity")
+            .map_err(|e| violations.extend(violations_of(e)))
+            .ok()
+            .flatten();
+        let selector = convert::parse_selector(watch.selector.as_ref(), "selector")
+            .map_err(|e| violations.extend(violations_of(e)))
+            .ok();
+        if watch.thresholds.is_empty() && !watch.record_high {
+            violations.push(Violation::new(
+                "thresholds",
+                "a watch needs thresholds, record_high, or both",
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        let Some(selector) = selector else {
+            return Err(Error::InvalidArgument(violations));
+        };
+        let (reporters, partners) = (selector.reporters.clone(), selector.partners.clone());
+        let resolved = ResolvedSelector::resolve(&self.store, selector, "selector")?;
+        let spec = crate::query::aggregate::series_spec(&resolved, granularity, false)?;
+        let thresholds = parse_thresholds(&watch.thresholds, spec.currency)?;
+        let rules = WatchRules {
+            thresholds,
+            record_high: watch.record_high,
+        };
+        let make = move |id| WatchDef {
+            id,
+            name,
+            reporters,
+            partners,
+            spec,
+            rules,
+        };
+        let (def, created_at, _) = self.store.create_watch(id, make, watch.backfill).await?;
+        Ok(watch_to_pb(&def, created_at))
+    }
+
+    fn list_events(&self, request: &pb::ListEventsRequest) -> Result<pb::ListEventsResponse> {
+        let limit = match request.limit as usize {
+            0 => DEFAULT_EVENTS_PAGE,
+            n if n <= MAX_EVENTS_PAGE => n,
+            n => {
+                return Err(Error::invalid(
+                    "limit",
+                    format!("limit {n} is above the maximum {MAX_EVENTS_PAGE}"),
+                ));
+            }
+        };
+        let wanted = EventFilter::parse(&request.kinds, &request.watch_ids)?;
+        let oldest = self.store.oldest_sequence();
+        if request.from_sequence > 1 && request.from_sequence < oldest {
+            return Err(Error::OutOfRange(format!(
+                "sequence {} is no longer retained; the oldest available is {oldest}",
+                request.from_sequence
+            )));
+        }
+        let head = self.store.durable_head();
+        let mut next = request.from_sequence.max(oldest);
+        let mut events = Vec::new();
+        while events.len() < limit && next <= head {
+            let chunk = self.store.events(next, limit)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (sequence, event) in chunk {
+                if sequence > head || events.len() == limit {
+                    break;
+                }
+                next = sequence + 1;
+                if wanted.matches(&event) {
+                    events.push(event_to_pb(sequence, &event)?);
+                }
+            }
+        }
+        Ok(pb::ListEventsResponse {
+            events,
+            next_sequence: next,
+            head_sequence: head,
+        })
+    }
+}
+
+fn violations_of(e: Error) -> Vec<Violation> {
+    match e {
+        Error::InvalidArgument(v) => v,
+        other => vec![Violation::new("", other.to_string())],
+    }
+}
+
+fn parse_thresholds(thresholds: &[pb::Money], currency: CurrencyCode) -> Result<Vec<i128>> {
+    let mut violations = Vec::new();
+    let mut out = BTreeSet::new();
+    for (i, t) in thresholds.iter().enumerate() {
+        if t.currency_code != currency.as_str() {
+            violations.push(Violation::new(
+                format!("thresholds[{i}].currency_code"),
+                format!("{:?} is not the series' currency {currency}", t.currency_code),
+            ));
+            continue;
+        }
+        match Money::amount_from_parts(t.units, t.nanos) {
+            Ok(v) if v > 0 => {
+                if !out.insert(v) {
+                    violations.push(Violation::new(format!("thresholds[{i}]"), "listed twice"));
+                }
+            }
+            Ok(_) => violations.push(Violation::new(
+                format!("thresholds[{i}].units"),
+                "a threshold must be positive",
+            )),
+            Err((_, reason)) => violations.push(Violation::new(format!("thresholds[{i}].nanos"), reason.0)),
+        }
+    }
+    if violations.is_empty() {
+        Ok(out.into_iter().collect())
+    } else {
+        Err(Error::InvalidArgument(violations))
+    }
+}
+
+fn watch_to_pb(def: &WatchDef, created_at: prost_types::Timestamp) -> pb::Watch {
+    let party = |p: &Party| match p {
+        Party::Country(c) => c.to_string(),
+        Party::Group(g) => g.to_string(),
+    };
+    let spec = &def.spec;
+    let (commodities, commodity_level, commodity_prefix) = match &spec.commodities {
+        crate::domain::CommodityFilter::Exact(set) => {
+            (set.iter().map(ToString::to_string).collect(), 0, String::new())
+        }
+        crate::domain::CommodityFilter::Level(level, prefix) => (
+            Vec::new(),
+            match level {
+                crate::domain::CommodityLevel::Total => pb::CommodityLevel::Total,
+                crate::domain::CommodityLevel::Hs2 => pb::CommodityLevel::Hs2,
+                crate::domain::CommodityLevel::Hs4 => pb::CommodityLevel::Hs4,
+                crate::domain::CommodityLevel::Hs6 => pb::CommodityLevel::Hs6,
+            } as i32,
+            prefix.clone(),
+        ),
+    };
+    let open_from = spec.from.year() == Period::MIN_YEAR && spec.from.month().unwrap_or(1) == 1;
+    let open_to = spec.to.year() == Period::MAX_YEAR && spec.to.month().unwrap_or(12) == 12;
+    pb::Watch {
+        id: def.id.to_string(),
+        name: def.name.clone(),
+        selector: Some(pb::RecordSelector {
+            reporters: def.reporters.iter().map(party).collect(),
+            partners: def.partners.iter().map(party).collect(),
+            flows: match &spec.measure {
+                crate::domain::Measure::Volume => Vec::new(),
+                crate::domain::Measure::Flows(f) => f.iter().map(|f| i32::from(f.code())).collect(),
+            },
+            commodities,
+            commodity_level,
+            commodity_prefix,
+            currency: spec.currency.to_string(),
+            frequency: convert::frequency_to_pb(spec.frequency) as i32,
+            period_from: if open_from {
+                String::new()
+            } else {
+                spec.from.to_string()
+            },
+            period_to: if open_to {
+                String::new()
+            } else {
+                spec.to.to_string()
+            },
+        }),
+        granularity: match spec.granularity {
+            Granularity::Year => pb::Granularity::Year,
+            Granularity::Quarter => pb::Granularity::Quarter,
+            Granularity::Month => pb::Granularity::Month,
+        } as i32,
+        thresholds: def
+            .rules
+            .thresholds
+            .iter()
+            .map(|t| convert::money_to_pb(Money::new(spec.currency, *t)))
+            .collect(),
+        record_high: def.rules.record_high,
+        backfill: false,
+        created_at: Some(created_at),
+        series: def.describe(),
+    }
+}
+
+/// Which events a subscriber or a listing wants.
+#[derive(Clone, Default)]
+struct EventFilter {
+    kinds: BTreeSet<i32>,
+    watch_ids: BTreeSet<String>,
+}
+
+impl EventFilter {
+    fn parse(kinds: &[i32], watch_ids: &[String]) -> Result<Self> {
+        let mut violations = Vec::new();
+        for (i, k) in kinds.iter().enumerate() {
+            if !matches!(pb::EventKind::try_from(*k), Ok(kind) if kind != pb::EventKind::Unspecified) {
+                violations.push(Violation::new(
+                    format!("kinds[{i}]"),
+                    format!("{k} is not an event kind"),
+                ));
+            }
+        }
+        for (i, id) in watch_ids.iter().enumerate() {
+            if let Err(e) = WatchId::parse(id) {
+                violations.push(Violation::new(format!("watch_ids[{i}]"), e.0));
+            }
+        }
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        Ok(EventFilter {
+            kinds: kinds.iter().copied().collect(),
+            watch_ids: watch_ids.iter().cloned().collect(),
+        })
+    }
+
+    fn matches(&self, event: &EventValue) -> bool {
+        let (kind, watch) = match &event.kind {
+            Some(EventKind::RecordStored(_)) => (pb::EventKind::RecordStored, None),
+            Some(EventKind::ThresholdCrossed(m)) => (pb::EventKind::ThresholdCrossed, Some(&m.watch_id)),
+            Some(EventKind::RecordHigh(m)) => (pb::EventKind::RecordHigh, Some(&m.watch_id)),
+            None => return false,
+        };
+        (self.kinds.is_empty() || self.kinds.contains(&(kind as i32)))
+            && (self.watch_ids.is_empty() || watch.is_some_and(|w| self.watch_ids.contains(w)))
+    }
+}
+
+fn event_to_pb(sequence: u64, event: &EventValue) -> Result<pb::Event> {
+    Ok(pb::Event {
+        sequence,
+        time: event.time,
+        kind: event.kind.as_ref().map(convert::event_kind_to_pb).transpose()?,
+    })
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MilestoneService for MilestoneApi {
+    async fn create_watch(&self, request: Request<pb::Watch>) -> Result<Response<pb::Watch>, Status> {
+        Ok(Response::new(self.create(request.get_ref()).await?))
+    }
+
+    async fn get_watch(&self, request: Request<pb::GetWatchRequest>) -> Result<Response<pb::Watch>, Status> {
+        let id = WatchId::parse(&request.get_ref().id).map_err(|e| Error::invalid("id", e.0))?;
+        match self.store.get_watch(&id)? {
+            Some((def, created_at)) => Ok(Response::new(watch_to_pb(&def, created_at))),
+            None => Err(Error::NotFound(format!("no watch {id}")).into()),
+        }
+    }
+
+    async fn list_watches(
+        &self,
+        _request: Request<pb::ListWatchesRequest>,
+    ) -> Result<Response<pb::ListWatchesResponse>, Status> {
+        let watches = self
+            .store
+            .list_watches()?
+            .iter()
+            .map(|(d, t)| watch_to_pb(d, *t))
+            .collect();
+        Ok(Response::new(pb::ListWatchesResponse { watches }))
+    }
+
+    async fn delete_watch(
+        &self,
+        request: Request<pb::DeleteWatchRequest>,
+    ) -> Result<Response<pb::DeleteWatchResponse>, Status> {
+        let id = WatchId::parse(&request.get_ref().id).map_err(|e| Error::invalid("id", e.0))?;
+        let created_at = self.store.get_watch(&id)?.map(|(_, t)| t).unwrap_or_default();
+        let def = self.store.delete_watch(id).await?;
+        Ok(Response::new(pb::DeleteWatchResponse {
+            watch: Some(watch_to_pb(&def, created_at)),
+        }))
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let wanted = EventFilter::parse(&request.kinds, &request.watch_ids)?;
+        let rx = stream::subscribe(
+            self.store.clone(),
+            request.from_sequence,
+            move |event| wanted.matches(event),
+            self.shutdown.clone(),
+        )?;
+        let responses = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |message| {
+            let message = match message? {
+                Message::Event(sequence, event) => {
+                    pb::subscribe_response::Message::Event(event_to_pb(sequence, &event)?)
+                }
+                Message::CaughtUp { head } => {
+                    pb::subscribe_response::Message::CaughtUp(pb::CaughtUp { head_sequence: head })
+                }
+                Message::Progress { head, next } => pb::subscribe_response::Message::Progress(pb::Progress {
+                    head_sequence: head,
+                    next_sequence: next,
+                }),
+            };
+            Ok(pb::SubscribeResponse {
+                message: Some(message),
+            })
+        });
+        let responses = tokio_stream::StreamExt::map(responses, |r: Result<pb::SubscribeResponse>| {
+            r.map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        Ok(Response::new(self.list_events(request.get_ref())?))
+    }
+}
