@@ -266,6 +266,14 @@ growth=$(json_get '"%.1f" % r["rows"][2]["yoyGrowthPercent"]')
 [[ $growth == 12.1 ]] || fail "Aggregate: 2025 growth +12.1 % (got $growth)" "$OUT"
 pass "Aggregate CHN x CENTRAL_ASIA per year: 89.3, 94.82, 106.3 bn USD, 2025 +12.1 %"
 
+call -d '{"name":"China–Central Asia trade","selector":{"reporters":["CHN"],"partners":["CENTRAL_ASIA"]},"thresholds":[{"currency_code":"USD","units":"100000000000"}],"record_high":true,"backfill":true}' \
+    "$ADDR" tradewatch.v1.MilestoneService/CreateWatch
+expect_ok "CreateWatch with backfill"
+call -d '{"kinds":["EVENT_KIND_THRESHOLD_CROSSED"]}' "$ADDR" tradewatch.v1.MilestoneService/ListEvents
+expect_ok "ListEvents: threshold crossings"
+[[ $OUT == *"crossing 100 billion USD"* ]] || fail "ListEvents: a headline crossing 100 billion USD" "$OUT"
+pass "CreateWatch + backfill: headline \"… crossing 100 billion USD\""
+
 rpc PutRecords "$REVISE_KAZ_2025"
 expect_ok "PutRecords: revise CHN/KAZ/2025"
 [[ $(json_get 'r["results"][0]["outcome"]') == WRITE_OUTCOME_REVISED &&
