@@ -364,7 +364,15 @@ impl MilestoneService for MilestoneApi {
         let responses = tokio_stream::StreamExt::map(responses, |r: Result<pb::SubscribeResponse>| {
             r.map_err(Status::from)
         });
-        Ok(Response::new(Box::pin(responses)))
+        // A subscription never ends with OK: when it stops (shutdown, store
+        // failure) the client gets UNAVAILABLE and resumes from its last
+        // sequence + 1.
+        let ended = tokio_stream::once(Err(Status::unavailable(
+            "subscription ended (server shutting down); resume from the last sequence seen + 1",
+        )));
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(
+            responses, ended,
+        ))))
     }
 
     async fn list_events(

@@ -31,8 +31,10 @@ pub enum Message {
 }
 
 /// Starts a subscription from `from` (0: after the current head) and
-/// returns the receiving end. `wanted` filters events; the stream ends with
-/// UNAVAILABLE when the server shuts down.
+/// returns the receiving end. `wanted` filters events. The subscription only
+/// ends when the client goes away, the server shuts down or the store fails;
+/// the receiver then closes, and the caller must end the client's stream
+/// with an error (never OK), so the client knows to resume.
 pub fn subscribe(
     store: Arc<Store>,
     from: u64,
@@ -50,7 +52,18 @@ pub fn subscribe(
     let mut next = if from == 0 { head + 1 } else { from };
     let (tx, rx) = mpsc::channel(OUTGOING_BUFFER);
     tokio::spawn(async move {
-        if tx.send(Ok(Message::Progress { head, next })).await.is_err() {
+        // Gives up when the client is gone or the server shuts down, even
+        // while the client is not reading.
+        let send = |message: Message| {
+            let (tx, shutdown) = (&tx, &shutdown);
+            async move {
+                tokio::select! {
+                    sent = tx.send(Ok(message)) => sent.is_ok(),
+                    () = shutdown.cancelled() => false,
+                }
+            }
+        };
+        if !send(Message::Progress { head, next }).await {
             return;
         }
         let mut caught_up = false;
@@ -60,7 +73,7 @@ pub fn subscribe(
                 let chunk = match store.events(next, READ_CHUNK) {
                     Ok(chunk) => chunk,
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        let _ = tx.try_send(Err(e));
                         return;
                     }
                 };
@@ -72,19 +85,14 @@ pub fn subscribe(
                         break;
                     }
                     next = sequence + 1;
-                    if wanted(&event)
-                        && tx
-                            .send(Ok(Message::Event(sequence, Box::new(event))))
-                            .await
-                            .is_err()
-                    {
+                    if wanted(&event) && !send(Message::Event(sequence, Box::new(event))).await {
                         return;
                     }
                 }
             }
             if !caught_up {
                 caught_up = true;
-                if tx.send(Ok(Message::CaughtUp { head })).await.is_err() {
+                if !send(Message::CaughtUp { head }).await {
                     return;
                 }
             }
@@ -95,15 +103,12 @@ pub fn subscribe(
                     }
                 }
                 () = tokio::time::sleep(PROGRESS_EVERY) => {
-                    if tx.send(Ok(Message::Progress { head, next })).await.is_err() {
+                    if !send(Message::Progress { head, next }).await {
                         return;
                     }
                 }
                 () = tx.closed() => return,
-                () = shutdown.cancelled() => {
-                    let _ = tx.send(Err(Error::Unavailable("server shutting down; resume from the last sequence seen + 1".into()))).await;
-                    return;
-                }
+                () = shutdown.cancelled() => return,
             }
         }
     });

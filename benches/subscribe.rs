@@ -1,0 +1,256 @@
+//! The event stream under load: write-acknowledgement-to-delivery latency
+//! with 1,000 concurrent subscribers, catch-up replay rate, and ingest
+//! throughput with 10 active watches against none.
+//!
+//! ```sh
+//! cargo bench --bench subscribe
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tradewatch::pb::{
+    self, milestone_service_client::MilestoneServiceClient, subscribe_response::Message,
+    trade_service_client::TradeServiceClient,
+};
+use tradewatch::{Application, Config};
+
+const SUBSCRIBERS: usize = 1000;
+/// Subscribers share connections, as services behind a few channels would.
+const CONNECTIONS: usize = 10;
+const LATENCY_WRITES: usize = 200;
+const REPLAY_EVENTS: usize = 100_000;
+const INGEST_RECORDS: usize = 200_000;
+const BATCH: usize = 1000;
+
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let app = Application::build("127.0.0.1:0".parse()?, Config::new(dir.path())).await?;
+    let addr = app.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    Ok(Server {
+        addr,
+        stop,
+        task,
+        _dir: dir,
+    })
+}
+
+impl Server {
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(format!("http://{}", self.addr))?
+            .connect()
+            .await?)
+    }
+
+    async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// Record `i` of a synthetic load: distinct keys, turnover in USD.
+fn record(i: usize) -> pb::TradeRecord {
+    const PARTNERS: [&str; 10] = [
+        "KAZ", "KGZ", "TJK", "TKM", "UZB", "RUS", "DEU", "USA", "IND", "BRA",
+    ];
+    pb::TradeRecord {
+        reporter: "CHN".into(),
+        partner: PARTNERS[i % 10].into(),
+        flow: pb::Flow::Turnover.into(),
+        period: format!("{}", 1900 + (i / 10) % 200),
+        commodity: format!("{:06}", i / 2000),
+        value: Some(pb::Money {
+            currency_code: "USD".into(),
+            units: 1_000 + i as i64,
+            nanos: 0,
+        }),
+        source: "bench".into(),
+        ..Default::default()
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+async fn latency() -> anyhow::Result<()> {
+    let server = start().await?;
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        channels.push(server.channel().await?);
+    }
+    let delivered: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut ready = Vec::new();
+    for s in 0..SUBSCRIBERS {
+        let mut client = MilestoneServiceClient::new(channels[s % CONNECTIONS].clone());
+        let delivered = delivered.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        ready.push(ready_rx);
+        tokio::spawn(async move {
+            let mut stream = client
+                .subscribe(pb::SubscribeRequest::default())
+                .await
+                .expect("subscribed")
+                .into_inner();
+            let mut ready_tx = Some(ready_tx);
+            let mut seen = 0;
+            while let Some(Ok(message)) = stream.next().await {
+                match message.message {
+                    Some(Message::CaughtUp(_)) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Some(Message::Event(e)) => {
+                        delivered.lock().unwrap().push((e.sequence, Instant::now()));
+                        seen += 1;
+                        if seen == LATENCY_WRITES {
+                            return;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    for r in ready {
+        r.await?;
+    }
+    let mut trade = TradeServiceClient::new(server.channel().await?);
+    // Per sequence: when the write was sent, and when its acknowledgement
+    // arrived (the event is published after the same flush, so delivery can
+    // come first: that counts as 0).
+    let mut acked: HashMap<u64, (Instant, Instant)> = HashMap::new();
+    for i in 0..LATENCY_WRITES {
+        let sent = Instant::now();
+        let response = trade
+            .put_records(pb::PutRecordsRequest {
+                records: vec![record(i)],
+            })
+            .await?
+            .into_inner();
+        acked.insert(response.first_sequence, (sent, Instant::now()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let delivered = delivered.lock().unwrap().clone();
+    for (label, from_send) in [("write ack → delivery", false), ("write sent → delivery", true)] {
+        let mut latencies: Vec<Duration> = delivered
+            .iter()
+            .filter_map(|(seq, at)| {
+                let (sent, ack) = acked.get(seq)?;
+                Some(at.saturating_duration_since(if from_send { *sent } else { *ack }))
+            })
+            .collect();
+        latencies.sort();
+        println!(
+            "| {label}, {SUBSCRIBERS} subscribers | {} deliveries of {} | p50 {} ms | p99 {} ms | max {} ms |",
+            latencies.len(),
+            SUBSCRIBERS * LATENCY_WRITES,
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99)),
+            ms(*latencies.last().unwrap_or(&Duration::ZERO)),
+        );
+    }
+    server.shutdown().await
+}
+
+async fn load(trade: &mut TradeServiceClient<Channel>, count: usize) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(BATCH) {
+        let records = chunk.iter().map(|&i| record(i)).collect();
+        trade.put_records(pb::PutRecordsRequest { records }).await?;
+    }
+    Ok(start.elapsed())
+}
+
+async fn replay() -> anyhow::Result<()> {
+    let server = start().await?;
+    let channel = server.channel().await?;
+    load(&mut TradeServiceClient::new(channel.clone()), REPLAY_EVENTS).await?;
+    let mut client = MilestoneServiceClient::new(channel);
+    let start = Instant::now();
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            from_sequence: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut events = 0;
+    while let Some(message) = stream.next().await {
+        match message?.message {
+            Some(Message::Event(_)) => events += 1,
+            Some(Message::CaughtUp(_)) => break,
+            _ => {}
+        }
+    }
+    let rate = events as f64 / start.elapsed().as_secs_f64();
+    println!("| catch-up replay from sequence 1 | {events} events | {rate:.0} events/s |");
+    drop(stream);
+    server.shutdown().await
+}
+
+async fn ingest(watches: usize) -> anyhow::Result<f64> {
+    let server = start().await?;
+    let channel = server.channel().await?;
+    let mut milestones = MilestoneServiceClient::new(channel.clone());
+    for w in 0..watches {
+        let partners = ["CENTRAL_ASIA", "KAZ", "RUS", "DEU", "USA"];
+        milestones
+            .create_watch(pb::Watch {
+                name: format!("watch {w}"),
+                selector: Some(pb::RecordSelector {
+                    reporters: vec!["CHN".into()],
+                    partners: vec![partners[w % partners.len()].into()],
+                    commodities: vec![format!("{:06}", w)],
+                    ..Default::default()
+                }),
+                thresholds: vec![pb::Money {
+                    currency_code: "USD".into(),
+                    units: 50_000,
+                    nanos: 0,
+                }],
+                record_high: true,
+                ..Default::default()
+            })
+            .await?;
+    }
+    let took = load(&mut TradeServiceClient::new(channel), INGEST_RECORDS).await?;
+    server.shutdown().await?;
+    Ok(INGEST_RECORDS as f64 / took.as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    println!("| measure | | | | |");
+    println!("|---|---|---|---|---|");
+    latency().await?;
+    replay().await?;
+    let none = ingest(0).await?;
+    let ten = ingest(10).await?;
+    println!(
+        "| ingest, {BATCH}-record batches, one client | no watch: {none:.0} records/s | 10 watches: {ten:.0} records/s | ratio {:.2} |",
+        ten / none
+    );
+    Ok(())
+}
