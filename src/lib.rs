@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod connection;
 pub mod domain;
 pub mod error;
 pub mod milestones;
@@ -33,19 +34,21 @@ pub mod pb {
 
 /// Accepted connections, with Nagle's algorithm off: small responses must
 /// not wait for the client's delayed ACK.
+/// Each can be cut when shutdown's grace runs out.
 fn incoming(
     listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    cut: CancellationToken,
+) -> impl tokio_stream::Stream<Item = std::io::Result<connection::Cuttable>> {
     use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
+    TcpListenerStream::new(listener).map(move |conn| {
         let conn = conn?;
         conn.set_nodelay(true)?;
-        Ok(conn)
+        Ok(connection::Cuttable::new(conn, &cut))
     })
 }
 
 /// How long open calls get to finish after shutdown is asked for.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// What a server needs besides its listener.
 #[derive(Debug, Clone)]
@@ -108,6 +111,7 @@ impl Application {
             .build_v1alpha()?;
 
         let stop = CancellationToken::new();
+        let cut = CancellationToken::new();
         let server = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -116,7 +120,10 @@ impl Application {
             .add_service(pb::milestone_service_server::MilestoneServiceServer::new(
                 api::MilestoneApi::new(self.store.clone(), stop.clone()),
             ))
-            .serve_with_incoming_shutdown(incoming(self.listener), stop.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                incoming(self.listener, cut.clone()),
+                stop.clone().cancelled_owned(),
+            );
         tokio::pin!(server);
 
         let served = tokio::select! {
@@ -128,8 +135,11 @@ impl Application {
                 match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                     Ok(result) => result,
                     Err(_) => {
-                        tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing them");
-                        Ok(())
+                        tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing their connections");
+                        cut.cancel();
+                        // The connections' tasks end at their next read or
+                        // write, letting go of the store.
+                        tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.unwrap_or(Ok(()))
                     }
                 }
             }

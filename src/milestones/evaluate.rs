@@ -116,20 +116,21 @@ pub fn evaluate(
     (next, events)
 }
 
-/// The period holding the record: strictly greater than every other; ties
-/// keep the earlier holder, or else the earliest period.
+/// The period holding the record: the one strictly greater than every
+/// other. When several share the highest value, the current holder keeps the
+/// record if it is one of them; otherwise nobody holds it.
 fn holder(series: &Series, current: Option<Bucket>) -> Option<Bucket> {
-    let best = series
+    let max = series.values.values().map(|(v, _)| *v).max()?;
+    let mut at_max = series
         .values
         .iter()
-        .fold(None::<(Bucket, i128)>, |best, (b, (v, _))| match best {
-            Some((_, bv)) if bv >= *v => best,
-            _ => Some((*b, *v)),
-        })?;
-    match current.and_then(|c| series.value(&c).map(|v| (c, v))) {
-        Some((c, cv)) if cv >= best.1 => Some(c),
-        _ => Some(best.0),
+        .filter(|(_, (v, _))| *v == max)
+        .map(|(b, _)| *b);
+    let first = at_max.next()?;
+    if at_max.next().is_none() {
+        return Some(first);
     }
+    current.filter(|c| series.value(c) == Some(max))
 }
 
 fn runner_up(series: &Series, holder: Bucket) -> Option<Bucket> {
@@ -250,6 +251,17 @@ mod tests {
         let (s, e) = evaluate(&rules(), &s, &[(year(2024), None)].into(), Cause::Revision);
         assert!(e.is_empty(), "a single remaining period has no record to beat");
         assert_eq!(s.holder, Some(year(2023)));
+    }
+
+    #[test]
+    fn a_tie_nobody_held_is_no_record() {
+        let both = [(year(2023), Some((10, 1))), (year(2024), Some((10, 1)))].into();
+        let (s, e) = evaluate(&rules(), &Series::default(), &both, Cause::NewData);
+        assert!(e.is_empty());
+        assert_eq!(s.holder, None);
+        let (s, e) = set(&s, 2025, 11);
+        assert!(matches!(e.as_slice(), [Milestone::RecordHigh { period, .. }] if *period == year(2025)));
+        assert_eq!(s.holder, Some(year(2025)));
     }
 
     #[test]

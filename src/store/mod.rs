@@ -264,7 +264,8 @@ impl Store {
                     after: None,
                 };
                 let range = w.commit(&[change], Pending::default(), now())?;
-                Ok((before, range.map_or(0, |r| r.last)))
+                // The deletion's own event comes first; milestones follow it.
+                Ok((before, range.map_or(0, |r| r.first)))
             })
             .await
     }

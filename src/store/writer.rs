@@ -268,21 +268,23 @@ impl Writer {
                 let Some(delta) = effect.for_measure(change.key.flow, &spec.measure) else {
                     continue;
                 };
-                if delta == Tally::default() {
-                    continue;
-                }
                 let touch = touched.entry(id).or_insert_with(|| Touch {
                     deltas: BTreeMap::new(),
                     keys: Vec::new(),
                     revision: false,
                 });
-                touch
-                    .deltas
-                    .entry(spec.bucket(change.key.period))
-                    .or_default()
-                    .add(delta);
-                touch.keys.push(change.key);
+                // A revision of a record the series counts makes the whole
+                // write a revision, even when another record of the same
+                // write hides its effect (a turnover over exports).
                 touch.revision |= change.before.is_some();
+                if delta != Tally::default() {
+                    touch
+                        .deltas
+                        .entry(spec.bucket(change.key.period))
+                        .or_default()
+                        .add(delta);
+                    touch.keys.push(change.key);
+                }
             }
         }
         for (id, touch) in touched {
