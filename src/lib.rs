@@ -112,38 +112,49 @@ impl Application {
 
         let stop = CancellationToken::new();
         let cut = CancellationToken::new();
-        let server = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(TradeServiceServer::new(api::TradeApi::new(self.store.clone())))
-            .add_service(pb::milestone_service_server::MilestoneServiceServer::new(
-                api::MilestoneApi::new(self.store.clone(), stop.clone()),
-            ))
-            .serve_with_incoming_shutdown(
-                incoming(self.listener, cut.clone()),
-                stop.clone().cancelled_owned(),
-            );
-        tokio::pin!(server);
+        // The server (and the services it holds) is dropped at the end of
+        // this block.
+        let served = {
+            let server = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(TradeServiceServer::new(api::TradeApi::new(self.store.clone())))
+                .add_service(pb::milestone_service_server::MilestoneServiceServer::new(
+                    api::MilestoneApi::new(self.store.clone(), stop.clone()),
+                ))
+                .serve_with_incoming_shutdown(
+                    incoming(self.listener, cut.clone()),
+                    stop.clone().cancelled_owned(),
+                );
+            tokio::pin!(server);
 
-        let served = tokio::select! {
-            result = &mut server => result,
-            () = shutdown => {
-                tracing::info!("shutting down");
-                health.set_not_serving::<TradeServiceServer<api::TradeApi>>().await;
-                stop.cancel();
-                match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing their connections");
-                        cut.cancel();
-                        // The connections' tasks end at their next read or
-                        // write, letting go of the store.
-                        tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.unwrap_or(Ok(()))
+            tokio::select! {
+                result = &mut server => result,
+                () = shutdown => {
+                    tracing::info!("shutting down");
+                    health.set_not_serving::<TradeServiceServer<api::TradeApi>>().await;
+                    stop.cancel();
+                    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing their connections");
+                            cut.cancel();
+                            // The connections' tasks end at their next read or
+                            // write, letting go of the store.
+                            tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.unwrap_or(Ok(()))
+                        }
                     }
                 }
             }
         };
+        // Connection tasks drop their handles on the store a moment after the
+        // server returns; wait for them, so that the data dir is free when
+        // this returns (a restart in the same process can open it).
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while Arc::strong_count(&self.store) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.store.close().await;
         served?;
         Ok(())

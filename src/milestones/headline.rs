@@ -68,8 +68,10 @@ pub fn headline(name: &str, series: &str, currency: CurrencyCode, milestone: &Mi
                 value(Some(*after)),
                 period.label()
             );
-            if let Some((p, v)) = previous {
-                text.push_str(&format!(", above {}'s {}", p.label(), value(*v)));
+            match previous {
+                Some((p, Some(v))) => text.push_str(&format!(", above {}'s {}", p.label(), value(Some(*v)))),
+                Some((p, None)) => text.push_str(&format!(", taking the record from {}", p.label())),
+                None => {}
             }
             match cause {
                 Cause::NewData => {}
