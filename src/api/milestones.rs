@@ -171,10 +171,7 @@ fn parse_thresholds(thresholds: &[pb::Money], currency: CurrencyCode) -> Result<
 }
 
 fn watch_to_pb(def: &WatchDef, created_at: prost_types::Timestamp) -> pb::Watch {
-    let party = |p: &Party| match p {
-        Party::Country(c) => c.to_string(),
-        Party::Group(g) => g.to_string(),
-    };
+    let party = |p: &Party| p.to_string();
     let spec = &def.spec;
     let (commodities, commodity_level, commodity_prefix) = match &spec.commodities {
         crate::domain::CommodityFilter::Exact(set) => {

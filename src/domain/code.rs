@@ -122,6 +122,15 @@ pub enum Party {
     Group(GroupName),
 }
 
+impl fmt::Display for Party {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Party::Country(c) => fmt::Display::fmt(c, f),
+            Party::Group(g) => fmt::Display::fmt(g, f),
+        }
+    }
+}
+
 impl Party {
     /// A three-letter value is a country code; anything longer a group name.
     pub fn parse(s: &str) -> Result<Self, Invalid> {

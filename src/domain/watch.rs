@@ -95,13 +95,7 @@ impl WatchDef {
             if list.is_empty() {
                 all.to_owned()
             } else {
-                list.iter()
-                    .map(|p| match p {
-                        Party::Country(c) => c.to_string(),
-                        Party::Group(g) => g.to_string(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("+")
+                list.iter().map(ToString::to_string).collect::<Vec<_>>().join("+")
             }
         };
         let measure = match &self.spec.measure {

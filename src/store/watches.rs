@@ -39,10 +39,7 @@ fn granularity_code(g: Granularity) -> i32 {
 }
 
 pub fn encode_watch(def: &WatchDef, created_at: Timestamp) -> WatchValue {
-    let party = |p: &Party| match p {
-        Party::Country(c) => c.to_string(),
-        Party::Group(g) => g.to_string(),
-    };
+    let party = |p: &Party| p.to_string();
     let (commodities, commodity_level, commodity_prefix) = match &def.spec.commodities {
         CommodityFilter::Exact(set) => (set.iter().map(ToString::to_string).collect(), 0, String::new()),
         CommodityFilter::Level(level, prefix) => {
