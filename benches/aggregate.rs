@@ -394,6 +394,7 @@ async fn main() -> anyhow::Result<()> {
             Config {
                 data_dir: dir.join("store"),
                 cache_mb,
+                retain_events: 0,
             },
         )
         .await?;

@@ -52,6 +52,11 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     OutOfRange(String),
+    /// A position older than the event log retains.
+    #[error(
+        "events before sequence {oldest} are no longer retained (asked for {requested}); resume from {oldest}"
+    )]
+    EventsTrimmed { requested: u64, oldest: u64 },
     #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
@@ -79,7 +84,7 @@ impl Error {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::OutOfRange(_) => Code::OutOfRange,
+            Error::OutOfRange(_) | Error::EventsTrimmed { .. } => Code::OutOfRange,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
@@ -113,6 +118,12 @@ impl From<Error> for Status {
                 for v in violations {
                     details.add_bad_request_violation(v.field.clone(), v.description.clone());
                 }
+                Status::with_error_details(code, error.to_string(), details)
+            }
+            Error::EventsTrimmed { oldest, .. } => {
+                let metadata =
+                    std::collections::HashMap::from([("oldest_sequence".to_owned(), oldest.to_string())]);
+                let details = ErrorDetails::with_error_info("EVENTS_TRIMMED", "tradewatch", metadata);
                 Status::with_error_details(code, error.to_string(), details)
             }
             _ => Status::new(code, error.to_string()),

@@ -56,6 +56,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Memory for the store's page cache, in MiB.
     pub cache_mb: u64,
+    /// Keep only the newest this many events (0: keep all).
+    pub retain_events: u64,
 }
 
 impl Config {
@@ -66,6 +68,7 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             cache_mb: Self::DEFAULT_CACHE_MB,
+            retain_events: 0,
         }
     }
 }
@@ -80,7 +83,11 @@ impl Application {
     /// Opens the store and binds the listener (`127.0.0.1:0` picks a free
     /// port).
     pub async fn build(listen: SocketAddr, config: Config) -> anyhow::Result<Self> {
-        let store = store::Store::open(&config.data_dir, config.cache_mb * 1024 * 1024)?;
+        let store = store::Store::open(
+            &config.data_dir,
+            config.cache_mb * 1024 * 1024,
+            config.retain_events,
+        )?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;

@@ -27,6 +27,10 @@ enum Command {
         /// Memory for the store's page cache, in MiB.
         #[arg(long, env = "TRADEWATCH_CACHE_MB", default_value_t = tradewatch::Config::DEFAULT_CACHE_MB)]
         cache_mb: u64,
+        /// Keep only the newest this many events in the log (0: keep all).
+        /// Subscribers asking for older positions get OUT_OF_RANGE.
+        #[arg(long, env = "TRADEWATCH_RETAIN_EVENTS", default_value_t = 0)]
+        retain_events: u64,
     },
 }
 
@@ -42,12 +46,14 @@ async fn main() -> anyhow::Result<()> {
             listen,
             data_dir,
             cache_mb,
+            retain_events,
         } => {
             let app = tradewatch::Application::build(
                 listen,
                 tradewatch::Config {
                     data_dir: data_dir.clone(),
                     cache_mb,
+                    retain_events,
                 },
             )
             .await?;

@@ -401,3 +401,66 @@ async fn bad_watches_are_rejected_with_the_field() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn positions_older_than_the_retained_log_are_out_of_range() {
+    use tonic_types::StatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = tradewatch::Config {
+        retain_events: 10,
+        ..tradewatch::Config::new(dir.path())
+    };
+    let server = TestServer::start_with(config).await;
+    let mut trade = server.client().await;
+    let mut watches = milestones(&server).await;
+    for year in 2000..2030 {
+        trade
+            .put_records(put(vec![record("CHN", "KAZ", &year.to_string(), 1, "x")]))
+            .await
+            .unwrap();
+    }
+    // 30 events written, the newest 10 kept: 21..=30.
+    let all = watches
+        .list_events(pb::ListEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let sequences: Vec<u64> = all.events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (21..=30).collect::<Vec<_>>());
+
+    let status = watches
+        .list_events(pb::ListEventsRequest {
+            from_sequence: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange);
+    let info = status.get_details_error_info().expect("ErrorInfo details");
+    assert_eq!(
+        info.metadata.get("oldest_sequence").map(String::as_str),
+        Some("21")
+    );
+
+    let status = watches
+        .subscribe(pb::SubscribeRequest {
+            from_sequence: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange);
+    assert!(status.message().contains("21"), "{}", status.message());
+
+    let mut stream = watches
+        .subscribe(pb::SubscribeRequest {
+            from_sequence: 21,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let events = next_events(&mut stream, 10).await;
+    assert_eq!(events.first().map(|e| e.sequence), Some(21));
+    assert_eq!(events.last().map(|e| e.sequence), Some(30));
+}

@@ -101,10 +101,10 @@ impl MilestoneApi {
         let wanted = EventFilter::parse(&request.kinds, &request.watch_ids)?;
         let oldest = self.store.oldest_sequence();
         if request.from_sequence > 1 && request.from_sequence < oldest {
-            return Err(Error::OutOfRange(format!(
-                "sequence {} is no longer retained; the oldest available is {oldest}",
-                request.from_sequence
-            )));
+            return Err(Error::EventsTrimmed {
+                requested: request.from_sequence,
+                oldest,
+            });
         }
         let head = self.store.durable_head();
         let mut next = request.from_sequence.max(oldest);

@@ -10,7 +10,8 @@ mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use prost::Message;
@@ -65,12 +66,15 @@ pub struct Store {
     writer: WriterHandle,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     durable_head: watch::Receiver<u64>,
+    /// The oldest event the log retains.
+    oldest: Arc<AtomicU64>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir`, refusing a directory of another
     /// format.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+    /// `retain_events` keeps only the newest that many events (0: all).
+    pub fn open(dir: &Path, cache_bytes: u64, retain_events: u64) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::FailedPrecondition(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
@@ -86,12 +90,18 @@ impl Store {
                 other => Error::Storage(other),
             })?;
         let head = Self::check_or_init(&db, dir)?;
-        let (writer, thread, durable_head) = Writer::spawn(db.clone(), head)?;
+        let oldest = db
+            .get(keys::META_OLDEST_SEQUENCE)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(1, u64::from_be_bytes);
+        let oldest = Arc::new(AtomicU64::new(oldest));
+        let (writer, thread, durable_head) = Writer::spawn(db.clone(), head, retain_events, oldest.clone())?;
         Ok(Store {
             db,
             writer,
             writer_thread: Mutex::new(Some(thread)),
             durable_head,
+            oldest,
         })
     }
 
@@ -478,7 +488,7 @@ impl Store {
 
     /// The oldest event sequence the log retains.
     pub fn oldest_sequence(&self) -> u64 {
-        1
+        self.oldest.load(Ordering::Acquire)
     }
 
     /// A durable-head receiver, to wait for new events.

@@ -4,6 +4,8 @@
 //! commit); each is answered only after that flush.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
 use prost_types::Timestamp;
@@ -18,6 +20,8 @@ use crate::milestones::{self, Cause, Series};
 
 /// Most jobs applied before one shared flush.
 const MAX_GROUP: usize = 512;
+/// Most events one write removes for retention.
+const MAX_TRIM: u64 = 10_000;
 
 /// Work for the writer: runs against the store, returns the reply to send
 /// once the outcome is durable.
@@ -46,6 +50,9 @@ pub struct Writer {
     durable_head: watch::Sender<u64>,
     /// Every watch with the state of its series, as on disk.
     pub(super) watches: BTreeMap<WatchId, WatchRuntime>,
+    /// Newest events kept (0: all), and the oldest kept now.
+    retain_events: u64,
+    oldest: Arc<AtomicU64>,
     closing: bool,
 }
 
@@ -117,6 +124,8 @@ impl Writer {
     pub fn spawn(
         db: sled::Db,
         head: u64,
+        retain_events: u64,
+        oldest: Arc<AtomicU64>,
     ) -> Result<(WriterHandle, std::thread::JoinHandle<()>, watch::Receiver<u64>)> {
         let watches = load_watches(&db)?;
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
@@ -126,6 +135,8 @@ impl Writer {
             head,
             durable_head: durable_tx,
             watches,
+            retain_events,
+            oldest,
             closing: false,
         };
         let thread = std::thread::Builder::new()
@@ -234,8 +245,10 @@ impl Writer {
         if last >= first {
             batch.insert(keys::META_HEAD_SEQUENCE, &last.to_be_bytes());
         }
+        let oldest = self.trim_events(last, &mut batch);
         self.db.apply_batch(batch)?;
         self.head = last;
+        self.oldest.store(oldest, Ordering::Release);
         for (id, runtime) in pending.watches {
             match runtime {
                 Some(r) => self.watches.insert(id, r),
@@ -243,6 +256,26 @@ impl Writer {
             };
         }
         Ok((last >= first).then_some(SequenceRange { first, last }))
+    }
+
+    /// With retention, removes the events older than the newest
+    /// `retain_events` (at most [`MAX_TRIM`] per write, so a newly lowered
+    /// retention catches up over a few writes); returns the oldest kept.
+    fn trim_events(&self, head: u64, batch: &mut sled::Batch) -> u64 {
+        let oldest = self.oldest.load(Ordering::Acquire);
+        if self.retain_events == 0 {
+            return oldest;
+        }
+        let keep_from = (head + 1).saturating_sub(self.retain_events).max(oldest);
+        let new_oldest = keep_from.min(oldest + MAX_TRIM);
+        if new_oldest == oldest {
+            return oldest;
+        }
+        for sequence in oldest..new_oldest {
+            batch.remove(&keys::event_key(sequence));
+        }
+        batch.insert(keys::META_OLDEST_SEQUENCE, &new_oldest.to_be_bytes());
+        new_oldest
     }
 
     /// Moves the series of every watch the changes touch, and adds the

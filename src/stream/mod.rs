@@ -45,9 +45,10 @@ pub fn subscribe(
     let head = *head_rx.borrow_and_update();
     let oldest = store.oldest_sequence();
     if from != 0 && from < oldest {
-        return Err(Error::OutOfRange(format!(
-            "sequence {from} is no longer retained; the oldest available is {oldest}"
-        )));
+        return Err(Error::EventsTrimmed {
+            requested: from,
+            oldest,
+        });
     }
     let mut next = if from == 0 { head + 1 } else { from };
     let (tx, rx) = mpsc::channel(OUTGOING_BUFFER);
@@ -79,6 +80,17 @@ pub fn subscribe(
                 };
                 if chunk.is_empty() {
                     break;
+                }
+                if let Some((first, _)) = chunk.first()
+                    && *first > next
+                {
+                    // Retention trimmed events this subscriber had not read
+                    // yet: say so rather than skip them.
+                    let _ = tx.try_send(Err(Error::EventsTrimmed {
+                        requested: next,
+                        oldest: *first,
+                    }));
+                    return;
                 }
                 for (sequence, event) in chunk {
                     if sequence > head {

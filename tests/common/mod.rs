@@ -29,7 +29,13 @@ impl TestServer {
 
     /// Starts a server on an existing data dir (which the caller keeps).
     pub async fn start_in(dir: &Path) -> TestServer {
-        let config = Config::new(dir);
+        TestServer::start_with(Config::new(dir)).await
+    }
+
+    /// Starts a server with a config of the caller's (whose data dir the
+    /// caller keeps).
+    pub async fn start_with(config: Config) -> TestServer {
+        let dir = config.data_dir.clone();
         let app = Application::build("127.0.0.1:0".parse().unwrap(), config)
             .await
             .expect("server builds");
@@ -40,7 +46,7 @@ impl TestServer {
         }));
         TestServer {
             addr,
-            data_dir: dir.to_path_buf(),
+            data_dir: dir,
             _tmp: None,
             stop: Some(stop),
             task: Some(task),
