@@ -5,14 +5,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::{put, record};
+use common::{Binary, put, record};
 use tradewatch::pb::{self, trade_service_client::TradeServiceClient};
 
 const PARTNERS: [&str; 20] = [
@@ -21,49 +18,6 @@ const PARTNERS: [&str; 20] = [
 ];
 const WRITERS: u64 = 4;
 const ROUNDS: u64 = 3;
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tradewatch"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("server starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("reads address");
-        let addr = line
-            .trim()
-            .strip_prefix("tradewatch listening on ")
-            .expect("address line")
-            .to_owned();
-        Server { child, addr }
-    }
-
-    async fn client(&self) -> TradeServiceClient<tonic::transport::Channel> {
-        TradeServiceClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    fn kill(self) {}
-}
-
-impl Drop for Server {
-    /// SIGKILL (what std's `kill` sends on Unix), also when a test fails.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Batch `b` is 20 records with distinct keys, each worth `b + 1` units.
 fn batch(b: u64) -> Vec<pb::TradeRecord> {
@@ -123,7 +77,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_batch_and_tears_none() {
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
 
     for round in 0..ROUNDS {
-        let server = Server::start(dir.path());
+        let server = Binary::start(dir.path(), &[]);
         let writers: Vec<_> = (0..WRITERS)
             .map(|_| {
                 let (next_batch, acknowledged) = (next_batch.clone(), acknowledged.clone());
@@ -157,7 +111,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_batch_and_tears_none() {
             w.await.unwrap();
         }
 
-        let server = Server::start(dir.path());
+        let server = Binary::start(dir.path(), &[]);
         let mut client = server.client().await;
         let records = all_records(&mut client).await;
         let mut per_batch: BTreeMap<u64, Vec<&pb::TradeRecord>> = BTreeMap::new();

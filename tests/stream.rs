@@ -6,14 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::{TestServer, put, record};
+use common::{Binary, TestServer, put, record};
 use tokio::time::{Instant, timeout_at};
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
@@ -477,48 +474,6 @@ async fn a_stalled_subscriber_slows_no_writer_and_grows_no_memory() {
 }
 
 /// The real binary, killed with SIGKILL when dropped.
-struct Binary {
-    child: Child,
-    addr: String,
-}
-
-impl Binary {
-    fn start(dir: &Path) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tradewatch"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--cache-mb",
-                "64",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("server starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("reads address");
-        let addr = line
-            .trim()
-            .strip_prefix("tradewatch listening on ")
-            .expect("address line")
-            .to_owned();
-        Binary { child, addr }
-    }
-}
-
-impl Drop for Binary {
-    /// SIGKILL (what std's `kill` sends on Unix), also when a test fails.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn usd(units: i64) -> pb::Money {
     pb::Money {
         currency_code: "USD".into(),
@@ -564,7 +519,7 @@ async fn what_a_subscriber_saw_before_sigkill_is_stored_identically() {
     let _gate = GATE.read().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let dir = tempfile::tempdir().unwrap();
-    let server = Binary::start(dir.path());
+    let server = Binary::start(dir.path(), &["--cache-mb", "64"]);
     let mut milestones = MilestoneServiceClient::new(connect(&server.addr).await);
     milestones.create_watch(watch("kaz", "KAZ", 100)).await.unwrap();
 
@@ -651,7 +606,7 @@ async fn what_a_subscriber_saw_before_sigkill_is_stored_identically() {
     );
     assert!(ended.is_some(), "a killed server does not end a stream with OK");
 
-    let server = Binary::start(dir.path());
+    let server = Binary::start(dir.path(), &["--cache-mb", "64"]);
     let mut milestones = MilestoneServiceClient::new(connect(&server.addr).await);
     let (log, head) = list_all(&mut milestones, 1, &[], &[]).await;
     assert_gap_free(&log, 1, head, "the log after restart");

@@ -56,13 +56,14 @@ fn walk(
     };
     let at = prefix.len();
     let part = |key: &[u8]| key.get(at..at + component.width).map(<[u8]>::to_vec);
+    let beyond = |key: &[u8], hi: &[u8]| key.get(at..at + component.width).is_none_or(|p| p > hi);
     for (lo, hi) in &component.ranges {
         if rest.is_empty() {
             let mut start = prefix.clone();
             start.extend_from_slice(lo);
             for entry in tree.range(start..) {
                 let (k, v) = entry?;
-                if !k.starts_with(prefix) || part(&k).is_none_or(|p| p > *hi) {
+                if !k.starts_with(prefix) || beyond(&k, hi) {
                     break;
                 }
                 visit(&k, &v)?;

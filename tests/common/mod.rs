@@ -2,8 +2,10 @@
 //! the same `Application` the binary runs.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -152,4 +154,53 @@ pub fn content(r: &pb::TradeRecord) -> pb::TradeRecord {
 
 pub fn put(records: Vec<pb::TradeRecord>) -> pb::PutRecordsRequest {
     pb::PutRecordsRequest { records }
+}
+
+/// The real binary, serving on a free port; killed with SIGKILL when
+/// dropped (what std's `kill` sends on Unix), also when a test fails.
+pub struct Binary {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Binary {
+    /// Starts `tradewatch serve` on `dir` with `extra` flags and waits for its
+    /// "tradewatch listening on ADDR" line.
+    pub fn start(dir: &Path, extra: &[&str]) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tradewatch"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("server starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("reads address");
+        let addr = line
+            .trim()
+            .strip_prefix("tradewatch listening on ")
+            .expect("address line")
+            .to_owned();
+        Binary { child, addr }
+    }
+
+    pub async fn client(&self) -> TradeServiceClient<Channel> {
+        TradeServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL, now.
+    pub fn kill(self) {}
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
