@@ -311,4 +311,12 @@ pass "after restart: ListRecords still returns 15 records"
 
 stop_server
 
+# The same file through `tradewatch import`, into a data dir of its own.
+OUT=$("$BIN" import "$CSV" --data-dir "$WORK/imported" 2>&1) && RC=0 || RC=$?
+expect_ok "import $CSV"
+[[ $OUT == *"16 created"* ]] || fail "import: 16 records created" "$OUT"
+OUT=$("$BIN" import "$CSV" --data-dir "$WORK/imported" 2>&1) && RC=0 || RC=$?
+[[ $RC -eq 0 && $OUT == *"16 unchanged"* ]] || fail "import again: 16 unchanged" "$OUT"
+pass "tradewatch import: 16 created, then 16 unchanged"
+
 echo "smoke: PASS ($CHECKS checks)"

@@ -7,6 +7,7 @@ pub mod api;
 mod connection;
 pub mod domain;
 pub mod error;
+pub mod import;
 pub mod milestones;
 pub mod query;
 pub mod store;
@@ -73,6 +74,23 @@ impl Config {
     }
 }
 
+/// Imports a native CSV file straight into the store of `config` (no server
+/// may have it open), then closes the store.
+pub async fn import_into(
+    config: &Config,
+    path: &std::path::Path,
+    skip_bad_rows: bool,
+) -> anyhow::Result<import::ImportSummary> {
+    let store = store::Store::open(
+        &config.data_dir,
+        config.cache_mb * 1024 * 1024,
+        config.retain_events,
+    )?;
+    let result = import::import_file(&store, path, skip_bad_rows).await;
+    store.close().await;
+    result
+}
+
 /// A bound, ready-to-run server: the same object in production and tests.
 pub struct Application {
     listener: TcpListener,
@@ -99,6 +117,15 @@ impl Application {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Loads a native CSV file before serving (see [`import::import_file`]).
+    pub async fn import(
+        &self,
+        path: &std::path::Path,
+        skip_bad_rows: bool,
+    ) -> anyhow::Result<import::ImportSummary> {
+        import::import_file(&self.store, path, skip_bad_rows).await
     }
 
     /// Serves until `shutdown` completes, then stops taking calls, gives
