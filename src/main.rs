@@ -111,12 +111,13 @@ async fn run() -> anyhow::Result<()> {
         } => {
             let summary = tradewatch::import_into(&store.config(), &file, skip_bad_rows).await?;
             println!(
-                "{}: {} created, {} revised, {} unchanged, {} bad rows skipped",
+                "{}: {} created, {} revised, {} unchanged, {} bad rows skipped, {} breakdown rows left out",
                 file.display(),
                 summary.created,
                 summary.revised,
                 summary.unchanged,
-                summary.skipped
+                summary.skipped,
+                summary.breakdown_rows
             );
             Ok(())
         }

@@ -83,3 +83,97 @@ async fn serve_can_load_the_bundled_data_first() {
     app.run_until(std::future::ready(())).await.unwrap();
     assert_eq!(stored(dir.path()).await.len(), 16);
 }
+
+/// The 47 columns of a UN Comtrade download.
+const COMTRADE_HEADER: &str = "typeCode,freqCode,refPeriodId,refYear,refMonth,period,reporterCode,reporterISO,\
+reporterDesc,flowCode,flowDesc,partnerCode,partnerISO,partnerDesc,partner2Code,partner2ISO,partner2Desc,\
+classificationCode,classificationSearchCode,isOriginalClassification,cmdCode,cmdDesc,aggrLevel,isLeaf,\
+customsCode,customsDesc,mosCode,motCode,motDesc,qtyUnitCode,qtyUnitAbbr,qty,isQtyEstimated,altQtyUnitCode,\
+altQtyUnitAbbr,altQty,isAltQtyEstimated,netWgt,isNetWgtEstimated,grossWgt,isGrossWgtEstimated,cifvalue,\
+fobvalue,primaryValue,legacyEstimationFlag,isReported,isAggregate";
+
+/// A Comtrade row: the columns tradewatch reads, the rest plausible filler.
+fn comtrade_row(
+    freq: &str,
+    period: &str,
+    flow: &str,
+    partner_iso: &str,
+    cmd: &str,
+    mot: &str,
+    value: &str,
+) -> String {
+    let year = &period[..4];
+    let month = if period.len() == 6 { &period[4..] } else { "52" };
+    format!(
+        "C,{freq},{period}01,{year},{month},{period},156,CHN,China,{flow},Export,398,{partner_iso},Kazakhstan,0,W00,World,\
+H6,HS,TRUE,{cmd},Goods,2,FALSE,C00,TOTAL CPC,0,{mot},All,-1,N/A,0,FALSE,-1,N/A,0,FALSE,1250.5,FALSE,0,FALSE,,\
+{value},{value},0,TRUE,FALSE"
+    )
+}
+
+#[tokio::test]
+async fn un_comtrade_downloads_map_to_records_and_skip_breakdowns() {
+    let header_columns = COMTRADE_HEADER.split(',').count();
+    assert_eq!(header_columns, 47);
+    let rows = [
+        // An annual TOTAL row: CHN exports to KAZ.
+        comtrade_row("A", "2023", "X", "KAZ", "TOTAL", "0", "24683000000"),
+        // A monthly HS4 row: imports of 2709 in March 2023.
+        comtrade_row("M", "202303", "M", "KAZ", "2709", "0", "123456789.25"),
+        // A world-partner row (W00).
+        comtrade_row("A", "2023", "X", "W00", "TOTAL", "0", "3380000000000"),
+        // A breakdown of the first row by mode of transport: skipped.
+        comtrade_row("A", "2023", "X", "KAZ", "TOTAL", "2100", "1000000000"),
+    ];
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "{COMTRADE_HEADER}").unwrap();
+    for row in &rows {
+        assert_eq!(row.split(',').count(), 47, "{row}");
+        writeln!(f, "{row}").unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = tradewatch::Config::new(dir.path());
+    let summary = tradewatch::import_into(&config, f.path(), false).await.unwrap();
+    assert_eq!(
+        (summary.created, summary.breakdown_rows, summary.skipped),
+        (3, 1, 0)
+    );
+
+    let records = stored(dir.path()).await;
+    let brief: Vec<_> = records
+        .iter()
+        .map(|r| {
+            let v = r.value.as_ref().unwrap();
+            (
+                r.partner.as_str(),
+                r.flow(),
+                r.period.as_str(),
+                r.commodity.as_str(),
+                v.units,
+                v.nanos,
+            )
+        })
+        .collect();
+    assert_eq!(
+        brief,
+        [
+            ("KAZ", pb::Flow::Export, "2023", "TOTAL", 24_683_000_000, 0),
+            (
+                "KAZ",
+                pb::Flow::Import,
+                "2023-03",
+                "2709",
+                123_456_789,
+                250_000_000
+            ),
+            ("WLD", pb::Flow::Export, "2023", "TOTAL", 3_380_000_000_000, 0),
+        ]
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.source == "UN Comtrade" && r.value.as_ref().unwrap().currency_code == "USD")
+    );
+    assert_eq!(records[0].net_weight_kg, Some(1250.5));
+}

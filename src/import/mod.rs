@@ -1,4 +1,4 @@
-//! CSV import in the native layout:
+//! CSV import, in the native layout or a UN Comtrade download. Native:
 //! `reporter,partner,flow,period,commodity,currency,value,source,released_at`
 //! (`flow` as `export|import|re_export|re_import|turnover`, `value` a decimal
 //! string). Every row is parsed before anything is stored; a file with a bad
@@ -26,6 +26,8 @@ pub struct RowError {
 pub struct Parsed {
     pub records: Vec<TradeRecord>,
     pub bad_rows: Vec<RowError>,
+    /// UN Comtrade rows that break another row down, left out.
+    pub breakdown_rows: u64,
 }
 
 /// What an import did.
@@ -34,10 +36,14 @@ pub struct ImportSummary {
     pub created: u64,
     pub revised: u64,
     pub unchanged: u64,
+    /// Bad rows left out (with `--skip-bad-rows`).
     pub skipped: u64,
+    /// UN Comtrade breakdown rows left out.
+    pub breakdown_rows: u64,
 }
 
-const COLUMNS: [&str; 9] = [
+/// Columns a native file must have (`source`, `released_at` are optional).
+const NATIVE: [&str; 7] = [
     "reporter",
     "partner",
     "flow",
@@ -45,12 +51,26 @@ const COLUMNS: [&str; 9] = [
     "commodity",
     "currency",
     "value",
-    "source",
-    "released_at",
 ];
-const REQUIRED: usize = 7;
+/// Columns read from a UN Comtrade download (47 columns in all).
+const COMTRADE: [&str; 6] = [
+    "reporteriso",
+    "partneriso",
+    "flowcode",
+    "period",
+    "cmdcode",
+    "primaryvalue",
+];
 
-/// Parses a native CSV file; header names are matched case-insensitively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Native,
+    Comtrade,
+}
+
+/// Parses a CSV file in the native layout or the UN Comtrade download
+/// layout, told apart by the header; column names are matched
+/// case-insensitively.
 pub fn parse_native(input: impl Read) -> Result<Parsed> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -64,7 +84,16 @@ pub fn parse_native(input: impl Read) -> Result<Parsed> {
         .enumerate()
         .map(|(i, h)| (h.to_ascii_lowercase(), i))
         .collect();
-    let missing: Vec<&str> = COLUMNS[..REQUIRED]
+    let layout = if index.contains_key("primaryvalue") && index.contains_key("reporteriso") {
+        Layout::Comtrade
+    } else {
+        Layout::Native
+    };
+    let required: &[&str] = match layout {
+        Layout::Native => &NATIVE,
+        Layout::Comtrade => &COMTRADE,
+    };
+    let missing: Vec<&str> = required
         .iter()
         .copied()
         .filter(|c| !index.contains_key(*c))
@@ -75,8 +104,6 @@ pub fn parse_native(input: impl Read) -> Result<Parsed> {
             format!("the header lacks the column(s) {}", missing.join(", ")),
         ));
     }
-    let column = |name: &str| index.get(name).copied();
-    let columns: Vec<Option<usize>> = COLUMNS.iter().map(|c| column(c)).collect();
 
     let mut parsed = Parsed::default();
     let mut seen: HashMap<RecordKey, u64> = HashMap::new();
@@ -93,8 +120,21 @@ pub fn parse_native(input: impl Read) -> Result<Parsed> {
             }
         };
         let line = row.position().map_or(0, |p| p.line());
-        let get = |i: usize| columns[i].and_then(|c| row.get(c)).unwrap_or("");
-        match parse_row(&get) {
+        let get = Row {
+            record: &row,
+            index: &index,
+        };
+        let result = match layout {
+            Layout::Native => parse_row(&native_fields(&get)),
+            Layout::Comtrade => {
+                if is_breakdown(&get) {
+                    parsed.breakdown_rows += 1;
+                    continue;
+                }
+                comtrade_fields(&get).and_then(|fields| parse_row(&fields))
+            }
+        };
+        match result {
             Ok(record) => {
                 if let Some(first) = seen.insert(record.key, line) {
                     parsed.bad_rows.push(RowError {
@@ -123,10 +163,109 @@ pub fn parse_native(input: impl Read) -> Result<Parsed> {
     Ok(parsed)
 }
 
-fn parse_row<'a>(get: &dyn Fn(usize) -> &'a str) -> std::result::Result<TradeRecord, Vec<FieldError>> {
+/// A row's cells by (lower-case) column name; absent columns read as "".
+struct Row<'a> {
+    record: &'a csv::StringRecord,
+    index: &'a HashMap<String, usize>,
+}
+
+impl<'a> Row<'a> {
+    fn get(&self, name: &str) -> &'a str {
+        self.index
+            .get(name)
+            .and_then(|&i| self.record.get(i))
+            .unwrap_or("")
+    }
+}
+
+/// One row's fields in the native vocabulary.
+struct Fields<'a> {
+    reporter: &'a str,
+    partner: &'a str,
+    flow: String,
+    period: String,
+    commodity: &'a str,
+    currency: &'a str,
+    value: &'a str,
+    net_weight_kg: &'a str,
+    source: &'a str,
+    released_at: &'a str,
+}
+
+fn native_fields<'a>(row: &Row<'a>) -> Fields<'a> {
+    let get = |name| row.get(name);
+    Fields {
+        reporter: get("reporter"),
+        partner: get("partner"),
+        flow: get("flow").to_ascii_lowercase(),
+        period: get("period").to_owned(),
+        commodity: get("commodity"),
+        currency: get("currency"),
+        value: get("value"),
+        net_weight_kg: get("net_weight_kg"),
+        source: get("source"),
+        released_at: get("released_at"),
+    }
+}
+
+/// A breakdown of another row (by second partner, customs procedure, mode
+/// of transport or of supply): skipped, or it would be counted twice.
+fn is_breakdown(row: &Row<'_>) -> bool {
+    let other_than = |column: &str, total: &str| {
+        let v = row.get(column);
+        !v.is_empty() && v != total
+    };
+    other_than("partner2code", "0")
+        || other_than("customscode", "C00")
+        || other_than("motcode", "0")
+        || other_than("moscode", "0")
+}
+
+/// A UN Comtrade row in the native vocabulary: `W00` is the world, flow
+/// codes X/M/RX/RM, periods `2023` or `202303`, values in USD.
+fn comtrade_fields<'a>(row: &Row<'a>) -> std::result::Result<Fields<'a>, Vec<FieldError>> {
+    let get = |name| row.get(name);
+    let flow = match get("flowcode") {
+        "X" => "export",
+        "M" => "import",
+        "RX" => "re_export",
+        "RM" => "re_import",
+        other => {
+            return Err(vec![FieldError {
+                field: "flowCode".into(),
+                reason: crate::domain::Invalid(format!(
+                    "{other:?} is not a flow code: expected X, M, RX or RM"
+                )),
+            }]);
+        }
+    };
+    let period = get("period");
+    let period = match period.len() {
+        6 => format!("{}-{}", &period[..4], &period[4..]),
+        _ => period.to_owned(),
+    };
+    let partner = match get("partneriso") {
+        "W00" => "WLD",
+        other => other,
+    };
+    Ok(Fields {
+        reporter: get("reporteriso"),
+        partner,
+        flow: flow.to_owned(),
+        period,
+        commodity: get("cmdcode"),
+        currency: "USD",
+        value: get("primaryvalue"),
+        net_weight_kg: get("netwgt"),
+        source: "UN Comtrade",
+        released_at: "",
+    })
+}
+
+fn parse_row(f: &Fields<'_>) -> std::result::Result<TradeRecord, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let flow = match Flow::parse_name(&get(2).to_ascii_lowercase()) {
-        Ok(f) => i32::from(f.code()),
+    let flow = match Flow::parse_name(&f.flow) {
+        Ok(flow) => i32::from(flow.code()),
         Err(e) => {
             errors.push(FieldError {
                 field: "flow".into(),
@@ -135,7 +274,7 @@ fn parse_row<'a>(get: &dyn Fn(usize) -> &'a str) -> std::result::Result<TradeRec
             0
         }
     };
-    let (units, nanos) = match parse_decimal(get(6)) {
+    let (units, nanos) = match parse_decimal(f.value) {
         Ok(v) => v,
         Err(reason) => {
             errors.push(FieldError {
@@ -145,7 +284,20 @@ fn parse_row<'a>(get: &dyn Fn(usize) -> &'a str) -> std::result::Result<TradeRec
             (0, 0)
         }
     };
-    let released_at = match get(8) {
+    let net_weight_kg = match f.net_weight_kg {
+        "" => None,
+        text => match text.parse::<f64>() {
+            Ok(w) => Some(w),
+            Err(_) => {
+                errors.push(FieldError {
+                    field: "net_weight_kg".into(),
+                    reason: crate::domain::Invalid(format!("{text:?} is not a number")),
+                });
+                None
+            }
+        },
+    };
+    let released_at = match f.released_at {
         "" => None,
         text => match text.parse::<prost_types::Timestamp>() {
             Ok(ts) => Some(ts),
@@ -160,17 +312,17 @@ fn parse_row<'a>(get: &dyn Fn(usize) -> &'a str) -> std::result::Result<TradeRec
     };
     let raw = RawRecord {
         key: RawKey {
-            reporter: get(0),
-            partner: get(1),
+            reporter: f.reporter,
+            partner: f.partner,
             flow,
-            period: get(3),
-            commodity: get(4),
-            currency: get(5),
+            period: &f.period,
+            commodity: f.commodity,
+            currency: f.currency,
         },
         units,
         nanos,
-        net_weight_kg: None,
-        source: get(7),
+        net_weight_kg,
+        source: f.source,
         released_at,
     };
     match TradeRecord::parse(&raw) {
@@ -249,8 +401,13 @@ pub async fn import_file(
         tracing::warn!("{report}\nskipping them");
     }
     let skipped = parsed.bad_rows.len() as u64;
+    let breakdown_rows = parsed.breakdown_rows;
     let summary = store_records(store, parsed.records).await?;
-    Ok(ImportSummary { skipped, ..summary })
+    Ok(ImportSummary {
+        skipped,
+        breakdown_rows,
+        ..summary
+    })
 }
 
 /// Stores parsed records in atomic batches of [`BATCH`].
