@@ -37,6 +37,10 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
+        /// Send the records to this running server (`127.0.0.1:50051`)
+        /// instead of writing the data dir.
+        #[arg(long, env = "TRADEWATCH_SERVER")]
+        server: Option<String>,
         /// Store the good rows of a file that has bad ones (they are listed).
         #[arg(long)]
         skip_bad_rows: bool,
@@ -107,9 +111,13 @@ async fn run() -> anyhow::Result<()> {
         Command::Import {
             file,
             store,
+            server,
             skip_bad_rows,
         } => {
-            let summary = tradewatch::import_into(&store.config(), &file, skip_bad_rows).await?;
+            let summary = match server {
+                Some(addr) => tradewatch::import::import_to_server(&addr, &file, skip_bad_rows).await?,
+                None => tradewatch::import_into(&store.config(), &file, skip_bad_rows).await?,
+            };
             println!(
                 "{}: {} created, {} revised, {} unchanged, {} bad rows skipped, {} breakdown rows left out",
                 file.display(),

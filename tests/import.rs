@@ -177,3 +177,38 @@ async fn un_comtrade_downloads_map_to_records_and_skip_breakdowns() {
     );
     assert_eq!(records[0].net_weight_kg, Some(1250.5));
 }
+
+#[tokio::test]
+async fn import_into_a_running_server_streams_the_file() {
+    let server = TestServer::start().await;
+    let data = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/china_central_asia.csv"
+    ));
+    let addr = server.addr.to_string();
+    let first = tradewatch::import::import_to_server(&addr, data, false)
+        .await
+        .unwrap();
+    assert_eq!(first.created, 16);
+    let again = tradewatch::import::import_to_server(&addr, data, false)
+        .await
+        .unwrap();
+    assert_eq!((again.created, again.revised, again.unchanged), (0, 0, 16));
+    let listed = server
+        .client()
+        .await
+        .list_records(pb::ListRecordsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.into_inner().records.len(), 16);
+
+    let bad = file("CHN,KAZ,turnover,2030,TOTAL,USD,oops,x,\n");
+    let error = tradewatch::import::import_to_server(&addr, bad.path(), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("line 2") && error.contains("nothing was stored"),
+        "{error}"
+    );
+}

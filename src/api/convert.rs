@@ -91,7 +91,15 @@ fn parse_record(r: &pb::TradeRecord) -> Result<TradeRecord, Vec<FieldError>> {
 }
 
 pub fn record_to_pb(stored: &StoredRecord) -> pb::TradeRecord {
-    let r = &stored.record;
+    pb::TradeRecord {
+        revision: stored.revision,
+        updated_at: Some(stored.updated_at),
+        ..trade_record_to_pb(&stored.record)
+    }
+}
+
+/// A record's content as the API carries it (no server-set fields).
+pub fn trade_record_to_pb(r: &TradeRecord) -> pb::TradeRecord {
     pb::TradeRecord {
         reporter: r.key.reporter.to_string(),
         partner: r.key.partner.to_string(),
@@ -102,8 +110,8 @@ pub fn record_to_pb(stored: &StoredRecord) -> pb::TradeRecord {
         net_weight_kg: r.net_weight_kg(),
         source: r.source().to_owned(),
         released_at: r.released_at(),
-        revision: stored.revision,
-        updated_at: Some(stored.updated_at),
+        revision: 0,
+        updated_at: None,
     }
 }
 

@@ -4,5 +4,6 @@ mod convert;
 mod milestones;
 mod trade;
 
+pub use convert::trade_record_to_pb;
 pub use milestones::MilestoneApi;
 pub use trade::TradeApi;

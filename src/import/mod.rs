@@ -372,6 +372,20 @@ pub async fn import_file(
     path: &std::path::Path,
     skip_bad_rows: bool,
 ) -> anyhow::Result<ImportSummary> {
+    let parsed = read_checked(path, skip_bad_rows)?;
+    let skipped = parsed.bad_rows.len() as u64;
+    let breakdown_rows = parsed.breakdown_rows;
+    let summary = store_records(store, parsed.records).await?;
+    Ok(ImportSummary {
+        skipped,
+        breakdown_rows,
+        ..summary
+    })
+}
+
+/// Parses a file and reports its bad rows: an error listing them unless
+/// `skip_bad_rows` (then they are logged and counted).
+fn read_checked(path: &std::path::Path, skip_bad_rows: bool) -> anyhow::Result<Parsed> {
     let file =
         std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
     let parsed = parse_native(std::io::BufReader::new(file))
@@ -400,13 +414,58 @@ pub async fn import_file(
         }
         tracing::warn!("{report}\nskipping them");
     }
+    Ok(parsed)
+}
+
+/// Imports a file into a running server with one `IngestRecords` stream of
+/// [`BATCH`]-record messages; bad rows are dealt with here, before anything
+/// is sent.
+pub async fn import_to_server(
+    addr: &str,
+    path: &std::path::Path,
+    skip_bad_rows: bool,
+) -> anyhow::Result<ImportSummary> {
+    use crate::pb::trade_service_client::TradeServiceClient;
+    let parsed = read_checked(path, skip_bad_rows)?;
     let skipped = parsed.bad_rows.len() as u64;
     let breakdown_rows = parsed.breakdown_rows;
-    let summary = store_records(store, parsed.records).await?;
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let mut client = TradeServiceClient::connect(url.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
+    let messages: Vec<crate::pb::PutRecordsRequest> = parsed
+        .records
+        .chunks(BATCH)
+        .map(|chunk| crate::pb::PutRecordsRequest {
+            records: chunk.iter().map(crate::api::trade_record_to_pb).collect(),
+        })
+        .collect();
+    let summary = client
+        .ingest_records(tokio_stream::iter(messages))
+        .await?
+        .into_inner();
+    if summary.rejected > 0 {
+        anyhow::bail!(
+            "the server rejected {} record(s): {}",
+            summary.rejected,
+            summary
+                .rejections
+                .iter()
+                .map(|r| r.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     Ok(ImportSummary {
+        created: summary.created,
+        revised: summary.revised,
+        unchanged: summary.unchanged,
         skipped,
         breakdown_rows,
-        ..summary
     })
 }
 
