@@ -1,0 +1,70 @@
+//! A backend service's milestone client: subscribes to tradewatch, prints
+//! each milestone's headline, and keeps its place in a checkpoint file so
+//! that after a restart it resumes exactly where it stopped — no headline
+//! missed, none repeated.
+//!
+//! ```sh
+//! cargo run --example milestone_client -- http://127.0.0.1:50051 ./milestones.checkpoint
+//! ```
+//!
+//! The checkpoint holds the next sequence to ask for. It is written after
+//! each headline is printed (and on progress while idle), atomically: to a
+//! temporary file, then renamed over the old one.
+
+use std::path::{Path, PathBuf};
+
+use tokio_stream::StreamExt;
+use tradewatch::pb::{self, milestone_service_client::MilestoneServiceClient, subscribe_response::Message};
+
+fn read_checkpoint(path: &Path) -> anyhow::Result<u64> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.trim().parse()?),
+        // No checkpoint yet: start at the beginning of the log.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_checkpoint(path: &Path, next: u64) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{next}\n"))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let server = args.next().unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let checkpoint = PathBuf::from(args.next().unwrap_or_else(|| "milestones.checkpoint".into()));
+
+    let from = read_checkpoint(&checkpoint)?;
+    let mut client = MilestoneServiceClient::connect(server).await?;
+    let request = pb::SubscribeRequest {
+        from_sequence: from,
+        kinds: vec![
+            pb::EventKind::ThresholdCrossed.into(),
+            pb::EventKind::RecordHigh.into(),
+        ],
+        watch_ids: Vec::new(),
+    };
+    let mut stream = client.subscribe(request).await?.into_inner();
+    eprintln!("subscribed from sequence {from}");
+    while let Some(message) = stream.next().await {
+        match message?.message {
+            Some(Message::Event(event)) => {
+                let headline = match &event.kind {
+                    Some(pb::event::Kind::ThresholdCrossed(t)) => &t.headline,
+                    Some(pb::event::Kind::RecordHigh(h)) => &h.headline,
+                    _ => continue,
+                };
+                println!("{} {headline}", event.sequence);
+                write_checkpoint(&checkpoint, event.sequence + 1)?;
+            }
+            // Filtered-out events still move the checkpoint forward.
+            Some(Message::Progress(p)) => write_checkpoint(&checkpoint, p.next_sequence.max(from))?,
+            Some(Message::CaughtUp(_)) | None => {}
+        }
+    }
+    Ok(())
+}
