@@ -649,3 +649,53 @@ async fn a_store_of_another_format_is_refused_not_misread() {
         .unwrap();
     assert!(error.to_string().contains("not a tradewatch store"), "{error}");
 }
+
+#[tokio::test]
+async fn ingest_applies_messages_in_order_and_counts_rejections() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut messages = Vec::new();
+    for i in 1..=30 {
+        // Every message revises the same record; one in ten is bad.
+        let r = record("CHN", "KAZ", "2025", i, "stream");
+        let records = if i % 10 == 0 {
+            vec![record("XYZ", "KAZ", "2025", i, "bad")]
+        } else {
+            vec![r]
+        };
+        messages.push(put(records));
+    }
+    let summary = client
+        .ingest_records(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            summary.messages,
+            summary.created,
+            summary.revised,
+            summary.rejected
+        ),
+        (30, 1, 26, 3)
+    );
+    assert_eq!(
+        summary
+            .rejections
+            .iter()
+            .map(|r| r.message_index)
+            .collect::<Vec<_>>(),
+        [9, 19, 29]
+    );
+    assert_eq!((summary.first_sequence, summary.last_sequence), (1, 27));
+    let got = client
+        .get_record(key_of(&record("CHN", "KAZ", "2025", 0, "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (got.value.unwrap().units, got.revision),
+        (29, 27),
+        "the last good message wins"
+    );
+}

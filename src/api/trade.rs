@@ -16,6 +16,8 @@ const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
 /// Rejections an ingest summary lists in full.
 const MAX_LISTED_REJECTIONS: usize = 100;
+/// IngestRecords messages queued but not yet on disk, per stream.
+const MAX_INGEST_IN_FLIGHT: usize = 8;
 
 pub struct TradeApi {
     store: Arc<Store>,
@@ -72,6 +74,23 @@ fn put_response(outcome: PutOutcome) -> pb::PutRecordsResponse {
     }
 }
 
+/// Adds a stored batch to an ingest summary.
+fn count_outcome(summary: &mut pb::IngestSummary, outcome: PutOutcome) {
+    for (_, o, _) in &outcome.results {
+        match o {
+            crate::domain::WriteOutcome::Created => summary.created += 1,
+            crate::domain::WriteOutcome::Revised => summary.revised += 1,
+            crate::domain::WriteOutcome::Unchanged => summary.unchanged += 1,
+        }
+    }
+    if let Some(s) = outcome.sequences {
+        if summary.first_sequence == 0 {
+            summary.first_sequence = s.first;
+        }
+        summary.last_sequence = s.last;
+    }
+}
+
 /// Page tokens are the hex of the last key returned: opaque to callers,
 /// stable across restarts.
 fn encode_page_token(key: &[u8]) -> String {
@@ -110,24 +129,20 @@ impl TradeService for TradeApi {
     ) -> Result<Response<pb::IngestSummary>, Status> {
         let mut stream = request.into_inner();
         let mut summary = pb::IngestSummary::default();
+        // Messages are queued in order and several stay in flight, so that
+        // they share flushes; each is still applied atomically.
+        let mut in_flight = std::collections::VecDeque::new();
         while let Some(message) = stream.next().await {
             let message = message?;
             let index = summary.messages;
             summary.messages += 1;
-            match self.put(&message).await {
-                Ok(outcome) => {
-                    for (_, o, _) in &outcome.results {
-                        match o {
-                            crate::domain::WriteOutcome::Created => summary.created += 1,
-                            crate::domain::WriteOutcome::Revised => summary.revised += 1,
-                            crate::domain::WriteOutcome::Unchanged => summary.unchanged += 1,
-                        }
-                    }
-                    if let Some(s) = outcome.sequences {
-                        if summary.first_sequence == 0 {
-                            summary.first_sequence = s.first;
-                        }
-                        summary.last_sequence = s.last;
+            match convert::parse_records(&message.records) {
+                Ok(records) => {
+                    in_flight.push_back(self.store.queue_records(records).await?);
+                    if in_flight.len() > MAX_INGEST_IN_FLIGHT
+                        && let Some(oldest) = in_flight.pop_front()
+                    {
+                        count_outcome(&mut summary, oldest.await?);
                     }
                 }
                 Err(Error::InvalidArgument(violations)) => {
@@ -141,6 +156,9 @@ impl TradeService for TradeApi {
                 }
                 Err(other) => return Err(other.into()),
             }
+        }
+        for pending in in_flight {
+            count_outcome(&mut summary, pending.await?);
         }
         Ok(Response::new(summary))
     }

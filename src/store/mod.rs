@@ -230,8 +230,19 @@ impl Store {
     /// Creates or revises records in one atomic, durable batch. The records
     /// must have distinct keys.
     pub async fn put_records(&self, records: Vec<TradeRecord>) -> Result<PutOutcome> {
+        self.queue_records(records).await?.await
+    }
+
+    /// Queues a batch like [`Store::put_records`] and returns once it is
+    /// queued; the future answers once it is on disk. Batches queued one
+    /// after another are applied in that order and can share a flush, so a
+    /// bulk load can keep several in flight.
+    pub async fn queue_records(
+        &self,
+        records: Vec<TradeRecord>,
+    ) -> Result<impl std::future::Future<Output = Result<PutOutcome>> + use<>> {
         self.writer
-            .submit(move |w| {
+            .enqueue(move |w| {
                 let now = now();
                 let mut changes = Vec::new();
                 let mut results = Vec::with_capacity(records.len());

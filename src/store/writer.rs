@@ -4,6 +4,7 @@
 //! commit); each is answered only after that flush.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -85,6 +86,17 @@ impl WriterHandle {
         T: Send + 'static,
         F: FnOnce(&mut Writer) -> Result<T> + Send + 'static,
     {
+        self.enqueue(f).await?.await
+    }
+
+    /// Queues `f` behind the jobs already queued and returns at once; the
+    /// future it gives answers once the effect is on disk. Jobs queued one
+    /// after another run in that order, and can share one flush.
+    pub async fn enqueue<T, F>(&self, f: F) -> Result<impl Future<Output = Result<T>> + use<T, F>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer) -> Result<T> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |writer| {
             let outcome = f(writer);
@@ -102,7 +114,7 @@ impl WriterHandle {
         });
         let closed = || Error::Unavailable("the store is closed (server shutting down)".into());
         self.jobs.send(job).await.map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        Ok(async move { rx.await.map_err(|_| closed())? })
     }
 
     /// Stops the writer after the jobs already queued; returns once it has
