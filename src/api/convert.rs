@@ -255,7 +255,6 @@ pub fn group_to_pb(group: &PartnerGroup, updated_at: prost_types::Timestamp) -> 
 
 /// Parses an aggregate request's own fields (its selector is parsed apart).
 pub fn parse_aggregate(request: &pb::AggregateRequest) -> Result<aggregate::AggregateRequest> {
-    use crate::domain::Granularity;
     use aggregate::{Dimension, RowOrder};
     let mut violations = Vec::new();
     let mut group_by = BTreeSet::new();
@@ -284,19 +283,12 @@ pub fn parse_aggregate(request: &pb::AggregateRequest) -> Result<aggregate::Aggr
             ));
         }
     }
-    let granularity = match pb::Granularity::try_from(request.granularity) {
-        Ok(pb::Granularity::Unspecified) => None,
-        Ok(pb::Granularity::Year) => Some(Granularity::Year),
-        Ok(pb::Granularity::Quarter) => Some(Granularity::Quarter),
-        Ok(pb::Granularity::Month) => Some(Granularity::Month),
-        Err(_) => {
-            violations.push(Violation::new(
-                "granularity",
-                format!("{} is not a Granularity", request.granularity),
-            ));
-            None
+    let granularity = parse_granularity(request.granularity, "granularity").unwrap_or_else(|e| {
+        if let Error::InvalidArgument(v) = e {
+            violations.extend(v);
         }
-    };
+        None
+    });
     if granularity.is_some() && !group_by.contains(&Dimension::Period) {
         violations.push(Violation::new(
             "granularity",

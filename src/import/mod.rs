@@ -71,7 +71,7 @@ enum Layout {
 /// Parses a CSV file in the native layout or the UN Comtrade download
 /// layout, told apart by the header; column names are matched
 /// case-insensitively.
-pub fn parse_native(input: impl Read) -> Result<Parsed> {
+pub fn parse_file(input: impl Read) -> Result<Parsed> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
@@ -388,8 +388,8 @@ pub async fn import_file(
 fn read_checked(path: &std::path::Path, skip_bad_rows: bool) -> anyhow::Result<Parsed> {
     let file =
         std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    let parsed = parse_native(std::io::BufReader::new(file))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let parsed =
+        parse_file(std::io::BufReader::new(file)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if !parsed.bad_rows.is_empty() {
         let listed: Vec<String> = parsed
             .bad_rows
@@ -511,7 +511,7 @@ mod tests {
                     CHN,KAZ,sideways,2025-13,TOTAL,USD,-5,GACC,\n\
                     CHN,KGZ,turnover,2025,TOTAL,USD,27200000000,GACC,2026-01-20T00:00:00Z\n\
                     CHN,KAZ,turnover,2025,TOTAL,USD,1,GACC,\n";
-        let parsed = parse_native(file.as_bytes()).unwrap();
+        let parsed = parse_file(file.as_bytes()).unwrap();
         assert_eq!(parsed.records.len(), 2);
         assert_eq!(parsed.bad_rows.len(), 2);
         assert_eq!(parsed.bad_rows[0].line, 3);
@@ -541,6 +541,6 @@ mod tests {
 
     #[test]
     fn a_header_without_required_columns_is_refused() {
-        assert!(parse_native("reporter,partner\nCHN,KAZ\n".as_bytes()).is_err());
+        assert!(parse_file("reporter,partner\nCHN,KAZ\n".as_bytes()).is_err());
     }
 }

@@ -1,7 +1,6 @@
 //! Aggregate questions: exact totals of the records a selector picks,
 //! grouped by any dimension, with year-over-year growth and shares.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ResolvedSelector;
@@ -389,16 +388,4 @@ fn check_no_overlap(commodities: &BTreeSet<Commodity>) -> Result<()> {
         }
     }
     Ok(())
-}
-
-impl PartialOrd for AggregateRow {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.group.cmp(&other.group))
-    }
-}
-
-impl PartialEq for AggregateRow {
-    fn eq(&self, other: &Self) -> bool {
-        self.group == other.group
-    }
 }

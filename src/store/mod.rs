@@ -308,11 +308,7 @@ impl Store {
 
     /// Every group by name, for resolving selectors.
     pub fn groups_by_name(&self) -> Result<BTreeMap<GroupName, PartnerGroup>> {
-        Ok(self
-            .list_groups()?
-            .into_iter()
-            .map(|(g, _)| (g.name.clone(), g))
-            .collect())
+        writer::read_groups(&self.db)
     }
 
     /// Creates or replaces a group; the watches that name it follow the new
