@@ -78,17 +78,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::FailedPrecondition(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) => Error::FailedPrecondition(format!(
-                    "cannot open store in {} (is another tradewatch using it?): {io}",
-                    dir.display()
-                )),
-                other => Error::Storage(other),
-            })?;
+        let db = Self::open_sled(dir, cache_bytes)?;
         let head = Self::check_or_init(&db, dir)?;
         let oldest = db
             .get(keys::META_OLDEST_SEQUENCE)?
@@ -103,6 +93,31 @@ impl Store {
             durable_head,
             oldest,
         })
+    }
+
+    /// Opens sled, waiting a moment for the directory's lock: a store closed
+    /// just before (a restart in the same process, or a process that has
+    /// just exited) lets go of it when sled's background flusher stops.
+    fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
+        const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+        let started = std::time::Instant::now();
+        loop {
+            match sled::Config::new().path(dir).cache_capacity(cache_bytes).open() {
+                Ok(db) => return Ok(db),
+                Err(sled::Error::Io(io))
+                    if io.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(sled::Error::Io(io)) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "cannot open store in {} (is another tradewatch using it?): {io}",
+                        dir.display()
+                    )));
+                }
+                Err(other) => return Err(Error::Storage(other)),
+            }
+        }
     }
 
     /// Checks the format version; a new, empty store gets the current version
