@@ -392,9 +392,8 @@ async fn main() -> anyhow::Result<()> {
         let app = Application::build(
             "127.0.0.1:0".parse()?,
             Config {
-                data_dir: dir.join("store"),
                 cache_mb,
-                retain_events: 0,
+                ..Config::new(dir.join("store"))
             },
         )
         .await?;

@@ -5,8 +5,9 @@
 #
 # Starts `BINARY serve` on a free loopback port with a fresh data dir, drives
 # it through reflection, health, PutRecords/GetRecord/ListRecords/Aggregate, a rejected
-# batch and a restart on the same data dir. Prints PASS/FAIL per check and
-# exits non-zero on the first failure. Needs grpcurl and python3 on PATH.
+# batch and a restart on the same data dir, and scrapes its Prometheus
+# endpoint (--metrics-listen) with curl. Prints PASS/FAIL per check and
+# exits non-zero on the first failure. Needs grpcurl, curl and python3 on PATH.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,11 +30,13 @@ BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 [[ -r $CSV ]] || die "cannot read $CSV"
 command -v grpcurl >/dev/null || die "grpcurl is not on PATH"
 command -v python3 >/dev/null || die "python3 is not on PATH"
+command -v curl >/dev/null || die "curl is not on PATH"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tradewatch-smoke.XXXXXX")
 DATA_DIR=$WORK/data
 SERVER_PID=
 ADDR=
+METRICS_ADDR=
 STARTS=0
 CHECKS=0
 
@@ -118,27 +121,42 @@ expect_error() {
 start_server() {
     STARTS=$((STARTS + 1))
     local out=$WORK/server-$STARTS.stdout err=$WORK/server-$STARTS.stderr
-    NO_COLOR=1 "$BIN" serve --listen 127.0.0.1:0 --data-dir "$DATA_DIR" >"$out" 2>"$err" &
+    NO_COLOR=1 "$BIN" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$DATA_DIR" >"$out" 2>"$err" &
     SERVER_PID=$!
-    local deadline=$((SECONDS + START_TIMEOUT_S)) line=
+    local deadline=$((SECONDS + START_TIMEOUT_S)) line= metrics_line=
     while :; do
-        line=$(grep -m1 '^tradewatch listening on ' "$out" || true)
-        [[ -n $line ]] && break
+        line=$(grep -s -m1 '^tradewatch listening on ' "$out" || true)
+        metrics_line=$(grep -s -m1 '^tradewatch metrics on ' "$out" || true)
+        [[ -n $line && -n $metrics_line ]] && break
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
             local rc=0
             wait "$SERVER_PID" || rc=$?
             SERVER_PID=
             fail "server start #$STARTS (exited with status $rc before listening)" "$(cat "$out")"
         fi
-        ((SECONDS < deadline)) || fail "server start #$STARTS (no listening line within ${START_TIMEOUT_S}s)" "$(cat "$out")"
+        ((SECONDS < deadline)) || fail "server start #$STARTS (no listening and metrics lines within ${START_TIMEOUT_S}s)" "$(cat "$out")"
         sleep 0.1
     done
     ADDR=${line#tradewatch listening on }
     [[ $ADDR =~ ^127\.0\.0\.1:[0-9]+$ ]] || fail "server start #$STARTS (cannot parse address)" "$line"
+    METRICS_ADDR=${metrics_line#tradewatch metrics on }
+    [[ $METRICS_ADDR =~ ^127\.0\.0\.1:[0-9]+$ ]] || fail "server start #$STARTS (cannot parse metrics address)" "$metrics_line"
     local lines
     lines=$(wc -l <"$out")
-    [[ $lines -eq 1 ]] || fail "server start #$STARTS (expected exactly one stdout line, got $lines)" "$(cat "$out")"
-    pass "server start #$STARTS: listening on $ADDR (pid $SERVER_PID)"
+    [[ $lines -eq 2 ]] || fail "server start #$STARTS (expected exactly two stdout lines, got $lines)" "$(cat "$out")"
+    [[ $(head -n1 "$out") == "$line" ]] || fail "server start #$STARTS (the listening line comes first)" "$(cat "$out")"
+    pass "server start #$STARTS: listening on $ADDR, metrics on $METRICS_ADDR (pid $SERVER_PID)"
+}
+
+# scrape: GET /metrics with curl; sets OUT (the exposition) and RC.
+scrape() {
+    RC=0
+    OUT=$(curl -sS --fail --max-time 10 "http://$METRICS_ADDR/metrics" 2>&1) || RC=$?
+}
+
+# metric SERIES: the value of one series (name and labels as printed) in $OUT.
+metric() {
+    awk -v series="$1" '$1 == series { print $2; found = 1 } END { if (!found) print "absent" }' <<<"$OUT"
 }
 
 stop_server() {
@@ -295,7 +313,27 @@ rpc GetRecord "$BAD_BATCH_GOOD_KEY"
 expect_error "GetRecord: good record of the rejected batch was not stored" NotFound
 pass "GetRecord: good record of the rejected batch -> NotFound (batch is atomic)"
 
+scrape
+expect_ok "metrics: curl http://$METRICS_ADDR/metrics"
+PUT_REQUESTS='tradewatch_grpc_requests_total{method="/tradewatch.v1.TradeService/PutRecords"'
+for check in \
+    "$PUT_REQUESTS,code=\"OK\"}=3" \
+    "$PUT_REQUESTS,code=\"INVALID_ARGUMENT\"}=1" \
+    'tradewatch_grpc_requests_total{method="/tradewatch.v1.TradeService/GetRecord",code="NOT_FOUND"}=1' \
+    'tradewatch_records_stored_total{outcome="created"}=16' \
+    'tradewatch_records_stored_total{outcome="revised"}=1' \
+    'tradewatch_events_emitted_total{kind="record_stored"}=17' \
+    'tradewatch_subscribers=0'; do
+    series=${check%=*}
+    got=$(metric "$series")
+    [[ $got == "${check##*=}" ]] || fail "metrics: $series is ${check##*=} (got $got)" "$OUT"
+done
+pass "metrics: PutRecords 3 OK + 1 INVALID_ARGUMENT, 16 records created, 1 revised, 17 events"
+
 stop_server
+scrape
+[[ $RC -ne 0 ]] || fail "metrics: the endpoint stops with the server" "$OUT"
+pass "metrics: the endpoint stopped with the server"
 start_server
 
 rpc GetRecord "$KAZ_2025_KEY"
@@ -318,5 +356,83 @@ expect_ok "import $CSV"
 OUT=$("$BIN" import "$CSV" --data-dir "$WORK/imported" 2>&1) && RC=0 || RC=$?
 [[ $RC -eq 0 && $OUT == *"16 unchanged"* ]] || fail "import again: 16 unchanged" "$OUT"
 pass "tradewatch import: 16 created, then 16 unchanged"
+
+# ---------------------------------------------------------------------------
+# TLS and a bearer token: a server started with --tls-cert/--tls-key and the
+# token in TRADEWATCH_AUTH_TOKEN, called with grpcurl -cacert. The
+# certificates are made with openssl; without it these checks are skipped
+# (tests/security.rs makes its own with rcgen and runs the same calls).
+# ---------------------------------------------------------------------------
+
+if command -v openssl >/dev/null; then
+    TLS_DIR=$WORK/tls
+    mkdir -p "$TLS_DIR"
+    # A CA, and a certificate it signs for localhost and 127.0.0.1.
+    OUT=$(
+        cd "$TLS_DIR" &&
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+                -subj '/CN=tradewatch smoke CA' -keyout ca.key -out ca.pem 2>&1 &&
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -subj '/CN=localhost' -keyout server.key -out server.csr 2>&1 &&
+            printf '%s\n' 'subjectAltName=DNS:localhost,IP:127.0.0.1' 'basicConstraints=CA:FALSE' \
+                'keyUsage=digitalSignature' 'extendedKeyUsage=serverAuth' >server.ext &&
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+                -extfile server.ext -out server.pem 2>&1
+    ) || fail "TLS: openssl makes a CA and a server certificate" "$OUT"
+    TOKEN=smoke-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+
+    out=$WORK/server-tls.stdout
+    NO_COLOR=1 TRADEWATCH_AUTH_TOKEN=$TOKEN "$BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/tls-data" \
+        --tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key" >"$out" 2>"$WORK/server-tls.stderr" &
+    SERVER_PID=$!
+    deadline=$((SECONDS + START_TIMEOUT_S))
+    until line=$(grep -s -m1 '^tradewatch listening on ' "$out"); do
+        kill -0 "$SERVER_PID" 2>/dev/null || { SERVER_PID=; fail "TLS: server start (exited before listening)" "$(cat "$out")"; }
+        ((SECONDS < deadline)) || fail "TLS: server start (no listening line within ${START_TIMEOUT_S}s)" "$(cat "$out")"
+        sleep 0.1
+    done
+    ADDR=${line#tradewatch listening on }
+    pass "TLS: server with --tls-cert/--tls-key and TRADEWATCH_AUTH_TOKEN listening on $ADDR"
+
+    TLS_GRPCURL=(grpcurl -cacert "$TLS_DIR/ca.pem" -connect-timeout 5 -max-time 15)
+    tls_call() {
+        RC=0
+        OUT=$("${TLS_GRPCURL[@]}" "$@" 2>&1) || RC=$?
+    }
+    KAZ_2024='{"records":[{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2024",
+      "commodity":"TOTAL","value":{"currency_code":"USD","units":"43800000000"},"source":"GACC"}]}'
+    KAZ_2024_KEY='{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2024","commodity":"TOTAL","currency":"USD"}'
+
+    tls_call "$ADDR" list
+    expect_ok "TLS: reflection with -cacert"
+    grep -qx "$SERVICE" <<<"$OUT" || fail "TLS: list shows $SERVICE" "$OUT"
+    pass "TLS: grpcurl -cacert lists $SERVICE (reflection needs no token)"
+
+    RC=0
+    OUT=$("${GRPCURL[@]}" "$ADDR" list 2>&1) || RC=$?
+    [[ $RC -ne 0 ]] || fail "TLS: a plaintext call is refused" "$OUT"
+    pass "TLS: a plaintext call is refused"
+
+    tls_call -d "$KAZ_2024" "$ADDR" "$SERVICE/PutRecords"
+    expect_error "TLS: PutRecords without a token" Unauthenticated
+    tls_call -H 'authorization: Bearer wrong-token' -d "$KAZ_2024" "$ADDR" "$SERVICE/PutRecords"
+    expect_error "TLS: PutRecords with a wrong token" Unauthenticated
+    pass "TLS: PutRecords without a token, or with a wrong one -> Unauthenticated"
+
+    tls_call -H "authorization: Bearer $TOKEN" -d "$KAZ_2024" "$ADDR" "$SERVICE/PutRecords"
+    expect_ok "TLS: PutRecords with the token"
+    [[ $(json_get 'r["results"][0]["outcome"]') == WRITE_OUTCOME_CREATED ]] ||
+        fail "TLS: PutRecords with the token -> WRITE_OUTCOME_CREATED" "$OUT"
+    pass "TLS: PutRecords with -H 'authorization: Bearer …' -> WRITE_OUTCOME_CREATED"
+
+    tls_call -d "$KAZ_2024_KEY" "$ADDR" "$SERVICE/GetRecord"
+    expect_ok "TLS: GetRecord without a token"
+    [[ $(json_get 'r["value"]["units"]') == 43800000000 ]] || fail "TLS: GetRecord reads the record" "$OUT"
+    pass "TLS: GetRecord without a token (reads are open) -> 43800000000"
+
+    stop_server
+else
+    echo "smoke: SKIP TLS checks: openssl is not on PATH"
+fi
 
 echo "smoke: PASS ($CHECKS checks)"

@@ -7,9 +7,13 @@ pub mod api;
 mod connection;
 pub mod domain;
 pub mod error;
+mod guard;
 pub mod import;
+pub mod limits;
+pub mod metrics;
 pub mod milestones;
 pub mod query;
+pub mod security;
 pub mod store;
 pub mod stream;
 
@@ -22,6 +26,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+
+pub use limits::Limits;
+pub use security::{AuthToken, TlsFiles};
 
 /// Generated protobuf and gRPC code of `tradewatch.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -59,6 +66,16 @@ pub struct Config {
     pub cache_mb: u64,
     /// Keep only the newest this many events (0: keep all).
     pub retain_events: u64,
+    /// Serve Prometheus metrics (`GET /metrics`) here; `None`: no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Mutating calls (and, with `auth_reads`, reads) must carry
+    /// `authorization: Bearer <token>`; `None`: no token needed.
+    pub auth_token: Option<AuthToken>,
+    /// Reads need the token too (health and reflection never do).
+    pub auth_reads: bool,
+    /// Serve TLS with this certificate and key; `None`: plaintext.
+    pub tls: Option<TlsFiles>,
+    pub limits: Limits,
 }
 
 impl Config {
@@ -70,6 +87,11 @@ impl Config {
             data_dir: data_dir.into(),
             cache_mb: Self::DEFAULT_CACHE_MB,
             retain_events: 0,
+            metrics_listen: None,
+            auth_token: None,
+            auth_reads: false,
+            tls: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -95,28 +117,60 @@ pub async fn import_into(
 pub struct Application {
     listener: TcpListener,
     store: Arc<store::Store>,
+    metrics: Arc<metrics::Metrics>,
+    metrics_endpoint: Option<metrics::Endpoint>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    auth: security::Auth,
+    limits: Limits,
 }
 
 impl Application {
     /// Opens the store and binds the listener (`127.0.0.1:0` picks a free
     /// port).
     pub async fn build(listen: SocketAddr, config: Config) -> anyhow::Result<Self> {
-        let store = store::Store::open(
+        config.limits.validate()?;
+        if config.auth_reads && config.auth_token.is_none() {
+            anyhow::bail!("--auth-reads needs --auth-token: there is no token to ask readers for");
+        }
+        let tls = config.tls.as_ref().map(TlsFiles::load).transpose()?;
+        if config.auth_token.is_some() && tls.is_none() && !listen.ip().is_loopback() {
+            tracing::warn!(%listen, "an auth token without TLS: callers send it in plaintext");
+        }
+        let metrics = Arc::new(metrics::Metrics::new());
+        let store = store::Store::open_with_metrics(
             &config.data_dir,
             config.cache_mb * 1024 * 1024,
             config.retain_events,
+            metrics.clone(),
         )?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        let metrics_endpoint = match config.metrics_listen {
+            Some(addr) => Some(metrics::Endpoint::bind(addr, metrics.clone()).await?),
+            None => None,
+        };
         Ok(Application {
             listener,
             store: Arc::new(store),
+            metrics,
+            metrics_endpoint,
+            tls,
+            auth: security::Auth {
+                token: config.auth_token,
+                reads: config.auth_reads,
+            },
+            limits: config.limits,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `GET /metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().and_then(|e| e.local_addr().ok())
     }
 
     /// Loads a native CSV file before serving (see [`import::import_file`]).
@@ -146,17 +200,34 @@ impl Application {
 
         let stop = CancellationToken::new();
         let cut = CancellationToken::new();
+        // Stops with the gRPC server (also when dropped on an error).
+        let metrics_endpoint = self.metrics_endpoint.map(metrics::Endpoint::spawn);
+        let builder = match self.tls {
+            Some(tls) => tonic::transport::Server::builder().tls_config(tls)?,
+            None => tonic::transport::Server::builder(),
+        };
+        let max_request_bytes = self.limits.max_request_bytes;
         // The server (and the services it holds) is dropped at the end of
         // this block.
         let served = {
-            let server = tonic::transport::Server::builder()
+            let server = builder
+                .layer(metrics::GrpcLayer::new(self.metrics.clone()))
+                .layer(guard::GuardLayer::new(self.auth, max_request_bytes))
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .add_service(TradeServiceServer::new(api::TradeApi::new(self.store.clone())))
-                .add_service(pb::milestone_service_server::MilestoneServiceServer::new(
-                    api::MilestoneApi::new(self.store.clone(), stop.clone()),
-                ))
+                .add_service(
+                    TradeServiceServer::new(
+                        api::TradeApi::new(self.store.clone()).with_limits(self.limits.clone()),
+                    )
+                    .max_decoding_message_size(max_request_bytes),
+                )
+                .add_service(
+                    pb::milestone_service_server::MilestoneServiceServer::new(
+                        api::MilestoneApi::new(self.store.clone(), stop.clone()).with_limits(self.limits),
+                    )
+                    .max_decoding_message_size(max_request_bytes),
+                )
                 .serve_with_incoming_shutdown(
                     incoming(self.listener, cut.clone()),
                     stop.clone().cancelled_owned(),
@@ -182,6 +253,9 @@ impl Application {
                 }
             }
         };
+        if let Some(endpoint) = metrics_endpoint {
+            endpoint.stop().await;
+        }
         // Connection tasks drop their handles on the store a moment after the
         // server returns; wait for them, so that the data dir is free when
         // this returns (a restart in the same process can open it).

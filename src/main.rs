@@ -23,12 +23,20 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        security: SecurityArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// Load this CSV file (native layout) before serving.
         #[arg(long, env = "TRADEWATCH_IMPORT")]
         import: Option<PathBuf>,
         /// With --import: store the good rows of a file that has bad ones.
         #[arg(long)]
         skip_bad_rows: bool,
+        /// Serve Prometheus metrics over plain HTTP at `GET /metrics` on this
+        /// address (port 0 picks a free port); off when not given.
+        #[arg(long, env = "TRADEWATCH_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Load a CSV file (native layout) into the data dir, then exit.
     /// Re-importing the same file changes nothing.
@@ -67,6 +75,110 @@ impl StoreArgs {
             data_dir: self.data_dir.clone(),
             cache_mb: self.cache_mb,
             retain_events: self.retain_events,
+            ..tradewatch::Config::new(&self.data_dir)
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct SecurityArgs {
+    /// Require `authorization: Bearer TOKEN` on every call that changes data
+    /// (and, with --auth-reads, on reads).
+    #[arg(
+        long,
+        env = "TRADEWATCH_AUTH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    auth_token: Option<String>,
+    /// With --auth-token: reads need the token too (health checking and
+    /// reflection never do).
+    #[arg(long, env = "TRADEWATCH_AUTH_READS")]
+    auth_reads: bool,
+    /// Serve TLS with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, env = "TRADEWATCH_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "TRADEWATCH_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    fn apply(self, config: tradewatch::Config) -> anyhow::Result<tradewatch::Config> {
+        let auth_token = self
+            .auth_token
+            .map(tradewatch::AuthToken::new)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--auth-token: {e}"))?;
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(tradewatch::TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together: give both or neither"),
+        };
+        Ok(tradewatch::Config {
+            auth_token,
+            auth_reads: self.auth_reads,
+            tls,
+            ..config
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Largest request message, in bytes (each IngestRecords message on its own).
+    #[arg(
+        long,
+        env = "TRADEWATCH_MAX_REQUEST_BYTES",
+        value_name = "BYTES",
+        default_value_t = tradewatch::Limits::DEFAULT_MAX_REQUEST_BYTES
+    )]
+    max_request_bytes: usize,
+    /// Most records in one PutRecords call or one IngestRecords message.
+    #[arg(
+        long,
+        env = "TRADEWATCH_MAX_BATCH_RECORDS",
+        value_name = "N",
+        default_value_t = tradewatch::Limits::DEFAULT_MAX_BATCH_RECORDS
+    )]
+    max_batch_records: usize,
+    /// Largest page_size of ListRecords and limit of ListEvents.
+    #[arg(
+        long,
+        env = "TRADEWATCH_MAX_PAGE_SIZE",
+        value_name = "N",
+        default_value_t = tradewatch::Limits::DEFAULT_MAX_PAGE_SIZE
+    )]
+    max_page_size: usize,
+    /// Most Subscribe streams open at once.
+    #[arg(
+        long,
+        env = "TRADEWATCH_MAX_SUBSCRIBERS",
+        value_name = "N",
+        default_value_t = tradewatch::Limits::DEFAULT_MAX_SUBSCRIBERS
+    )]
+    max_subscribers: usize,
+    /// Most watches stored.
+    #[arg(
+        long,
+        env = "TRADEWATCH_MAX_WATCHES",
+        value_name = "N",
+        default_value_t = tradewatch::Limits::DEFAULT_MAX_WATCHES
+    )]
+    max_watches: usize,
+}
+
+impl LimitArgs {
+    fn apply(self, config: tradewatch::Config) -> tradewatch::Config {
+        tradewatch::Config {
+            limits: tradewatch::Limits {
+                max_request_bytes: self.max_request_bytes,
+                max_batch_records: self.max_batch_records,
+                max_page_size: self.max_page_size,
+                max_subscribers: self.max_subscribers,
+                max_watches: self.max_watches,
+            },
+            ..config
         }
     }
 }
@@ -94,10 +206,18 @@ async fn run() -> anyhow::Result<()> {
         Command::Serve {
             listen,
             store,
+            security,
+            limits,
             import,
             skip_bad_rows,
+            metrics_listen,
         } => {
-            let app = tradewatch::Application::build(listen, store.config()).await?;
+            let config = tradewatch::Config {
+                metrics_listen,
+                ..store.config()
+            };
+            let config = security.apply(limits.apply(config))?;
+            let app = tradewatch::Application::build(listen, config).await?;
             if let Some(file) = import {
                 let summary = app.import(&file, skip_bad_rows).await?;
                 tracing::info!(file = %file.display(), ?summary, "imported");
@@ -106,6 +226,12 @@ async fn run() -> anyhow::Result<()> {
             tracing::info!(%addr, data_dir = %store.data_dir.display(), "tradewatch serving");
             // A stable line on stdout for scripts that start the server on port 0.
             println!("tradewatch listening on {addr}");
+            if let Some(metrics_addr) = app.metrics_addr() {
+                // Not println!: a script that read only the first line and
+                // closed the pipe must not bring the server down.
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout(), "tradewatch metrics on {metrics_addr}");
+            }
             app.run_until(shutdown_signal()).await
         }
         Command::Import {
@@ -159,3 +285,8 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
 }
+
+/// sled allocates and frees a node copy on every write; mimalloc does that
+/// much faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

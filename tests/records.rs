@@ -633,7 +633,7 @@ async fn a_store_of_another_format_is_refused_not_misread() {
         .unwrap();
     let message = error.to_string();
     assert!(
-        message.contains("format 99") && message.contains("format 1"),
+        message.contains("format 99") && message.contains("format 2"),
         "{message}"
     );
 

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -12,22 +13,58 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use crate::domain::{CurrencyCode, Granularity, Money, Party, Period, WatchDef, WatchId, WatchRules};
 use crate::error::{Error, Result, Violation};
+use crate::limits::Limits;
 use crate::pb::{self, milestone_service_server::MilestoneService};
 use crate::query::ResolvedSelector;
 use crate::store::{EventKind, EventValue, Store};
 use crate::stream::{self, Message};
 
 const DEFAULT_EVENTS_PAGE: usize = 100;
-const MAX_EVENTS_PAGE: usize = 1000;
 
 pub struct MilestoneApi {
     store: Arc<Store>,
     shutdown: CancellationToken,
+    limits: Limits,
+    /// One permit per open `Subscribe` stream.
+    subscribers: Arc<Semaphore>,
+    /// Held while a watch is counted and created, so that concurrent
+    /// creations cannot pass the limit together.
+    creating: tokio::sync::Mutex<()>,
 }
 
 impl MilestoneApi {
+    /// With the default [`Limits`].
     pub fn new(store: Arc<Store>, shutdown: CancellationToken) -> Self {
-        MilestoneApi { store, shutdown }
+        let limits = Limits::default();
+        MilestoneApi {
+            store,
+            shutdown,
+            subscribers: Arc::new(Semaphore::new(limits.max_subscribers)),
+            limits,
+            creating: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn with_limits(self, limits: Limits) -> Self {
+        MilestoneApi {
+            subscribers: Arc::new(Semaphore::new(limits.max_subscribers)),
+            limits,
+            ..self
+        }
+    }
+
+    /// Creates a watch unless the store already holds the most it may.
+    async fn create_within_limit(&self, watch: &pb::Watch) -> Result<pb::Watch> {
+        let _creating = self.creating.lock().await;
+        let max = self.limits.max_watches;
+        let count = self.store.list_watches()?.len();
+        if count >= max {
+            return Err(Error::ResourceExhausted(format!(
+                "there are {count} watches, the limit is {max} (max_watches, --max-watches); \
+                 delete one before creating another"
+            )));
+        }
+        self.create(watch).await
     }
 
     async fn create(&self, watch: &pb::Watch) -> Result<pb::Watch> {
@@ -88,13 +125,14 @@ impl MilestoneApi {
     }
 
     fn list_events(&self, request: &pb::ListEventsRequest) -> Result<pb::ListEventsResponse> {
+        let max = self.limits.max_page_size;
         let limit = match request.limit as usize {
-            0 => DEFAULT_EVENTS_PAGE,
-            n if n <= MAX_EVENTS_PAGE => n,
+            0 => DEFAULT_EVENTS_PAGE.min(max),
+            n if n <= max => n,
             n => {
                 return Err(Error::invalid(
                     "limit",
-                    format!("limit {n} is above the maximum {MAX_EVENTS_PAGE}"),
+                    format!("limit {n} is above the maximum {max} (max_page_size, --max-page-size)"),
                 ));
             }
         };
@@ -291,7 +329,7 @@ type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, S
 #[tonic::async_trait]
 impl MilestoneService for MilestoneApi {
     async fn create_watch(&self, request: Request<pb::Watch>) -> Result<Response<pb::Watch>, Status> {
-        Ok(Response::new(self.create(request.get_ref()).await?))
+        Ok(Response::new(self.create_within_limit(request.get_ref()).await?))
     }
 
     async fn get_watch(&self, request: Request<pb::GetWatchRequest>) -> Result<Response<pb::Watch>, Status> {
@@ -335,6 +373,14 @@ impl MilestoneService for MilestoneApi {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
         let wanted = EventFilter::parse(&request.kinds, &request.watch_ids)?;
+        // Released when the stream is dropped: ended, or its client gone.
+        let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {
+            let max = self.limits.max_subscribers;
+            Error::ResourceExhausted(format!(
+                "{max} Subscribe streams are open, the most this server allows \
+                 (max_subscribers, --max-subscribers); try again later"
+            ))
+        })?;
         let rx = stream::subscribe(
             self.store.clone(),
             request.from_sequence,
@@ -358,7 +404,8 @@ impl MilestoneService for MilestoneApi {
                 message: Some(message),
             })
         });
-        let responses = tokio_stream::StreamExt::map(responses, |r: Result<pb::SubscribeResponse>| {
+        let responses = tokio_stream::StreamExt::map(responses, move |r: Result<pb::SubscribeResponse>| {
+            let _held = &permit;
             r.map_err(Status::from)
         });
         // A subscription never ends with OK: when it stops (shutdown, store

@@ -7,13 +7,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::pb::{self, trade_service_server::TradeService};
 use crate::query::ResolvedSelector;
 use crate::store::{PutOutcome, Store};
 
 /// Records per page when the caller does not say.
 const DEFAULT_PAGE_SIZE: usize = 100;
-const MAX_PAGE_SIZE: usize = 1000;
 /// Rejections an ingest summary lists in full.
 const MAX_LISTED_REJECTIONS: usize = 100;
 /// IngestRecords messages queued but not yet on disk, per stream.
@@ -21,27 +21,50 @@ const MAX_INGEST_IN_FLIGHT: usize = 8;
 
 pub struct TradeApi {
     store: Arc<Store>,
+    limits: Limits,
 }
 
 impl TradeApi {
+    /// With the default [`Limits`].
     pub fn new(store: Arc<Store>) -> Self {
-        TradeApi { store }
+        TradeApi {
+            store,
+            limits: Limits::default(),
+        }
+    }
+
+    pub fn with_limits(self, limits: Limits) -> Self {
+        TradeApi { limits, ..self }
+    }
+
+    /// `RESOURCE_EXHAUSTED` for a batch of more records than the limit.
+    fn check_batch(&self, records: usize, what: &str) -> Result<()> {
+        let max = self.limits.max_batch_records;
+        if records > max {
+            return Err(Error::ResourceExhausted(format!(
+                "{what} has {records} records, more than the limit of {max} per batch \
+                 (max_batch_records, --max-batch-records); split it"
+            )));
+        }
+        Ok(())
     }
 
     async fn put(&self, request: &pb::PutRecordsRequest) -> Result<PutOutcome> {
+        self.check_batch(request.records.len(), "PutRecords")?;
         let records = convert::parse_records(&request.records)?;
         self.store.put_records(records).await
     }
 
     fn list(&self, request: &pb::ListRecordsRequest) -> Result<pb::ListRecordsResponse> {
         let selector = convert::parse_selector(request.selector.as_ref(), "selector")?;
+        let max = self.limits.max_page_size;
         let page_size = match request.page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n <= MAX_PAGE_SIZE => n,
+            0 => DEFAULT_PAGE_SIZE.min(max),
+            n if n <= max => n,
             n => {
                 return Err(Error::invalid(
                     "page_size",
-                    format!("page_size {n} is above the maximum {MAX_PAGE_SIZE}"),
+                    format!("page_size {n} is above the maximum {max} (max_page_size, --max-page-size)"),
                 ));
             }
         };
@@ -135,6 +158,21 @@ impl TradeService for TradeApi {
         while let Some(message) = stream.next().await {
             let message = message?;
             let index = summary.messages;
+            if let Err(e) = self.check_batch(message.records.len(), &format!("message {index}")) {
+                // What came before stays stored; say so once it is.
+                for pending in in_flight {
+                    count_outcome(&mut summary, pending.await?);
+                }
+                let earlier = match index {
+                    1 => "1 earlier message was processed".to_owned(),
+                    n => format!("{n} earlier messages were processed"),
+                };
+                return Err(Error::ResourceExhausted(format!(
+                    "{e}; {earlier} ({} records created, {} revised, {} unchanged, {} rejected)",
+                    summary.created, summary.revised, summary.unchanged, summary.rejected
+                ))
+                .into());
+            }
             summary.messages += 1;
             match convert::parse_records(&message.records) {
                 Ok(records) => {

@@ -11,8 +11,12 @@ use crate::domain::{FieldError, Flow, RawKey, RawRecord, RecordKey, TradeRecord,
 use crate::error::{Error, Result};
 use crate::store::Store;
 
-/// Records stored per atomic batch.
-const BATCH: usize = 1000;
+mod progress;
+
+/// Records per atomic batch (and per `IngestRecords` message). Large
+/// batches let records of one commodity and period share their rollup
+/// updates.
+const BATCH: usize = 10_000;
 
 /// A row that could not be imported, by its line in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -388,8 +392,10 @@ pub async fn import_file(
 fn read_checked(path: &std::path::Path, skip_bad_rows: bool) -> anyhow::Result<Parsed> {
     let file =
         std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    let parsed =
-        parse_file(std::io::BufReader::new(file)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let bar = progress::checking(file.metadata().map_or(0, |m| m.len()));
+    let parsed = parse_file(bar.wrap_read(std::io::BufReader::new(file)))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    bar.finish_and_clear();
     if !parsed.bad_rows.is_empty() {
         let listed: Vec<String> = parsed
             .bad_rows
@@ -437,6 +443,8 @@ pub async fn import_to_server(
     let mut client = TradeServiceClient::connect(url.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
+    let bar = progress::rows(parsed.records.len() as u64, "sending");
+    let sent = bar.clone();
     let messages: Vec<crate::pb::PutRecordsRequest> = parsed
         .records
         .chunks(BATCH)
@@ -444,10 +452,14 @@ pub async fn import_to_server(
             records: chunk.iter().map(crate::api::trade_record_to_pb).collect(),
         })
         .collect();
-    let summary = client
-        .ingest_records(tokio_stream::iter(messages))
-        .await?
-        .into_inner();
+    // Counted as the stream takes each message (the server keeps only a
+    // few unacknowledged).
+    let messages = tokio_stream::StreamExt::map(tokio_stream::iter(messages), move |m| {
+        sent.inc(m.records.len() as u64);
+        m
+    });
+    let summary = client.ingest_records(messages).await?.into_inner();
+    bar.finish_and_clear();
     if summary.rejected > 0 {
         anyhow::bail!(
             "the server rejected {} record(s): {}",
@@ -469,13 +481,24 @@ pub async fn import_to_server(
     })
 }
 
-/// Stores parsed records in atomic batches of [`BATCH`].
+/// Stores parsed records in atomic batches of [`BATCH`], a few in flight
+/// so that the store is never idle waiting for the next one.
 pub async fn store_records(store: &Store, records: Vec<TradeRecord>) -> Result<ImportSummary> {
+    const IN_FLIGHT: usize = 4;
+    let bar = progress::rows(records.len() as u64, "storing");
     let mut summary = ImportSummary::default();
+    let mut queued = std::collections::VecDeque::new();
     let mut records = records.into_iter().peekable();
-    while records.peek().is_some() {
-        let batch: Vec<TradeRecord> = records.by_ref().take(BATCH).collect();
-        for (_, outcome, _) in store.put_records(batch).await?.results {
+    while records.peek().is_some() || !queued.is_empty() {
+        if records.peek().is_some() && queued.len() < IN_FLIGHT {
+            let batch: Vec<TradeRecord> = records.by_ref().take(BATCH).collect();
+            queued.push_back(store.queue_records(batch).await?);
+            continue;
+        }
+        let Some(stored) = queued.pop_front() else { break };
+        let outcome = stored.await?;
+        bar.inc(outcome.results.len() as u64);
+        for (_, outcome, _) in &outcome.results {
             match outcome {
                 WriteOutcome::Created => summary.created += 1,
                 WriteOutcome::Revised => summary.revised += 1,
@@ -483,6 +506,7 @@ pub async fn store_records(store: &Store, records: Vec<TradeRecord>) -> Result<I
             }
         }
     }
+    bar.finish_and_clear();
     Ok(summary)
 }
 

@@ -53,7 +53,16 @@ pub struct GroupValue {
     pub updated_at: Option<Timestamp>,
 }
 
-/// One entry of the event log.
+/// Consecutive events of one write, stored under one key
+/// ([`super::keys::event_block_key`]): one log entry per event would make a
+/// bulk load pay a tree insert for every record twice.
+#[derive(Clone, PartialEq, Message)]
+pub struct EventBlock {
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<EventValue>,
+}
+
+/// One event of the log.
 #[derive(Clone, PartialEq, Message)]
 pub struct EventValue {
     #[prost(message, optional, tag = "1")]
@@ -248,4 +257,23 @@ pub fn decode_group(key_bytes: &[u8], value_bytes: &[u8]) -> Result<(PartnerGrou
         description: value.description,
     };
     Ok((group, value.updated_at.unwrap_or_default()))
+}
+
+/// The events of one log entry with their sequences: a block, or (format 1)
+/// a single event.
+pub fn decode_event_entry(key_bytes: &[u8], value_bytes: &[u8]) -> Result<Vec<(u64, EventValue)>> {
+    let (first, last) = keys::decode_event_block_key(key_bytes)?;
+    let corrupt = |e: prost::DecodeError| Error::Corrupt(format!("events {first}..={last}: {e}"));
+    let events = if key_bytes.len() == 9 {
+        vec![EventValue::decode(value_bytes).map_err(corrupt)?]
+    } else {
+        EventBlock::decode(value_bytes).map_err(corrupt)?.events
+    };
+    if events.len() as u64 != last - first + 1 {
+        return Err(Error::Corrupt(format!(
+            "events {first}..={last}: the entry holds {} events",
+            events.len()
+        )));
+    }
+    Ok((first..).zip(events).collect())
 }

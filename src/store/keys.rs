@@ -154,11 +154,34 @@ pub fn record_prefix(reporter: Option<CountryCode>, partner: Option<CountryCode>
     out
 }
 
-pub fn event_key(sequence: u64) -> [u8; 9] {
-    let mut out = [0u8; 9];
+/// Key of a block of events, `first..=last`: namespace, first, last. Format
+/// 1 stores wrote one event per key (namespace, sequence); those are read as
+/// blocks of one.
+pub fn event_block_key(first: u64, last: u64) -> [u8; 17] {
+    let mut out = [0u8; 17];
     out[0] = NS_EVENT;
-    out[1..].copy_from_slice(&sequence.to_be_bytes());
+    out[1..9].copy_from_slice(&first.to_be_bytes());
+    out[9..].copy_from_slice(&last.to_be_bytes());
     out
+}
+
+/// The greatest key a block starting at or before `sequence` can have: the
+/// block holding `sequence`, if any, is the last key up to this one.
+pub fn event_block_probe(sequence: u64) -> [u8; 17] {
+    event_block_key(sequence, u64::MAX)
+}
+
+/// The sequences an event log key covers, `(first, last)`.
+pub fn decode_event_block_key(bytes: &[u8]) -> Result<(u64, u64)> {
+    let seq = |b: &[u8]| <[u8; 8]>::try_from(b).map(u64::from_be_bytes).ok();
+    let range = match bytes {
+        [NS_EVENT, rest @ ..] if rest.len() == 8 => seq(rest).map(|s| (s, s)),
+        [NS_EVENT, rest @ ..] if rest.len() == 16 => seq(&rest[..8]).zip(seq(&rest[8..])),
+        _ => None,
+    };
+    range
+        .filter(|(first, last)| first <= last)
+        .ok_or_else(|| Error::Corrupt(format!("bad event key {bytes:02x?}")))
 }
 
 pub fn group_key(name: &GroupName) -> Vec<u8> {

@@ -34,7 +34,10 @@ use writer::{Change, Pending, Writer, WriterHandle};
 
 /// The on-disk layout version. A directory written with another version is
 /// refused rather than misread.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Older versions this build reads, and upgrades on open: format 1 stored
+/// one event per key, which format 2 still reads (it writes blocks).
+const UPGRADABLE_FORMATS: &[u32] = &[1];
 
 /// The outcome of a batch of record writes.
 #[derive(Debug, Clone)]
@@ -68,6 +71,7 @@ pub struct Store {
     durable_head: watch::Receiver<u64>,
     /// The oldest event the log retains.
     oldest: Arc<AtomicU64>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Store {
@@ -75,6 +79,17 @@ impl Store {
     /// format.
     /// `retain_events` keeps only the newest that many events (0: all).
     pub fn open(dir: &Path, cache_bytes: u64, retain_events: u64) -> Result<Store> {
+        Self::open_with_metrics(dir, cache_bytes, retain_events, Arc::default())
+    }
+
+    /// Opens the store like [`Store::open`], counting its writes and
+    /// subscriptions in `metrics`.
+    pub fn open_with_metrics(
+        dir: &Path,
+        cache_bytes: u64,
+        retain_events: u64,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::FailedPrecondition(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
@@ -85,13 +100,15 @@ impl Store {
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(1, u64::from_be_bytes);
         let oldest = Arc::new(AtomicU64::new(oldest));
-        let (writer, thread, durable_head) = Writer::spawn(db.clone(), head, retain_events, oldest.clone())?;
+        let (writer, thread, durable_head) =
+            Writer::spawn(db.clone(), head, retain_events, oldest.clone(), metrics.clone())?;
         Ok(Store {
             db,
             writer,
             writer_thread: Mutex::new(Some(thread)),
             durable_head,
             oldest,
+            metrics,
         })
     }
 
@@ -126,7 +143,11 @@ impl Store {
         match db.get(keys::META_FORMAT_VERSION)? {
             Some(v) => {
                 let version = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).ok();
-                if version != Some(FORMAT_VERSION) {
+                if version.is_some_and(|v| UPGRADABLE_FORMATS.contains(&v)) {
+                    db.insert(keys::META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+                    db.flush()?;
+                    tracing::info!(dir = %dir.display(), from = version, to = FORMAT_VERSION, "store format upgraded");
+                } else if version != Some(FORMAT_VERSION) {
                     return Err(Error::FailedPrecondition(format!(
                         "{} holds a tradewatch store of format {}; this build reads format {FORMAT_VERSION}",
                         dir.display(),
@@ -261,10 +282,10 @@ impl Store {
                 let now = now();
                 let mut changes = Vec::new();
                 let mut results = Vec::with_capacity(records.len());
+                let mut pending = Pending::default();
                 for record in records {
                     let key = record.key;
-                    let k = keys::record_key(&key);
-                    let before = w.get(&k)?.map(|v| codec::decode_record(&k, &v)).transpose()?;
+                    let before = w.read_with_siblings(&key, &mut pending.stored_values)?;
                     let (outcome, revision) = match &before {
                         None => (WriteOutcome::Created, 1),
                         Some(old) if old.record == record => (WriteOutcome::Unchanged, old.revision),
@@ -280,7 +301,7 @@ impl Store {
                         changes.push(Change { key, before, after });
                     }
                 }
-                let sequences = w.commit(&changes, Pending::default(), now)?;
+                let sequences = w.commit(&changes, pending, now)?;
                 Ok(PutOutcome { results, sequences })
             })
             .await
@@ -491,19 +512,30 @@ impl Store {
 
     /// Stored events from `from` on, at most `limit`, in order.
     pub fn events(&self, from: u64, limit: usize) -> Result<Vec<(u64, EventValue)>> {
-        let start = keys::event_key(from.max(1));
+        let from = from.max(1);
+        // The entry holding `from` is the last one starting at or before it.
+        let probe = keys::event_block_probe(from);
+        let start = match self.db.range(keys::event_block_key(0, 0)..=probe).next_back() {
+            Some(entry) => {
+                let (k, _) = entry?;
+                let (_, last) = keys::decode_event_block_key(&k)?;
+                if last >= from { k.to_vec() } else { probe.to_vec() }
+            }
+            None => probe.to_vec(),
+        };
         let mut out = Vec::new();
         for entry in self.db.range(start..) {
             let (k, v) = entry?;
             if k.first() != Some(&keys::NS_EVENT) || out.len() == limit {
                 break;
             }
-            let sequence = <[u8; 8]>::try_from(&k[1..])
-                .map(u64::from_be_bytes)
-                .map_err(|_| Error::Corrupt(format!("bad event key {:02x?}", k.as_ref())))?;
-            let event = EventValue::decode(v.as_ref())
-                .map_err(|e| Error::Corrupt(format!("event {sequence}: {e}")))?;
-            out.push((sequence, event));
+            let events = codec::decode_event_entry(&k, &v)?;
+            out.extend(
+                events
+                    .into_iter()
+                    .filter(|(s, _)| *s >= from)
+                    .take(limit - out.len()),
+            );
         }
         Ok(out)
     }
@@ -517,6 +549,11 @@ impl Store {
     pub fn subscribe_head(&self) -> watch::Receiver<u64> {
         self.durable_head.clone()
     }
+
+    /// Where this store's writes and subscriptions are counted.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
 }
 
 /// Decodes a record key as stored in events.
@@ -526,4 +563,145 @@ pub fn decode_record_key(bytes: &[u8]) -> Result<RecordKey> {
 
 fn now() -> Timestamp {
     Timestamp::from(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RawKey, RawRecord};
+
+    /// `n` distinct export records of CHN to KAZ, one per HS6-like code.
+    fn records(n: usize, units: i64) -> Vec<TradeRecord> {
+        (0..n)
+            .map(|i| {
+                let commodity = format!("{:06}", 10_000 + i);
+                TradeRecord::parse(&RawRecord {
+                    key: RawKey {
+                        reporter: "CHN",
+                        partner: "KAZ",
+                        flow: 1,
+                        period: "2025",
+                        commodity: &commodity,
+                        currency: "USD",
+                    },
+                    units,
+                    ..Default::default()
+                })
+                .expect("valid record")
+            })
+            .collect()
+    }
+
+    fn sequences(store: &Store, from: u64, limit: usize) -> Vec<u64> {
+        store
+            .events(from, limit)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    fn open(dir: &Path, retain: u64) -> Store {
+        Store::open(dir, 64 << 20, retain).unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_read_the_same_across_block_boundaries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path(), 0);
+        // 600 events: blocks of 256, 256, 88; then blocks of one.
+        store.put_records(records(600, 1)).await.unwrap();
+        for units in 2..5 {
+            store.put_records(records(1, units)).await.unwrap();
+        }
+        let all: Vec<u64> = (1..=603).collect();
+        assert_eq!(sequences(&store, 0, usize::MAX), all);
+        assert_eq!(sequences(&store, 1, usize::MAX), all);
+        for from in [2, 255, 256, 257, 300, 512, 513, 600, 601, 603] {
+            assert_eq!(
+                sequences(&store, from, 10),
+                (from..=603).take(10).collect::<Vec<_>>(),
+                "from {from}"
+            );
+        }
+        assert_eq!(sequences(&store, 604, 10), Vec::<u64>::new());
+        // Paging by any page size sees every event once.
+        for page in [1, 7, 100, 256, 1000] {
+            let mut seen = Vec::new();
+            let mut next = 1;
+            loop {
+                let chunk = sequences(&store, next, page);
+                let Some(&last) = chunk.last() else { break };
+                seen.extend(chunk);
+                next = last + 1;
+            }
+            assert_eq!(seen, all, "page {page}");
+        }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn retention_removes_whole_blocks_and_reads_from_the_oldest_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path(), 100);
+        store.put_records(records(600, 1)).await.unwrap();
+        // The log keeps the newest 100: 501..=600. Entries below are
+        // removed by the writes that follow, a block straddling the cut
+        // stays on disk but is not read from below it.
+        assert_eq!(store.oldest_sequence(), 501);
+        assert_eq!(
+            sequences(&store, 501, usize::MAX),
+            (501..=600).collect::<Vec<_>>()
+        );
+        store.put_records(records(600, 2)).await.unwrap();
+        assert_eq!(store.oldest_sequence(), 1101);
+        assert_eq!(
+            sequences(&store, 1101, usize::MAX),
+            (1101..=1200).collect::<Vec<_>>()
+        );
+        let entries: Vec<_> = store
+            .db
+            .scan_prefix([keys::NS_EVENT])
+            .map(|e| keys::decode_event_block_key(&e.unwrap().0).unwrap())
+            .collect();
+        assert_eq!(entries, vec![(601, 856), (857, 1112), (1113, 1200)]);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_format_1_store_with_one_event_per_key_is_upgraded_and_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path(), 0);
+        store.put_records(records(300, 1)).await.unwrap();
+        let before = store.events(1, usize::MAX).unwrap();
+        store.close().await;
+        drop(store);
+        // Rewrite the log as format 1 wrote it.
+        {
+            let db = sled::open(tmp.path()).unwrap();
+            let mut batch = sled::Batch::default();
+            for entry in db.scan_prefix([keys::NS_EVENT]) {
+                let (k, v) = entry.unwrap();
+                batch.remove(k.clone());
+                for (sequence, event) in codec::decode_event_entry(&k, &v).unwrap() {
+                    let mut key = vec![keys::NS_EVENT];
+                    key.extend_from_slice(&sequence.to_be_bytes());
+                    batch.insert(key, event.encode_to_vec());
+                }
+            }
+            batch.insert(keys::META_FORMAT_VERSION, &1u32.to_be_bytes());
+            db.apply_batch(batch).unwrap();
+            db.flush().unwrap();
+            assert_eq!(db.scan_prefix([keys::NS_EVENT]).count(), 300);
+        }
+        let store = open(tmp.path(), 0);
+        assert_eq!(store.events(1, usize::MAX).unwrap(), before);
+        assert_eq!(sequences(&store, 150, 3), vec![150, 151, 152]);
+        let version = store.db.get(keys::META_FORMAT_VERSION).unwrap().unwrap();
+        assert_eq!(version.as_ref(), &FORMAT_VERSION.to_be_bytes());
+        // New writes go into blocks after the old entries.
+        store.put_records(records(2, 5)).await.unwrap();
+        assert_eq!(sequences(&store, 299, 10), vec![299, 300, 301, 302]);
+        store.close().await;
+    }
 }

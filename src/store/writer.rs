@@ -12,17 +12,21 @@ use prost::Message;
 use prost_types::Timestamp;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::codec::{self, EventKind, EventValue, RecordStoredValue, SeriesValue};
+use super::codec::{self, EventBlock, EventKind, EventValue, RecordStoredValue, SeriesValue};
 use super::rollup::{ChangeEffect, RollupDeltas, Tally};
 use super::{keys, watches};
-use crate::domain::{Bucket, GroupName, PartnerGroup, RecordKey, StoredRecord, WatchDef, WatchId};
+use crate::domain::{Bucket, Flow, GroupName, PartnerGroup, RecordKey, StoredRecord, WatchDef, WatchId};
 use crate::error::{Error, Result};
+use crate::metrics::{EventLabel, Metrics, WriteTally};
 use crate::milestones::{self, Cause, Series};
 
 /// Most jobs applied before one shared flush.
 const MAX_GROUP: usize = 512;
 /// Most events one write removes for retention.
 const MAX_TRIM: u64 = 10_000;
+/// Most events stored under one key: a reader starting inside a block
+/// decodes all of it.
+const MAX_BLOCK_EVENTS: usize = 256;
 
 /// Work for the writer: runs against the store, returns the reply to send
 /// once the outcome is durable.
@@ -55,6 +59,7 @@ pub struct Writer {
     retain_events: u64,
     oldest: Arc<AtomicU64>,
     closing: bool,
+    metrics: Arc<Metrics>,
 }
 
 /// A watch and the state of its series.
@@ -68,6 +73,10 @@ pub struct WatchRuntime {
 /// them, and watch states to take on once it is applied (`None`: deleted).
 #[derive(Default)]
 pub struct Pending {
+    /// Values of stored records read already (see
+    /// [`Writer::read_with_siblings`]), so working out the rollups does not
+    /// read them again.
+    pub stored_values: HashMap<RecordKey, Option<i128>>,
     pub batch: sled::Batch,
     pub events: Vec<EventKind>,
     pub watches: Vec<(WatchId, Option<WatchRuntime>)>,
@@ -98,9 +107,12 @@ impl WriterHandle {
         F: FnOnce(&mut Writer) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let queued = std::time::Instant::now();
         let job: Job = Box::new(move |writer| {
             let outcome = f(writer);
+            let metrics = writer.metrics.clone();
             Box::new(move |flushed| {
+                metrics.write_acknowledged(queued.elapsed());
                 let result = match (outcome, flushed) {
                     (Err(e), _) => Err(e),
                     (Ok(_), Err(e)) => Err(Error::Unavailable(format!(
@@ -138,6 +150,7 @@ impl Writer {
         head: u64,
         retain_events: u64,
         oldest: Arc<AtomicU64>,
+        metrics: Arc<Metrics>,
     ) -> Result<(WriterHandle, std::thread::JoinHandle<()>, watch::Receiver<u64>)> {
         let watches = load_watches(&db)?;
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
@@ -150,6 +163,7 @@ impl Writer {
             retain_events,
             oldest,
             closing: false,
+            metrics,
         };
         let thread = std::thread::Builder::new()
             .name("tradewatch-writer".into())
@@ -196,6 +210,40 @@ impl Writer {
             .transpose()
     }
 
+    /// The stored record under `key`, in one scan with the records that
+    /// share its trade volume (its turnover, export and import siblings in
+    /// the same currency), whose values go into `stored_values`.
+    pub fn read_with_siblings(
+        &self,
+        key: &RecordKey,
+        stored_values: &mut HashMap<RecordKey, Option<i128>>,
+    ) -> Result<Option<StoredRecord>> {
+        let k = keys::record_key(key);
+        let shares_volume = |flow: Flow| matches!(flow, Flow::Turnover | Flow::Export | Flow::Import);
+        if !shares_volume(key.flow) {
+            return self.get(&k)?.map(|v| codec::decode_record(&k, &v)).transpose();
+        }
+        for flow in [Flow::Turnover, Flow::Export, Flow::Import] {
+            stored_values.entry(RecordKey { flow, ..*key }).or_insert(None);
+        }
+        let mut found = None;
+        // Every flow and currency of the key's reporter, partner, commodity
+        // and period.
+        for entry in self.db.scan_prefix(&k[..keys::RECORD_KEY_LEN - 4]) {
+            let (sk, v) = entry?;
+            let sibling = keys::decode_record_key(&sk)?;
+            if sibling.currency != key.currency || !shares_volume(sibling.flow) {
+                continue;
+            }
+            let stored = codec::decode_record(&sk, &v)?;
+            stored_values.insert(sibling, Some(stored.record.value().nanos()));
+            if sibling == *key {
+                found = Some(stored);
+            }
+        }
+        Ok(found)
+    }
+
     /// Every group as stored.
     pub fn groups(&self) -> Result<BTreeMap<GroupName, PartnerGroup>> {
         read_groups(&self.db)
@@ -218,10 +266,14 @@ impl Writer {
         let mut written: HashMap<RecordKey, Option<i128>> = HashMap::new();
         let mut effects = Vec::with_capacity(changes.len());
         let mut events = Vec::with_capacity(changes.len() + pending.events.len());
+        let mut tally = WriteTally::default();
         for change in changes {
-            let effect = rollups.add_change(change, |k| match written.get(k) {
-                Some(v) => Ok(*v),
-                None => self.value_of(k),
+            tally.record(change.before.is_some(), change.after.is_some());
+            let effect = rollups.add_change(change, |k| {
+                match written.get(k).or(pending.stored_values.get(k)) {
+                    Some(v) => Ok(*v),
+                    None => self.value_of(k),
+                }
             })?;
             effects.push(effect);
             written.insert(
@@ -247,18 +299,39 @@ impl Writer {
         let first = self.head + 1;
         let last = self.head + events.len() as u64;
         let mut batch = pending.batch;
-        for (sequence, kind) in (first..).zip(events) {
-            let event = EventValue {
-                time: Some(now),
-                kind: Some(kind),
+        let mut sequence = first;
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let block = EventBlock {
+                events: events
+                    .by_ref()
+                    .take(MAX_BLOCK_EVENTS)
+                    .map(|kind| {
+                        tally.event(match &kind {
+                            EventKind::RecordStored(_) => EventLabel::RecordStored,
+                            EventKind::ThresholdCrossed(_) => EventLabel::ThresholdCrossed,
+                            EventKind::RecordHigh(_) => EventLabel::RecordHigh,
+                        });
+                        EventValue {
+                            time: Some(now),
+                            kind: Some(kind),
+                        }
+                    })
+                    .collect(),
             };
-            batch.insert(&keys::event_key(sequence), event.encode_to_vec());
+            let block_last = sequence + block.events.len() as u64 - 1;
+            batch.insert(
+                &keys::event_block_key(sequence, block_last),
+                block.encode_to_vec(),
+            );
+            sequence = block_last + 1;
         }
         if last >= first {
             batch.insert(keys::META_HEAD_SEQUENCE, &last.to_be_bytes());
         }
-        let oldest = self.trim_events(last, &mut batch);
+        let oldest = self.trim_events(last, &mut batch)?;
         self.db.apply_batch(batch)?;
+        self.metrics.write_applied(&tally);
         self.head = last;
         self.oldest.store(oldest, Ordering::Release);
         for (id, runtime) in pending.watches {
@@ -273,21 +346,31 @@ impl Writer {
     /// With retention, removes the events older than the newest
     /// `retain_events` (at most [`MAX_TRIM`] per write, so a newly lowered
     /// retention catches up over a few writes); returns the oldest kept.
-    fn trim_events(&self, head: u64, batch: &mut sled::Batch) -> u64 {
+    fn trim_events(&self, head: u64, batch: &mut sled::Batch) -> Result<u64> {
         let oldest = self.oldest.load(Ordering::Acquire);
         if self.retain_events == 0 {
-            return oldest;
+            return Ok(oldest);
         }
         let keep_from = (head + 1).saturating_sub(self.retain_events).max(oldest);
         let new_oldest = keep_from.min(oldest + MAX_TRIM);
         if new_oldest == oldest {
-            return oldest;
+            return Ok(oldest);
         }
-        for sequence in oldest..new_oldest {
-            batch.remove(&keys::event_key(sequence));
+        // Whole entries below the new oldest go; one that straddles it stays
+        // (readers never ask below the oldest).
+        for entry in self
+            .db
+            .range(keys::event_block_key(0, 0)..keys::event_block_probe(new_oldest))
+        {
+            let (k, _) = entry?;
+            let (_, last) = keys::decode_event_block_key(&k)?;
+            if last >= new_oldest {
+                break;
+            }
+            batch.remove(k);
         }
         batch.insert(keys::META_OLDEST_SEQUENCE, &new_oldest.to_be_bytes());
-        new_oldest
+        Ok(new_oldest)
     }
 
     /// Moves the series of every watch the changes touch, and adds the

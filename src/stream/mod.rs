@@ -52,6 +52,8 @@ pub fn subscribe(
     }
     let mut next = if from == 0 { head + 1 } else { from };
     let (tx, rx) = mpsc::channel(OUTGOING_BUFFER);
+    // Counts in the subscriber gauges for as long as the task runs.
+    let position = store.metrics().subscriber(head_rx.clone(), next - 1);
     tokio::spawn(async move {
         // Gives up when the client is gone or the server shuts down, even
         // while the client is not reading.
@@ -100,6 +102,7 @@ pub fn subscribe(
                     if wanted(&event) && !send(Message::Event(sequence, Box::new(event))).await {
                         return;
                     }
+                    position.delivered(sequence);
                 }
             }
             if !caught_up {

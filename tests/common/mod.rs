@@ -15,6 +15,8 @@ use tradewatch::{Application, Config};
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when the config asked for it.
+    pub metrics_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -42,12 +44,14 @@ impl TestServer {
             .await
             .expect("server builds");
         let addr = app.local_addr().unwrap();
+        let metrics_addr = app.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
         TestServer {
             addr,
+            metrics_addr,
             data_dir: dir,
             _tmp: None,
             stop: Some(stop),
