@@ -19,95 +19,12 @@ use tonic::transport::Channel;
 use tradewatch::pb::{self, trade_service_client::TradeServiceClient};
 use tradewatch::{Application, Config};
 
-const CENTRAL_ASIA: [&str; 5] = ["KAZ", "KGZ", "TJK", "TKM", "UZB"];
-const YEARS: std::ops::RangeInclusive<u16> = 2016..=2025;
+#[path = "common/dataset.rs"]
+mod dataset;
+use dataset::{Dataset, to_record};
+
 const BATCH: usize = 2000;
 const LOADERS: usize = 4;
-
-/// The synthetic dataset: `reporters` reporters (CHN first) × 100 partners
-/// (the five Central Asian among them) × export and import × 10 years ×
-/// TOTAL plus 99 HS2 codes.
-struct Dataset {
-    name: &'static str,
-    reporters: Vec<&'static str>,
-    partners: Vec<&'static str>,
-    commodities: Vec<String>,
-}
-
-impl Dataset {
-    fn new(name: &'static str, reporter_count: usize) -> Dataset {
-        let all: Vec<&'static str> = celes::Country::get_countries().iter().map(|c| c.alpha3).collect();
-        let mut partners: Vec<&'static str> = CENTRAL_ASIA.to_vec();
-        let others = all.iter().filter(|c| !CENTRAL_ASIA.contains(c) && **c != "CHN");
-        partners.extend(others.clone().take(95));
-        let mut reporters = vec!["CHN"];
-        reporters.extend(others.skip(95).take(reporter_count - 1));
-        let mut commodities = vec!["TOTAL".to_owned()];
-        commodities.extend((1..=99).map(|c| format!("{c:02}")));
-        Dataset {
-            name,
-            reporters,
-            partners,
-            commodities,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.reporters.len() * self.partners.len() * self.commodities.len() * YEARS.count() * 2
-    }
-
-    /// Whole units, from a fixed formula.
-    fn value(r: usize, p: usize, c: usize, year: u16, flow: usize) -> i64 {
-        let h =
-            (r as i64 * 7919 + p as i64 * 104_729 + c as i64 * 613 + i64::from(year) * 31 + flow as i64 * 17)
-                % 1_000_003;
-        (h + 1) * 1000 + if c == 0 { 1_000_000_000 } else { 0 }
-    }
-
-    /// Every row: (reporter, partner, flow, year, commodity, units), in the
-    /// order a statistics office releases them: by reporter, then year, then
-    /// commodity, every partner of it together.
-    fn rows(&self) -> impl Iterator<Item = (&'static str, &'static str, usize, u16, &str, i64)> + '_ {
-        self.reporters.iter().enumerate().flat_map(move |(r, &reporter)| {
-            YEARS.flat_map(move |year| {
-                self.commodities
-                    .iter()
-                    .enumerate()
-                    .flat_map(move |(c, commodity)| {
-                        self.partners.iter().enumerate().flat_map(move |(p, &partner)| {
-                            (0..2).map(move |flow| {
-                                let units = Dataset::value(r, p, c, year, flow);
-                                (reporter, partner, flow, year, commodity.as_str(), units)
-                            })
-                        })
-                    })
-            })
-        })
-    }
-}
-
-fn to_record(row: (&str, &str, usize, u16, &str, i64)) -> pb::TradeRecord {
-    let (reporter, partner, flow, year, commodity, units) = row;
-    pb::TradeRecord {
-        reporter: reporter.into(),
-        partner: partner.into(),
-        flow: if flow == 0 {
-            pb::Flow::Export
-        } else {
-            pb::Flow::Import
-        }
-        .into(),
-        period: year.to_string(),
-        commodity: commodity.into(),
-        value: Some(pb::Money {
-            currency_code: "USD".into(),
-            units,
-            nanos: 0,
-        }),
-        source: "synthetic".into(),
-        ..Default::default()
-    }
-}
 
 /// The four questions, as gRPC requests.
 fn questions() -> Vec<(&'static str, pb::AggregateRequest)> {

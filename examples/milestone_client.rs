@@ -9,7 +9,9 @@
 //!
 //! The checkpoint holds the next sequence to ask for. It is written after
 //! each headline is printed (and on progress while idle), atomically: to a
-//! temporary file, then renamed over the old one.
+//! temporary file, then renamed over the old one. When the server goes away
+//! the client reconnects every second and resumes from the checkpoint; Ctrl-C
+//! stops it.
 
 use std::path::{Path, PathBuf};
 
@@ -33,13 +35,58 @@ fn write_checkpoint(path: &Path, next: u64) -> anyhow::Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
     let server = args.next().unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let checkpoint = PathBuf::from(args.next().unwrap_or_else(|| "milestones.checkpoint".into()));
 
-    let from = read_checkpoint(&checkpoint)?;
-    let mut client = MilestoneServiceClient::connect(server).await?;
+    // Follow the server until Ctrl-C; when it goes away (a restart, a
+    // network blip), reconnect and resume from the checkpoint.
+    loop {
+        let outcome = tokio::select! {
+            outcome = follow(&server, &checkpoint) => outcome,
+            _ = tokio::signal::ctrl_c() => return std::process::ExitCode::SUCCESS,
+        };
+        match outcome {
+            Ok(never) => match never {},
+            Err(Stop::Retry(why)) => {
+                eprintln!("{why}; reconnecting in 1 s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(Stop::Fatal(why)) => {
+                eprintln!("error: {why}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+}
+
+/// Why following stopped: worth retrying (the server is unavailable), or
+/// not (a bad checkpoint, a position the server no longer keeps).
+enum Stop {
+    Retry(String),
+    Fatal(String),
+}
+
+impl From<tonic::Status> for Stop {
+    fn from(status: tonic::Status) -> Self {
+        let why = format!("{:?}: {}", status.code(), status.message());
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => Stop::Retry(why),
+            _ => Stop::Fatal(why),
+        }
+    }
+}
+
+/// Subscribes from the checkpoint and prints headlines until the stream
+/// ends.
+async fn follow(server: &str, checkpoint: &Path) -> Result<std::convert::Infallible, Stop> {
+    let from = read_checkpoint(checkpoint).map_err(|e| Stop::Fatal(format!("checkpoint: {e}")))?;
+    let save =
+        |next: u64| write_checkpoint(checkpoint, next).map_err(|e| Stop::Fatal(format!("checkpoint: {e}")));
+    let mut client = MilestoneServiceClient::connect(server.to_owned())
+        .await
+        .map_err(|e| Stop::Retry(format!("cannot connect to {server}: {e}")))?;
     let request = pb::SubscribeRequest {
         from_sequence: from,
         kinds: vec![
@@ -59,12 +106,12 @@ async fn main() -> anyhow::Result<()> {
                     _ => continue,
                 };
                 println!("{} {headline}", event.sequence);
-                write_checkpoint(&checkpoint, event.sequence + 1)?;
+                save(event.sequence + 1)?;
             }
             // Filtered-out events still move the checkpoint forward.
-            Some(Message::Progress(p)) => write_checkpoint(&checkpoint, p.next_sequence.max(from))?,
+            Some(Message::Progress(p)) => save(p.next_sequence.max(from))?,
             Some(Message::CaughtUp(_)) | None => {}
         }
     }
-    Ok(())
+    Err(Stop::Retry("the server ended the subscription".into()))
 }

@@ -49,6 +49,12 @@ enum Command {
         /// instead of writing the data dir.
         #[arg(long, env = "TRADEWATCH_SERVER")]
         server: Option<String>,
+        /// With --server: the server's bearer token.
+        #[arg(long, env = "TRADEWATCH_AUTH_TOKEN", hide_env_values = true)]
+        auth_token: Option<String>,
+        /// With --server: connect with TLS, trusting the CA in this PEM file.
+        #[arg(long, env = "TRADEWATCH_TLS_CA", value_name = "PEM")]
+        tls_ca: Option<PathBuf>,
         /// Store the good rows of a file that has bad ones (they are listed).
         #[arg(long)]
         skip_bad_rows: bool,
@@ -238,10 +244,19 @@ async fn run() -> anyhow::Result<()> {
             file,
             store,
             server,
+            auth_token,
+            tls_ca,
             skip_bad_rows,
         } => {
             let summary = match server {
-                Some(addr) => tradewatch::import::import_to_server(&addr, &file, skip_bad_rows).await?,
+                Some(addr) => {
+                    let remote = tradewatch::import::Remote {
+                        addr,
+                        auth_token,
+                        tls_ca,
+                    };
+                    tradewatch::import::import_to_server(&remote, &file, skip_bad_rows).await?
+                }
                 None => tradewatch::import_into(&store.config(), &file, skip_bad_rows).await?,
             };
             println!(

@@ -5,6 +5,7 @@ mod common;
 use std::io::Write;
 
 use common::TestServer;
+use tradewatch::import::Remote;
 use tradewatch::pb;
 
 const HEADER: &str = "reporter,partner,flow,period,commodity,currency,value,source,released_at\n";
@@ -186,11 +187,11 @@ async fn import_into_a_running_server_streams_the_file() {
         "/data/china_central_asia.csv"
     ));
     let addr = server.addr.to_string();
-    let first = tradewatch::import::import_to_server(&addr, data, false)
+    let first = tradewatch::import::import_to_server(&Remote::new(&addr), data, false)
         .await
         .unwrap();
     assert_eq!(first.created, 16);
-    let again = tradewatch::import::import_to_server(&addr, data, false)
+    let again = tradewatch::import::import_to_server(&Remote::new(&addr), data, false)
         .await
         .unwrap();
     assert_eq!((again.created, again.revised, again.unchanged), (0, 0, 16));
@@ -203,7 +204,7 @@ async fn import_into_a_running_server_streams_the_file() {
     assert_eq!(listed.into_inner().records.len(), 16);
 
     let bad = file("CHN,KAZ,turnover,2030,TOTAL,USD,oops,x,\n");
-    let error = tradewatch::import::import_to_server(&addr, bad.path(), false)
+    let error = tradewatch::import::import_to_server(&Remote::new(&addr), bad.path(), false)
         .await
         .unwrap_err()
         .to_string();

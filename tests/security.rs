@@ -383,19 +383,25 @@ async fn tls_channel(addr: std::net::SocketAddr, ca_pem: &str) -> Result<Channel
         .await
 }
 
-#[tokio::test]
-async fn tls_with_a_ca_signed_certificate_from_a_rust_client() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path(), "server");
-    let mut server = TestServer::start_with(Config {
+/// A server with TLS (the certificate of `pki`) and the token, its store
+/// in `dir`.
+async fn start_tls(dir: &Path, pki: &Pki) -> TestServer {
+    TestServer::start_with(Config {
         tls: Some(TlsFiles {
             cert: pki.cert.clone(),
             key: pki.key.clone(),
         }),
         auth_token: Some(AuthToken::new(TOKEN).unwrap()),
-        ..Config::new(dir.path().join("data"))
+        ..Config::new(dir.join("data"))
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_signed_certificate_from_a_rust_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "server");
+    let mut server = start_tls(dir.path(), &pki).await;
 
     let channel = tls_channel(server.addr, &pki.ca_pem).await.expect("TLS connects");
     let mut open = trade(&channel, None);
@@ -629,4 +635,46 @@ fn which(program: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(program))
         .find(|p| p.is_file())
+}
+
+#[tokio::test]
+async fn import_reaches_a_server_with_tls_and_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "server");
+    let mut server = start_tls(dir.path(), &pki).await;
+    let data = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/china_central_asia.csv"
+    ));
+    let remote = tradewatch::import::Remote {
+        addr: format!("localhost:{}", server.addr.port()),
+        auth_token: None,
+        tls_ca: Some(pki.ca.clone()),
+    };
+
+    let refused = tradewatch::import::import_to_server(&remote, data, false)
+        .await
+        .expect_err("no token");
+    assert!(
+        refused.to_string().contains("Unauthenticated") || refused.to_string().contains("authorization"),
+        "{refused:#}"
+    );
+    let with_token = tradewatch::import::Remote {
+        auth_token: Some(TOKEN.to_owned()),
+        ..remote
+    };
+    let summary = tradewatch::import::import_to_server(&with_token, data, false)
+        .await
+        .expect("imports over TLS with the token");
+    assert_eq!(summary.created, 16);
+    assert_eq!(summary.unchanged, 0);
+
+    let channel = tls_channel(server.addr, &pki.ca_pem).await.unwrap();
+    let got = trade(&channel, None)
+        .get_record(key_of(&common::seed_records()[0]))
+        .await
+        .expect("stored")
+        .into_inner();
+    assert_eq!(got.value, common::seed_records()[0].value);
+    server.stop().await;
 }

@@ -76,13 +76,20 @@ enum Layout {
 /// layout, told apart by the header; column names are matched
 /// case-insensitively.
 pub fn parse_file(input: impl Read) -> Result<Parsed> {
+    let breaks = std::rc::Rc::new(std::cell::RefCell::new(LineBreaks::default()));
+    let line_of =
+        |position: Option<&csv::Position>| position.map_or(0, |p| breaks.borrow_mut().line_at(p.byte()));
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
-        .from_reader(input);
+        .from_reader(CountLines {
+            inner: input,
+            breaks: breaks.clone(),
+        });
     let headers = reader
         .headers()
-        .map_err(|e| Error::invalid("file", format!("cannot read the header: {e}")))?;
+        .map_err(|e| Error::invalid("file", format!("cannot read the header: {e}")))?
+        .clone();
     let index: HashMap<String, usize> = headers
         .iter()
         .enumerate()
@@ -110,20 +117,24 @@ pub fn parse_file(input: impl Read) -> Result<Parsed> {
     }
 
     let mut parsed = Parsed::default();
-    let mut seen: HashMap<RecordKey, u64> = HashMap::new();
+    let mut seen: crate::store::FastMap<RecordKey, u64> = Default::default();
     for row in reader.records() {
         let row = match row {
             Ok(row) => row,
             Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                parsed.bad_rows.push(RowError {
-                    line,
-                    reason: format!("unreadable row: {e}"),
-                });
+                let line = line_of(e.position());
+                let reason = match e.kind() {
+                    csv::ErrorKind::Utf8 { err, .. } => {
+                        let column = headers.get(err.field()).unwrap_or("a column beyond the header");
+                        format!("{column}: unreadable row: not valid UTF-8")
+                    }
+                    _ => format!("unreadable row: {e}"),
+                };
+                parsed.bad_rows.push(RowError { line, reason });
                 continue;
             }
         };
-        let line = row.position().map_or(0, |p| p.line());
+        let line = line_of(row.position());
         let get = Row {
             record: &row,
             index: &index,
@@ -165,6 +176,68 @@ pub fn parse_file(input: impl Read) -> Result<Parsed> {
         }
     }
     Ok(parsed)
+}
+
+/// Line breaks (`\n`, `\r\n`, or a lone `\r`) seen in the input, to name
+/// rows by their line. The csv crate counts only `\n`, after a `\r\n`
+/// reports the line before (BurntSushi/rust-csv#395), and places a row
+/// after blank lines at the first of them: a Windows file would have bad
+/// rows named one line early, an old Mac Excel file (`\r`) every row as
+/// line 1.
+#[derive(Default)]
+struct LineBreaks {
+    /// Byte ranges of the breaks not yet before a row looked up.
+    pending: std::collections::VecDeque<(u64, u64)>,
+    /// Breaks before the last row looked up.
+    passed: u64,
+    /// Bytes read so far.
+    offset: u64,
+    after_cr: bool,
+}
+
+impl LineBreaks {
+    /// The line of a row the csv reader places at byte `offset` (rows are
+    /// asked in file order). Breaks at the row's start (blank lines, the
+    /// `\n` of a `\r\n`) are before it.
+    fn line_at(&mut self, mut offset: u64) -> u64 {
+        while let Some(&(start, end)) = self.pending.front() {
+            if start > offset {
+                break;
+            }
+            offset = offset.max(end);
+            self.pending.pop_front();
+            self.passed += 1;
+        }
+        self.passed + 1
+    }
+}
+
+/// The input, noting its line breaks as the csv reader reads it.
+struct CountLines<R> {
+    inner: R,
+    breaks: std::rc::Rc<std::cell::RefCell<LineBreaks>>,
+}
+
+impl<R: Read> Read for CountLines<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut breaks = self.breaks.borrow_mut();
+        for &b in &buf[..n] {
+            let at = breaks.offset;
+            match b {
+                b'\n' if breaks.after_cr => {
+                    if let Some(last) = breaks.pending.back_mut().filter(|last| last.1 == at) {
+                        last.1 = at + 1;
+                    }
+                }
+                b'\r' | b'\n' => breaks.pending.push_back((at, at + 1)),
+                _ => {}
+            }
+            breaks.after_cr = b == b'\r';
+            breaks.offset += 1;
+        }
+        Ok(n)
+    }
 }
 
 /// A row's cells by (lower-case) column name; absent columns read as "".
@@ -244,8 +317,10 @@ fn comtrade_fields<'a>(row: &Row<'a>) -> std::result::Result<Fields<'a>, Vec<Fie
         }
     };
     let period = get("period");
-    let period = match period.len() {
-        6 => format!("{}-{}", &period[..4], &period[4..]),
+    // `get`, not slicing: a six-byte period need not split at a character
+    // boundary (`202é5`); then it is left whole, for Period to reject.
+    let period = match (period.len(), period.get(..4), period.get(4..)) {
+        (6, Some(year), Some(month)) => format!("{year}-{month}"),
         _ => period.to_owned(),
     };
     let partner = match get("partneriso") {
@@ -423,42 +498,115 @@ fn read_checked(path: &std::path::Path, skip_bad_rows: bool) -> anyhow::Result<P
     Ok(parsed)
 }
 
+/// A running server to import into, and how to reach it.
+#[derive(Debug, Clone, Default)]
+pub struct Remote {
+    /// `HOST:PORT`, or a URL (`http://…`, `https://…`).
+    pub addr: String,
+    /// Sent as `authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate: connects
+    /// with TLS.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl Remote {
+    pub fn new(addr: impl Into<String>) -> Self {
+        Remote {
+            addr: addr.into(),
+            ..Remote::default()
+        }
+    }
+
+    /// A client of the server's TradeService, with TLS and the token as
+    /// configured.
+    async fn connect(
+        &self,
+    ) -> anyhow::Result<
+        crate::pb::trade_service_client::TradeServiceClient<
+            tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Authorize>,
+        >,
+    > {
+        use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+        let scheme = if self.tls_ca.is_some() { "https" } else { "http" };
+        let url = if self.addr.contains("://") {
+            self.addr.clone()
+        } else {
+            format!("{scheme}://{}", self.addr)
+        };
+        let mut endpoint = Channel::from_shared(url.clone())
+            .map_err(|e| anyhow::anyhow!("bad server address {url}: {e}"))?;
+        if let Some(ca) = &self.tls_ca {
+            let pem = std::fs::read_to_string(ca)
+                .map_err(|e| anyhow::anyhow!("cannot read the CA certificate {}: {e}", ca.display()))?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .map_err(|e| anyhow::anyhow!("TLS setup for {url}: {e}"))?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e:#}"))?;
+        let authorization = self
+            .auth_token
+            .as_ref()
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("the auth token is not a valid header value"))?;
+        Ok(
+            crate::pb::trade_service_client::TradeServiceClient::with_interceptor(
+                channel,
+                Authorize(authorization),
+            ),
+        )
+    }
+}
+
+/// Adds the `authorization` header, if any, to every call.
+#[derive(Clone)]
+pub struct Authorize(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Authorize {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// Imports a file into a running server with one `IngestRecords` stream of
 /// [`BATCH`]-record messages; bad rows are dealt with here, before anything
 /// is sent.
 pub async fn import_to_server(
-    addr: &str,
+    remote: &Remote,
     path: &std::path::Path,
     skip_bad_rows: bool,
 ) -> anyhow::Result<ImportSummary> {
-    use crate::pb::trade_service_client::TradeServiceClient;
     let parsed = read_checked(path, skip_bad_rows)?;
     let skipped = parsed.bad_rows.len() as u64;
     let breakdown_rows = parsed.breakdown_rows;
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let mut client = TradeServiceClient::connect(url.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
+    let mut client = remote.connect().await?;
     let bar = progress::rows(parsed.records.len() as u64, "sending");
     let sent = bar.clone();
-    let messages: Vec<crate::pb::PutRecordsRequest> = parsed
-        .records
-        .chunks(BATCH)
-        .map(|chunk| crate::pb::PutRecordsRequest {
+    // Built as the stream takes each message, so encoding overlaps with
+    // sending; counted then too (the server keeps only a few unacknowledged).
+    let records = parsed.records;
+    let messages = tokio_stream::iter((0..records.len().div_ceil(BATCH)).map(move |i| {
+        let chunk = &records[i * BATCH..((i + 1) * BATCH).min(records.len())];
+        sent.inc(chunk.len() as u64);
+        crate::pb::PutRecordsRequest {
             records: chunk.iter().map(crate::api::trade_record_to_pb).collect(),
-        })
-        .collect();
-    // Counted as the stream takes each message (the server keeps only a
-    // few unacknowledged).
-    let messages = tokio_stream::StreamExt::map(tokio_stream::iter(messages), move |m| {
-        sent.inc(m.records.len() as u64);
-        m
-    });
-    let summary = client.ingest_records(messages).await?.into_inner();
+        }
+    }));
+    let summary = client
+        .ingest_records(messages)
+        .await
+        .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
+        .into_inner();
     bar.finish_and_clear();
     if summary.rejected > 0 {
         anyhow::bail!(

@@ -1,6 +1,7 @@
 //! Everything that knows sled: key layout, atomic apply, recovery.
 
 mod codec;
+mod disk;
 mod facts;
 mod keys;
 mod rollup;
@@ -29,8 +30,11 @@ pub use codec::{EventKind, EventValue, MilestoneValue, RecordStoredValue, Record
 pub type RecordValueRef<'a> = Option<&'a RecordValue>;
 pub use facts::{Fact, FactScan, FactSource};
 pub use rollup::Tally;
-pub use writer::SequenceRange;
-use writer::{Change, Pending, Writer, WriterHandle};
+use writer::{Change, Pending, Prefetch, Writer, WriterHandle};
+pub use writer::{FastMap, SequenceRange};
+
+/// Batches of at least this many records read ahead of the writer.
+const PREFETCH_MIN_RECORDS: usize = 64;
 
 /// The on-disk layout version. A directory written with another version is
 /// refused rather than misread.
@@ -71,6 +75,8 @@ pub struct Store {
     durable_head: watch::Receiver<u64>,
     /// The oldest event the log retains.
     oldest: Arc<AtomicU64>,
+    /// Commits the writer has applied (see [`writer::Prefetch`]).
+    applied: Arc<AtomicU64>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -94,20 +100,32 @@ impl Store {
             Error::FailedPrecondition(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let db = Self::open_sled(dir, cache_bytes)?;
-        let head = Self::check_or_init(&db, dir)?;
+        let head = Self::check_or_init(&db, dir).map_err(|e| match e {
+            Error::Storage(e) => Error::open_failed(dir, e),
+            other => other,
+        })?;
         let oldest = db
             .get(keys::META_OLDEST_SEQUENCE)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(1, u64::from_be_bytes);
         let oldest = Arc::new(AtomicU64::new(oldest));
-        let (writer, thread, durable_head) =
-            Writer::spawn(db.clone(), head, retain_events, oldest.clone(), metrics.clone())?;
+        let applied = Arc::new(AtomicU64::new(0));
+        let (writer, thread, durable_head) = Writer::spawn(
+            db.clone(),
+            dir,
+            head,
+            retain_events,
+            oldest.clone(),
+            applied.clone(),
+            metrics.clone(),
+        )?;
         Ok(Store {
             db,
             writer,
             writer_thread: Mutex::new(Some(thread)),
             durable_head,
             oldest,
+            applied,
             metrics,
         })
     }
@@ -126,13 +144,7 @@ impl Store {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                Err(sled::Error::Io(io)) => {
-                    return Err(Error::FailedPrecondition(format!(
-                        "cannot open store in {} (is another tradewatch using it?): {io}",
-                        dir.display()
-                    )));
-                }
-                Err(other) => return Err(Error::Storage(other)),
+                Err(e) => return Err(Error::open_failed(dir, e)),
             }
         }
     }
@@ -277,15 +289,33 @@ impl Store {
         &self,
         records: Vec<TradeRecord>,
     ) -> Result<impl std::future::Future<Output = Result<PutOutcome>> + use<>> {
+        // A large batch reads what it will change before it reaches the
+        // writer, on another thread, so the writer only confirms the reads.
+        let mut prefetch: Option<Prefetch> = None;
+        if records.len() >= PREFETCH_MIN_RECORDS {
+            let (db, applied) = (self.db.clone(), self.applied.clone());
+            let keys: Vec<RecordKey> = records.iter().map(|r| r.key).collect();
+            let read = tokio::task::spawn_blocking(move || Prefetch::read(&db, &applied, &keys));
+            prefetch = Some(
+                read.await
+                    .map_err(|e| Error::Unavailable(format!("reading the batch's records: {e}")))??,
+            );
+        }
         self.writer
             .enqueue(move |w| {
                 let now = now();
                 let mut changes = Vec::new();
                 let mut results = Vec::with_capacity(records.len());
                 let mut pending = Pending::default();
-                for record in records {
+                for (i, record) in records.into_iter().enumerate() {
                     let key = record.key;
-                    let before = w.read_with_siblings(&key, &mut pending.stored_values)?;
+                    let before = match &mut prefetch {
+                        Some(p) if w.still_fresh(&key, p.as_of) => {
+                            p.copy_values(&key, &mut pending.stored_values);
+                            p.stored[i].take()
+                        }
+                        _ => w.read_with_siblings(&key, &mut pending.stored_values)?,
+                    };
                     let (outcome, revision) = match &before {
                         None => (WriteOutcome::Created, 1),
                         Some(old) if old.record == record => (WriteOutcome::Unchanged, old.revision),

@@ -10,10 +10,8 @@
 //! ([`keys::VOLUME_FLOW`]): per reporter, partner, period, commodity and
 //! currency, the turnover figure if published, else exports + imports.
 
-use std::collections::HashMap;
-
 use super::keys;
-use super::writer::Change;
+use super::writer::{Change, FastMap};
 use crate::domain::{CountryCode, Flow, RecordKey};
 use crate::error::{Error, Result};
 
@@ -123,7 +121,7 @@ impl ChangeEffect {
 /// Rollup changes accumulated over one write.
 #[derive(Default)]
 pub struct RollupDeltas {
-    deltas: HashMap<Vec<u8>, Tally>,
+    deltas: FastMap<Vec<u8>, Tally>,
 }
 
 impl RollupDeltas {

@@ -3,7 +3,7 @@
 //! the previous one left. Jobs that arrive together share one flush (group
 //! commit); each is answered only after that flush.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +13,7 @@ use prost_types::Timestamp;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, EventBlock, EventKind, EventValue, RecordStoredValue, SeriesValue};
+use super::disk::Disk;
 use super::rollup::{ChangeEffect, RollupDeltas, Tally};
 use super::{keys, watches};
 use crate::domain::{Bucket, Flow, GroupName, PartnerGroup, RecordKey, StoredRecord, WatchDef, WatchId};
@@ -31,7 +32,7 @@ const MAX_BLOCK_EVENTS: usize = 256;
 /// Work for the writer: runs against the store, returns the reply to send
 /// once the outcome is durable.
 type Job = Box<dyn FnOnce(&mut Writer) -> Reply + Send>;
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Reply = Box<dyn FnOnce(Result<(), Error>) + Send>;
 
 /// A change to one record: the state before and after (None = absent).
 pub struct Change {
@@ -60,7 +61,21 @@ pub struct Writer {
     oldest: Arc<AtomicU64>,
     closing: bool,
     metrics: Arc<Metrics>,
+    /// The data dir's disk: refuses writes it has no room for or cannot
+    /// take, and syncs each group (see [`Disk`]).
+    disk: Disk,
+    /// Commits applied so far, also published for prefetching readers.
+    commits: u64,
+    applied: Arc<AtomicU64>,
+    /// The record keys written by the last [`RECENT_COMMITS`] commits, and
+    /// for each such key the last commit that wrote it.
+    recent: VecDeque<(u64, Vec<RecordKey>)>,
+    last_write: FastMap<RecordKey, u64>,
 }
+
+/// Commits whose written keys are remembered, to confirm prefetched reads.
+/// A prefetch older than this many commits is read again.
+const RECENT_COMMITS: usize = 64;
 
 /// A watch and the state of its series.
 #[derive(Debug, Clone)]
@@ -76,7 +91,7 @@ pub struct Pending {
     /// Values of stored records read already (see
     /// [`Writer::read_with_siblings`]), so working out the rollups does not
     /// read them again.
-    pub stored_values: HashMap<RecordKey, Option<i128>>,
+    pub stored_values: FastMap<RecordKey, Option<i128>>,
     pub batch: sled::Batch,
     pub events: Vec<EventKind>,
     pub watches: Vec<(WatchId, Option<WatchRuntime>)>,
@@ -109,15 +124,16 @@ impl WriterHandle {
         let (tx, rx) = oneshot::channel();
         let queued = std::time::Instant::now();
         let job: Job = Box::new(move |writer| {
-            let outcome = f(writer);
+            let outcome = match writer.disk.refused() {
+                Some(refused) => Err(refused),
+                None => f(writer).map_err(|e| writer.disk.job_failed(&writer.db, e)),
+            };
             let metrics = writer.metrics.clone();
             Box::new(move |flushed| {
                 metrics.write_acknowledged(queued.elapsed());
                 let result = match (outcome, flushed) {
                     (Err(e), _) => Err(e),
-                    (Ok(_), Err(e)) => Err(Error::Unavailable(format!(
-                        "write could not be made durable: {e}"
-                    ))),
+                    (Ok(_), Err(e)) => Err(e),
                     (Ok(v), Ok(())) => Ok(v),
                 };
                 // The caller may have gone away; the write stands regardless.
@@ -132,12 +148,12 @@ impl WriterHandle {
     /// Stops the writer after the jobs already queued; returns once it has
     /// flushed and let go of the store.
     pub async fn close(&self, thread: std::thread::JoinHandle<()>) {
-        let _ = self
-            .submit(|w| {
-                w.closing = true;
-                Ok(())
-            })
-            .await;
+        // Not through `enqueue`: a writer that refuses writes still stops.
+        let stop: Job = Box::new(|w| {
+            w.closing = true;
+            Box::new(drop)
+        });
+        let _ = self.jobs.send(stop).await;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 }
@@ -147,12 +163,15 @@ impl Writer {
     /// the thread, and a receiver of the durable head sequence.
     pub fn spawn(
         db: sled::Db,
+        dir: &std::path::Path,
         head: u64,
         retain_events: u64,
         oldest: Arc<AtomicU64>,
+        applied: Arc<AtomicU64>,
         metrics: Arc<Metrics>,
     ) -> Result<(WriterHandle, std::thread::JoinHandle<()>, watch::Receiver<u64>)> {
         let watches = load_watches(&db)?;
+        let disk = Disk::open(dir, &db);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
         let (durable_tx, durable_rx) = watch::channel(head);
         let writer = Writer {
@@ -164,6 +183,11 @@ impl Writer {
             oldest,
             closing: false,
             metrics,
+            commits: applied.load(Ordering::Acquire),
+            applied,
+            recent: VecDeque::with_capacity(RECENT_COMMITS + 1),
+            last_write: FastMap::default(),
+            disk,
         };
         let thread = std::thread::Builder::new()
             .name("tradewatch-writer".into())
@@ -174,6 +198,7 @@ impl Writer {
 
     fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         while let Some(job) = jobs.blocking_recv() {
+            self.disk.check();
             let mut replies = vec![job(&mut self)];
             while replies.len() < MAX_GROUP {
                 match jobs.try_recv() {
@@ -181,10 +206,8 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let flushed = self.db.flush().map(drop).map_err(|e| e.to_string());
-            if let Err(e) = &flushed {
-                tracing::error!(error = %e, "flush failed");
-            } else {
+            let flushed = self.disk.commit(&self.db);
+            if flushed.is_ok() {
                 self.durable_head.send_replace(self.head);
             }
             for reply in replies {
@@ -210,38 +233,26 @@ impl Writer {
             .transpose()
     }
 
-    /// The stored record under `key`, in one scan with the records that
-    /// share its trade volume (its turnover, export and import siblings in
-    /// the same currency), whose values go into `stored_values`.
+    /// The stored record under `key`, with its trade-volume siblings' values
+    /// into `stored_values` (see [`read_with_siblings`]).
     pub fn read_with_siblings(
         &self,
         key: &RecordKey,
-        stored_values: &mut HashMap<RecordKey, Option<i128>>,
+        stored_values: &mut FastMap<RecordKey, Option<i128>>,
     ) -> Result<Option<StoredRecord>> {
-        let k = keys::record_key(key);
-        let shares_volume = |flow: Flow| matches!(flow, Flow::Turnover | Flow::Export | Flow::Import);
-        if !shares_volume(key.flow) {
-            return self.get(&k)?.map(|v| codec::decode_record(&k, &v)).transpose();
+        read_with_siblings(&self.db, key, stored_values)
+    }
+
+    /// Whether reads of `key`'s record and its trade-volume siblings made
+    /// when [`Writer::commits`] was `as_of` still hold: no commit since wrote
+    /// any of them.
+    pub fn still_fresh(&self, key: &RecordKey, as_of: u64) -> bool {
+        let window_start = self.commits - self.recent.len() as u64;
+        if as_of < window_start {
+            return false;
         }
-        for flow in [Flow::Turnover, Flow::Export, Flow::Import] {
-            stored_values.entry(RecordKey { flow, ..*key }).or_insert(None);
-        }
-        let mut found = None;
-        // Every flow and currency of the key's reporter, partner, commodity
-        // and period.
-        for entry in self.db.scan_prefix(&k[..keys::RECORD_KEY_LEN - 4]) {
-            let (sk, v) = entry?;
-            let sibling = keys::decode_record_key(&sk)?;
-            if sibling.currency != key.currency || !shares_volume(sibling.flow) {
-                continue;
-            }
-            let stored = codec::decode_record(&sk, &v)?;
-            stored_values.insert(sibling, Some(stored.record.value().nanos()));
-            if sibling == *key {
-                found = Some(stored);
-            }
-        }
-        Ok(found)
+        let fresh = |k: &RecordKey| self.last_write.get(k).is_none_or(|&c| c <= as_of);
+        fresh(key) && volume_siblings(key).iter().all(fresh)
     }
 
     /// Every group as stored.
@@ -263,7 +274,7 @@ impl Writer {
         let mut rollups = RollupDeltas::default();
         // Records as this write leaves them so far, for sums that look at a
         // record's siblings.
-        let mut written: HashMap<RecordKey, Option<i128>> = HashMap::new();
+        let mut written: FastMap<RecordKey, Option<i128>> = FastMap::default();
         let mut effects = Vec::with_capacity(changes.len());
         let mut events = Vec::with_capacity(changes.len() + pending.events.len());
         let mut tally = WriteTally::default();
@@ -330,7 +341,9 @@ impl Writer {
             batch.insert(keys::META_HEAD_SEQUENCE, &last.to_be_bytes());
         }
         let oldest = self.trim_events(last, &mut batch)?;
+        self.disk.room_for(changes.len() + (last + 1 - first) as usize)?;
         self.db.apply_batch(batch)?;
+        self.remember_written(changes);
         self.metrics.write_applied(&tally);
         self.head = last;
         self.oldest.store(oldest, Ordering::Release);
@@ -341,6 +354,27 @@ impl Writer {
             };
         }
         Ok((last >= first).then_some(SequenceRange { first, last }))
+    }
+
+    /// Counts an applied commit and remembers the record keys it wrote, for
+    /// [`Writer::still_fresh`].
+    fn remember_written(&mut self, changes: &[Change]) {
+        self.commits += 1;
+        let keys: Vec<RecordKey> = changes.iter().map(|c| c.key).collect();
+        for key in &keys {
+            self.last_write.insert(*key, self.commits);
+        }
+        self.recent.push_back((self.commits, keys));
+        if self.recent.len() > RECENT_COMMITS
+            && let Some((commit, keys)) = self.recent.pop_front()
+        {
+            for key in keys {
+                if self.last_write.get(&key) == Some(&commit) {
+                    self.last_write.remove(&key);
+                }
+            }
+        }
+        self.applied.store(self.commits, Ordering::Release);
     }
 
     /// With retention, removes the events older than the newest
@@ -465,6 +499,99 @@ impl Writer {
                 series,
             }),
         ));
+    }
+}
+
+/// Hash maps keyed by record keys and rollup keys: foldhash is several
+/// times faster than SipHash and still seeded at random.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The records whose values share `key`'s trade volume: its turnover,
+/// export and import siblings in the same currency (none for re-exports
+/// and re-imports).
+fn volume_siblings(key: &RecordKey) -> Vec<RecordKey> {
+    if !shares_volume(key.flow) {
+        return Vec::new();
+    }
+    [Flow::Turnover, Flow::Export, Flow::Import]
+        .into_iter()
+        .filter(|&f| f != key.flow)
+        .map(|flow| RecordKey { flow, ..*key })
+        .collect()
+}
+
+fn shares_volume(flow: Flow) -> bool {
+    matches!(flow, Flow::Turnover | Flow::Export | Flow::Import)
+}
+
+/// The stored record under `key`, in one scan with the records that share
+/// its trade volume, whose values (or their absence) go into
+/// `stored_values`.
+pub fn read_with_siblings(
+    db: &sled::Db,
+    key: &RecordKey,
+    stored_values: &mut FastMap<RecordKey, Option<i128>>,
+) -> Result<Option<StoredRecord>> {
+    let k = keys::record_key(key);
+    if !shares_volume(key.flow) {
+        return db.get(k)?.map(|v| codec::decode_record(&k, &v)).transpose();
+    }
+    stored_values.insert(*key, None);
+    for sibling in volume_siblings(key) {
+        stored_values.insert(sibling, None);
+    }
+    let mut found = None;
+    // Every flow and currency of the key's reporter, partner, commodity and
+    // period.
+    for entry in db.scan_prefix(&k[..keys::RECORD_KEY_LEN - 4]) {
+        let (sk, v) = entry?;
+        let sibling = keys::decode_record_key(&sk)?;
+        if sibling.currency != key.currency || !shares_volume(sibling.flow) {
+            continue;
+        }
+        let stored = codec::decode_record(&sk, &v)?;
+        stored_values.insert(sibling, Some(stored.record.value().nanos()));
+        if sibling == *key {
+            found = Some(stored);
+        }
+    }
+    Ok(found)
+}
+
+/// Reads for a batch of puts made before it reaches the writer, off the
+/// writer's thread: each record as stored and its siblings' values, as of
+/// the writer's `as_of`-th commit. The writer uses those that
+/// [`Writer::still_fresh`] confirms and reads the others again.
+pub struct Prefetch {
+    pub as_of: u64,
+    pub stored: Vec<Option<StoredRecord>>,
+    pub values: FastMap<RecordKey, Option<i128>>,
+}
+
+impl Prefetch {
+    /// Reads `keys` from `db`; `commits` is the writer's count of applied
+    /// commits, read before the first read.
+    pub fn read(db: &sled::Db, commits: &AtomicU64, keys: &[RecordKey]) -> Result<Prefetch> {
+        let as_of = commits.load(Ordering::Acquire);
+        let mut values = FastMap::default();
+        let stored = keys
+            .iter()
+            .map(|key| read_with_siblings(db, key, &mut values))
+            .collect::<Result<_>>()?;
+        Ok(Prefetch {
+            as_of,
+            stored,
+            values,
+        })
+    }
+
+    /// The prefetched values of `key` and its siblings, into `values`.
+    pub fn copy_values(&self, key: &RecordKey, values: &mut FastMap<RecordKey, Option<i128>>) {
+        for k in std::iter::once(*key).chain(volume_siblings(key)) {
+            if let Some(v) = self.values.get(&k) {
+                values.insert(k, *v);
+            }
+        }
     }
 }
 

@@ -1,0 +1,163 @@
+//! `tradewatch import --server` of 1 million rows into a running server: the
+//! real binary on both ends, over loopback, each run into a fresh store.
+//!
+//! ```sh
+//! cargo bench --bench import            # 3 runs of each file order
+//! cargo bench --bench import -- 5       # 5 runs
+//! ```
+//!
+//! The rows are the 1 M store of the aggregate bench (5 reporters × 100
+//! partners × export and import × 10 years × TOTAL plus 99 HS2 codes), written
+//! as a native CSV file in two orders:
+//! - **by commodity**: by reporter, year and commodity, every partner of it
+//!   together (how a statistics office releases a year);
+//! - **by partner**: by reporter and partner, every commodity and year of the
+//!   pair together (a file per country pair, concatenated).
+//!
+//! The time is the wall-clock time of the `import` process, from start to
+//! exit: reading and checking the file, sending it, and the server storing
+//! every record durably (the summary arrives after the last flush).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "common/dataset.rs"]
+mod dataset;
+use dataset::Dataset;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tradewatch");
+
+fn bench_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data/import")
+}
+
+/// Writes the dataset as a native CSV file (once; kept between runs).
+fn write_csv(data: &Dataset, by_partner: bool, path: &Path) -> anyhow::Result<usize> {
+    let mut rows: Vec<_> = data.rows().collect();
+    if by_partner {
+        // reporter, partner, flow, year, commodity
+        rows.sort_by_key(|&(reporter, partner, flow, year, commodity, _)| {
+            (
+                reporter,
+                partner,
+                flow,
+                year,
+                commodity == "TOTAL",
+                commodity.to_owned(),
+            )
+        });
+    }
+    if path.exists() {
+        return Ok(rows.len());
+    }
+    let tmp = path.with_extension("tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    writeln!(
+        out,
+        "reporter,partner,flow,period,commodity,currency,value,source,released_at"
+    )?;
+    for (reporter, partner, flow, year, commodity, units) in &rows {
+        let flow = if *flow == 0 { "export" } else { "import" };
+        writeln!(
+            out,
+            "{reporter},{partner},{flow},{year},{commodity},USD,{units},synthetic,"
+        )?;
+    }
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, path)?;
+    Ok(rows.len())
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the release binary on a fresh store; returns it and its address.
+fn start_server(data_dir: &Path) -> anyhow::Result<(Server, String)> {
+    let _ = std::fs::remove_dir_all(data_dir);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("tradewatch listening on ")
+        .ok_or_else(|| anyhow::anyhow!("unexpected first line {line:?}"))?
+        .to_owned();
+    Ok((Server(child), addr))
+}
+
+/// One `import --server` run into a fresh server; its wall-clock time.
+fn run_once(file: &Path, rows: usize) -> anyhow::Result<Duration> {
+    let (server, addr) = start_server(&bench_dir().join("store"))?;
+    let started = Instant::now();
+    let output = Command::new(BIN)
+        .args(["import", "--server", &addr])
+        .arg(file)
+        .stderr(Stdio::inherit())
+        .output()?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(output.status.success(), "import failed: {output:?}");
+    let summary = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        summary.contains(&format!(": {rows} created")),
+        "unexpected summary {summary}"
+    );
+    drop(server);
+    Ok(elapsed)
+}
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(3);
+    std::fs::create_dir_all(bench_dir())?;
+    let data = Dataset::new("1m", 5);
+    println!(
+        "import --server of {} rows, {runs} runs per file order, fresh store each run",
+        data.len()
+    );
+    println!();
+    println!("| file order | runs (s) | median (s) | records/s (median) |");
+    println!("|---|---|---|---|");
+    for (name, by_partner) in [("by commodity", false), ("by partner", true)] {
+        let file = bench_dir().join(if by_partner {
+            "by-partner.csv"
+        } else {
+            "by-commodity.csv"
+        });
+        let rows = write_csv(&data, by_partner, &file)?;
+        // Runs alternate with nothing else: each starts its own server.
+        let times: Vec<Duration> = (0..runs)
+            .map(|_| run_once(&file, rows))
+            .collect::<anyhow::Result<_>>()?;
+        let m = median(times.clone());
+        println!(
+            "| {name} | {} | {:.2} | {:.0} |",
+            times
+                .iter()
+                .map(|t| format!("{:.2}", t.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            m.as_secs_f64(),
+            rows as f64 / m.as_secs_f64()
+        );
+    }
+    let _ = std::fs::remove_dir_all(bench_dir().join("store"));
+    Ok(())
+}

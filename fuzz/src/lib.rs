@@ -1,0 +1,3 @@
+//! Fuzz targets for tradewatch; see `docs/fuzzing.md`.
+
+pub mod harness;

@@ -1,0 +1,401 @@
+//! The writer's view of the data dir's disk: writes are refused, with
+//! nothing stored, while the disk is too full for them or has turned
+//! read-only; for good once sled has failed a write; and each group of
+//! writes is synced before it is acknowledged.
+//!
+//! sled 0.34 stops its log at the first write to it that fails (ENOSPC,
+//! EROFS, EIO): it keeps the error and fails every later write and flush
+//! with it until the store is opened again, and even reads fail wherever
+//! they would have to finish a node split or merge, which writes. What it
+//! holds in memory may then include writes that are not on disk, so from
+//! then on the writer refuses every job rather than run it (a write that
+//! changes nothing would otherwise be acknowledged on the strength of
+//! state that is not on disk). Worse, what sled wrote of a batch it failed
+//! in the middle of is recovered on the next start: the batch is torn. So
+//! the writer keeps sled from getting there: before each group it checks
+//! that the file system has not turned read-only, and before applying
+//! each write that the disk has room for it besides [`KEEP_FREE_BYTES`];
+//! a refused write stores nothing, reads keep working, and writes resume
+//! by themselves once the disk is usable again.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+
+/// Space left free on the data dir's disk, besides what a write needs:
+/// room for what sled writes on its own (node splits, segment cleaning)
+/// and for its log buffers not yet on disk.
+pub const KEEP_FREE_BYTES: u64 = 16 << 20;
+
+/// What one entry of a write (a record change, an event) is reckoned to
+/// take in sled's log: about 0.8 KiB was measured for records with
+/// 200-character sources, node rewrites included; this is more than twice
+/// that.
+const BYTES_PER_ENTRY: u64 = 2 << 10;
+
+pub struct Disk {
+    dir: PathBuf,
+    /// The data dir itself, whose modification time is set before each
+    /// group: a file system that has turned read-only under the server
+    /// (ext4 after an I/O error) refuses that, before sled tries a write.
+    dir_handle: Option<File>,
+    /// sled's log, synced after each flush: on Linux sled's flush only
+    /// calls `sync_file_range`, which does not make a grown file's new
+    /// size and blocks durable (sled leaves that to a periodic fsync).
+    log: Option<File>,
+    /// Highest id of the files in sled's `blobs` directory synced so far.
+    /// sled keeps a value too large for its log (over about 128 KiB: a
+    /// block of large events) in a file of its own, named by log
+    /// sequence, which it never syncs; a log entry whose blob is missing
+    /// after a crash ends what sled recovers.
+    blobs_synced: Option<u64>,
+    /// Why writes are refused now (see [`Disk::check`]).
+    refused: Option<Error>,
+    /// Set once sled has failed a write: every later job gets it.
+    stopped: Option<Error>,
+    nudger: Nudger,
+}
+
+impl Disk {
+    /// The disk of the store in `dir`, which `db` has open. Syncs sled's
+    /// configuration file and the directory once: sled writes them without.
+    pub fn open(dir: &Path, db: &sled::Db) -> Disk {
+        let open = |path: &Path| {
+            File::open(path)
+                .map_err(
+                    |e| tracing::warn!(path = %path.display(), error = %e, "cannot open for disk checks"),
+                )
+                .ok()
+        };
+        let dir_handle = open(dir);
+        for file in [open(&dir.join("conf")).as_ref(), dir_handle.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(e) = file.sync_all() {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the store's files");
+            }
+        }
+        let mut disk = Disk {
+            dir: dir.to_owned(),
+            dir_handle,
+            log: open(&dir.join("db")),
+            blobs_synced: None,
+            refused: None,
+            stopped: None,
+            nudger: Nudger::start(db.clone()),
+        };
+        if let Err(e) = disk.sync_blobs() {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the store's blobs");
+        }
+        disk
+    }
+
+    /// Checks the disk before a group of jobs: whether it has turned
+    /// read-only.
+    pub fn check(&mut self) {
+        if self.stopped.is_none() {
+            self.refused = self.probe();
+        }
+    }
+
+    #[cfg(unix)]
+    fn probe(&self) -> Option<Error> {
+        let dir = self.dir_handle.as_ref()?;
+        let now = rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: now,
+        };
+        // Another failure than a read-only (or full) file system (not the
+        // directory's owner, say) leaves it to sled.
+        let touched = rustix::fs::futimens(dir, &times);
+        touched
+            .err()
+            .and_then(|e| Error::disk_refused(&self.dir, &e.into()))
+    }
+
+    #[cfg(not(unix))]
+    fn probe(&self) -> Option<Error> {
+        None
+    }
+
+    /// Before a write of `entries` (record changes and events) is applied:
+    /// refuses it, with nothing stored, unless the disk has room for it
+    /// besides [`KEEP_FREE_BYTES`]. sled must not run out in the middle of
+    /// a write: what it wrote of it until then would be recovered on the
+    /// next start, a batch torn in two.
+    pub fn room_for(&self, entries: usize) -> Result<(), Error> {
+        let Some(free) = self.free_bytes() else {
+            return Ok(());
+        };
+        let needed = (entries as u64).saturating_mul(BYTES_PER_ENTRY);
+        if free >= KEEP_FREE_BYTES.saturating_add(needed) {
+            return Ok(());
+        }
+        Err(Error::disk_low(&self.dir, free, KEEP_FREE_BYTES, needed))
+    }
+
+    #[cfg(unix)]
+    fn free_bytes(&self) -> Option<u64> {
+        let stat = rustix::fs::fstatvfs(self.dir_handle.as_ref()?).ok()?;
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    #[cfg(not(unix))]
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Why the next job is refused, if it is.
+    pub fn refused(&self) -> Option<Error> {
+        self.stopped.clone().or_else(|| self.refused.clone())
+    }
+
+    /// A job's error as answered: an I/O error from sled means it has
+    /// stopped its log (or is about to), so the writer stops too.
+    pub fn job_failed(&mut self, db: &sled::Db, error: Error) -> Error {
+        match error {
+            Error::Storage(e @ sled::Error::Io(_)) => self.stop(db, &e),
+            other => other,
+        }
+    }
+
+    /// Makes a group of jobs durable: flushes sled, then syncs what it
+    /// leaves unsynced. The answer for each job of the group that did not
+    /// fail by itself.
+    pub fn commit(&mut self, db: &sled::Db) -> Result<(), Error> {
+        if let Some(stopped) = &self.stopped {
+            // Not even a flush: one may never return (see `stop`).
+            return Err(stopped.clone());
+        }
+        if self.refused.is_some() {
+            // Nothing was written, and a read-only file system would
+            // refuse the fsync.
+            return Ok(());
+        }
+        self.nudger.flushing(true);
+        let flushed = db.flush();
+        self.nudger.flushing(false);
+        let synced = flushed.and_then(|_| {
+            self.sync_blobs()?;
+            if let Some(log) = &self.log {
+                log.sync_data()?;
+            }
+            Ok(())
+        });
+        synced.map_err(|e| self.stop(db, &e))
+    }
+
+    /// Syncs the blob files written since the last call, and their
+    /// directory.
+    fn sync_blobs(&mut self) -> std::io::Result<()> {
+        let dir = self.dir.join("blobs");
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            entries => entries?,
+        };
+        let mut newest = self.blobs_synced;
+        for entry in entries {
+            let entry = entry?;
+            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if self.blobs_synced.is_some_and(|synced| id <= synced) {
+                continue;
+            }
+            match File::open(entry.path()).and_then(|f| f.sync_data()) {
+                // Removed by sled meanwhile: no longer needed.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                synced => synced?,
+            }
+            newest = newest.max(Some(id));
+        }
+        if newest != self.blobs_synced {
+            File::open(&dir)?.sync_all()?;
+            self.blobs_synced = newest;
+        }
+        Ok(())
+    }
+
+    /// Stops writes for good after `error`. sled is left open until the
+    /// process ends, as after a crash (it recovers on the next start): a
+    /// failed write may leave its log waiting forever for a write that
+    /// will not happen (a blob that could not be written leaves its slot in
+    /// the log buffer claimed), and closing it would then wait too.
+    fn stop(&mut self, db: &sled::Db, error: &sled::Error) -> Error {
+        let answer = Error::write_failed(&self.dir, error);
+        if self.stopped.is_none() {
+            tracing::error!(dir = %self.dir.display(), %error, "a write failed; refusing writes until restarted");
+            self.stopped = Some(answer.clone());
+            std::mem::forget(db.clone());
+        }
+        answer
+    }
+}
+
+/// Wakes a flush that sled 0.34 would leave waiting forever: when a write
+/// of its log started by a reservation fails, sled records the error
+/// without waking the threads waiting for that write to be durable (and
+/// its flusher thread, which would, stops on the same error). Any later
+/// flush call finds the error and wakes them, so this thread makes one
+/// while a flush of the writer has taken more than a second.
+struct Nudger {
+    /// Milliseconds since `start` when the writer's flush began, plus one;
+    /// 0 while it is not flushing.
+    flushing_since: Arc<AtomicU64>,
+    start: Instant,
+    /// Dropped to stop the thread.
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Nudger {
+    const AFTER: Duration = Duration::from_secs(1);
+
+    fn start(db: sled::Db) -> Nudger {
+        let flushing_since = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let since = flushing_since.clone();
+        let thread = std::thread::Builder::new()
+            .name("tradewatch-nudger".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Nudger::AFTER / 4) {
+                    let began = since.load(Ordering::Acquire);
+                    let now = start.elapsed().as_millis() as u64 + 1;
+                    if began != 0 && now.saturating_sub(began) > Nudger::AFTER.as_millis() as u64 {
+                        tracing::debug!("a flush has taken over a second; waking it");
+                        let _ = db.flush();
+                    }
+                }
+            })
+            .map_err(|e| tracing::warn!(error = %e, "cannot start the flush nudger"))
+            .ok();
+        Nudger {
+            flushing_since,
+            start,
+            stop: Some(stop),
+            thread,
+        }
+    }
+
+    fn flushing(&self, flushing: bool) {
+        let since = if flushing {
+            self.start.elapsed().as_millis() as u64 + 1
+        } else {
+            0
+        };
+        self.flushing_since.store(since, Ordering::Release);
+    }
+}
+
+impl Drop for Nudger {
+    /// Stops the thread and waits for it, so that it no longer holds the
+    /// store when the writer has stopped.
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+
+    use tonic::Code;
+
+    use super::*;
+
+    /// sled hands the error that stopped its log to later callers as a copy
+    /// keeping only the kind; both map the same.
+    fn errors(kind: ErrorKind, raw: i32) -> [sled::Error; 2] {
+        let original = sled::Error::Io(std::io::Error::from_raw_os_error(raw));
+        assert_eq!(std::io::Error::from_raw_os_error(raw).kind(), kind);
+        [original.clone(), original]
+    }
+
+    #[test]
+    fn disk_faults_get_precise_statuses_naming_the_dir() {
+        let dir = Path::new("/srv/tradewatch");
+        for (kind, raw, code, says) in [
+            (
+                ErrorKind::StorageFull,
+                28,
+                Code::ResourceExhausted,
+                "is full (no space left on device)",
+            ),
+            (
+                ErrorKind::QuotaExceeded,
+                122,
+                Code::ResourceExhausted,
+                "over its disk quota",
+            ),
+            (
+                ErrorKind::ReadOnlyFilesystem,
+                30,
+                Code::FailedPrecondition,
+                "read-only file system",
+            ),
+        ] {
+            for error in errors(kind, raw) {
+                let answer = Error::write_failed(dir, &error);
+                assert_eq!(answer.code(), code, "{answer}");
+                let message = answer.to_string();
+                assert!(
+                    message.contains(says) && message.contains("/srv/tradewatch"),
+                    "{message}"
+                );
+                assert!(message.contains("restarted"), "{message}");
+
+                let opening = Error::open_failed(dir, error.clone());
+                assert_eq!(opening.code(), code, "{opening}");
+                assert!(opening.to_string().contains("/srv/tradewatch"), "{opening}");
+
+                // A read that fails on it is not INTERNAL either.
+                assert_eq!(Error::Storage(error).code(), code);
+            }
+            let probe = Error::disk_refused(dir, &std::io::Error::from_raw_os_error(raw)).unwrap();
+            assert_eq!(probe.code(), code);
+            assert!(probe.to_string().contains("nothing was stored"), "{probe}");
+        }
+    }
+
+    #[test]
+    fn other_failures_keep_their_statuses() {
+        let dir = Path::new("/srv/tradewatch");
+        let eio = sled::Error::Io(std::io::Error::from_raw_os_error(5));
+        let answer = Error::write_failed(dir, &eio);
+        assert_eq!(answer.code(), Code::Unavailable);
+        assert!(answer.to_string().contains("/srv/tradewatch"), "{answer}");
+        for error in [eio.clone(), eio.clone().clone()] {
+            let answer = Error::write_failed(dir, &error).to_string();
+            assert!(answer.contains("(Input/output error (os error 5))"), "{answer}");
+        }
+        assert_eq!(Error::Storage(eio).code(), Code::Unavailable);
+        let bug = sled::Error::ReportableBug("x".into());
+        assert_eq!(Error::Storage(bug).code(), Code::Internal);
+        assert!(Error::disk_refused(dir, &std::io::Error::from_raw_os_error(1)).is_none());
+        let busy = Error::open_failed(dir, sled::Error::Io(ErrorKind::WouldBlock.into()));
+        assert!(busy.to_string().contains("another tradewatch"), "{busy}");
+        let low = Error::disk_low(dir, 3 << 20, KEEP_FREE_BYTES, 1 << 20);
+        assert_eq!(low.code(), Code::ResourceExhausted);
+        assert!(low.to_string().contains("is full (3.0 MiB free"), "{low}");
+        let big = Error::disk_low(dir, 20 << 20, KEEP_FREE_BYTES, 8 << 20);
+        assert!(big.to_string().contains("too full for this write"), "{big}");
+        assert!(big.to_string().contains("nothing was stored"), "{big}");
+    }
+}
