@@ -341,6 +341,47 @@ fn cut_by(s: &str, max: usize, size_of: impl Fn(char) -> usize) -> String {
     out
 }
 
+/// The violations that fit a status (descriptions cut short, the list cut
+/// at [`MAX_VIOLATIONS_BYTES`]), and a message naming them and how many
+/// were left out.
+fn bounded(violations: &[Violation]) -> (Vec<Violation>, String) {
+    let mut listed = Vec::new();
+    let mut size = 0;
+    for v in violations {
+        let v = Violation::new(
+            cut_bytes(&v.field, 200),
+            cut_bytes(&v.description, MAX_DESCRIPTION_BYTES),
+        );
+        size += v.field.len() + v.description.len() + 8;
+        if size > MAX_VIOLATIONS_BYTES && !listed.is_empty() {
+            break;
+        }
+        listed.push(v);
+    }
+    let mut message = summarize(&listed);
+    if listed.len() < violations.len() {
+        message = format!(
+            "{}; … and {} more violation(s)",
+            cut(&message, MAX_MESSAGE_ENCODED - 64),
+            violations.len() - listed.len()
+        );
+    }
+    (listed, cut(&message, MAX_MESSAGE_ENCODED))
+}
+
+impl Error {
+    /// The message, as bounded as a status's (see [`bounded`]): for text
+    /// that goes back to a caller elsewhere, such as an IngestRecords
+    /// rejection, where an unbounded list of violations could make the
+    /// response too large for the client to accept.
+    pub fn bounded_message(&self) -> String {
+        match self {
+            Error::InvalidArgument(violations) => bounded(violations).1,
+            other => cut(&other.to_string(), MAX_MESSAGE_ENCODED),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
         let code = error.code();
@@ -351,30 +392,12 @@ impl From<Error> for Status {
         }
         match &error {
             Error::InvalidArgument(violations) => {
+                let (listed, message) = bounded(violations);
                 let mut details = ErrorDetails::new();
-                let mut listed = Vec::new();
-                let mut size = 0;
-                for v in violations {
-                    let v = Violation::new(
-                        cut_bytes(&v.field, 200),
-                        cut_bytes(&v.description, MAX_DESCRIPTION_BYTES),
-                    );
-                    size += v.field.len() + v.description.len() + 8;
-                    if size > MAX_VIOLATIONS_BYTES && !listed.is_empty() {
-                        break;
-                    }
-                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
-                    listed.push(v);
+                for v in listed {
+                    details.add_bad_request_violation(v.field, v.description);
                 }
-                let mut message = summarize(&listed);
-                if listed.len() < violations.len() {
-                    message = format!(
-                        "{}; … and {} more violation(s)",
-                        cut(&message, MAX_MESSAGE_ENCODED - 64),
-                        violations.len() - listed.len()
-                    );
-                }
-                Status::with_error_details(code, cut(&message, MAX_MESSAGE_ENCODED), details)
+                Status::with_error_details(code, message, details)
             }
             Error::EventsTrimmed { oldest, .. } => {
                 let metadata =

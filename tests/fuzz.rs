@@ -157,6 +157,54 @@ mod found {
         });
     }
 
+    /// An IngestRecords rejection listed every violation of its message: six
+    /// messages of 10,000 bad records (within the limits) made a 5.7 MB
+    /// summary, which a client refuses (tonic: 4 MiB), so the caller got
+    /// OUT_OF_RANGE "decoded message length too large" and never learnt
+    /// what was stored. Same cause as above: caller input echoed without
+    /// bound.
+    #[test]
+    fn an_ingest_summary_of_many_bad_records_reaches_the_client() {
+        runtime().block_on(async {
+            let server = Server::start(&scratch_dir()).await;
+            let channel = server.channel().await;
+            let mut trade = pb::trade_service_client::TradeServiceClient::new(channel.clone());
+            let bad: Vec<pb::TradeRecord> = (0..10_000)
+                .map(|i| pb::TradeRecord {
+                    reporter: "XXX".into(),
+                    partner: "KAZ".into(),
+                    flow: pb::Flow::Turnover.into(),
+                    period: format!("{}", 1900 + i % 200),
+                    value: Some(pb::Money {
+                        currency_code: "USD".into(),
+                        units: 1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+            let messages: Vec<_> = (0..6)
+                .map(|_| pb::PutRecordsRequest { records: bad.clone() })
+                .collect();
+            let summary = trade
+                .ingest_records(tokio_stream::iter(messages))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!((summary.messages, summary.rejected), (6, 60_000));
+            for r in &summary.rejections {
+                assert!(
+                    r.reason.starts_with("records[0].reporter: "),
+                    "{}",
+                    &r.reason[..100]
+                );
+                assert!(r.reason.contains("more violation"), "{}", &r.reason[..100]);
+            }
+            drop((trade, channel));
+            server.stop().await;
+        });
+    }
+
     /// Bad rows were named by the csv crate's line count, which counts only
     /// `\n`, reports the line before after a `\r\n` (BurntSushi/rust-csv#395)
     /// and places a row after blank lines at the first of them: in a

@@ -188,7 +188,7 @@ impl TradeService for TradeApi {
                     if summary.rejections.len() < MAX_LISTED_REJECTIONS {
                         summary.rejections.push(pb::IngestRejection {
                             message_index: index,
-                            reason: Error::InvalidArgument(violations).to_string(),
+                            reason: Error::InvalidArgument(violations).bounded_message(),
                         });
                     }
                 }

@@ -435,7 +435,8 @@ pub async fn check_store(channel: &Channel) -> Snapshot {
             let got = answer_rows(&answer);
             assert_eq!(
                 got, expected,
-                "Aggregate {what} ({currency}, frequency {frequency}, level {level}) differs from the sum of ListRecords"
+                "Aggregate {what} ({currency}, frequency {frequency}, level {level}) \
+                 differs from the sum of ListRecords"
             );
             assert_eq!(nanos(answer.grand_total.as_ref()), grand, "grand total of {what}");
         }
