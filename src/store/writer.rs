@@ -252,7 +252,7 @@ impl Writer {
             return false;
         }
         let fresh = |k: &RecordKey| self.last_write.get(k).is_none_or(|&c| c <= as_of);
-        fresh(key) && volume_siblings(key).iter().all(fresh)
+        fresh(key) && volume_siblings(key).all(|k| fresh(&k))
     }
 
     /// Every group as stored.
@@ -509,15 +509,17 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// The records whose values share `key`'s trade volume: its turnover,
 /// export and import siblings in the same currency (none for re-exports
 /// and re-imports).
-fn volume_siblings(key: &RecordKey) -> Vec<RecordKey> {
-    if !shares_volume(key.flow) {
-        return Vec::new();
-    }
-    [Flow::Turnover, Flow::Export, Flow::Import]
-        .into_iter()
-        .filter(|&f| f != key.flow)
-        .map(|flow| RecordKey { flow, ..*key })
-        .collect()
+fn volume_siblings(key: &RecordKey) -> impl Iterator<Item = RecordKey> + use<> {
+    let key = *key;
+    let flows: &[Flow] = if shares_volume(key.flow) {
+        &[Flow::Turnover, Flow::Export, Flow::Import]
+    } else {
+        &[]
+    };
+    flows
+        .iter()
+        .filter(move |&&f| f != key.flow)
+        .map(move |&flow| RecordKey { flow, ..key })
 }
 
 fn shares_volume(flow: Flow) -> bool {
