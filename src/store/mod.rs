@@ -706,9 +706,10 @@ mod tests {
         let before = store.events(1, usize::MAX).unwrap();
         store.close().await;
         drop(store);
-        // Rewrite the log as format 1 wrote it.
+        // Rewrite the log as format 1 wrote it (waiting, as a restart does,
+        // for the lock the closed store is letting go of).
         {
-            let db = sled::open(tmp.path()).unwrap();
+            let db = Store::open_sled(tmp.path(), 64 << 20).unwrap();
             let mut batch = sled::Batch::default();
             for entry in db.scan_prefix([keys::NS_EVENT]) {
                 let (k, v) = entry.unwrap();
