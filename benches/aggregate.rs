@@ -4,6 +4,7 @@
 //! ```sh
 //! scripts/bench-postgres.sh            # start PostgreSQL and prepare a database (optional)
 //! cargo bench --bench aggregate -- 1m  # or 10m, or "1m 10m"
+//! cargo bench --bench aggregate -- 10m a c   # only questions (a) and (c)
 //! ```
 //!
 //! Without `TRADEWATCH_BENCH_PG` (a connection string) the PostgreSQL column
@@ -17,11 +18,13 @@ use std::time::{Duration, Instant};
 use futures_util::SinkExt;
 use tonic::transport::Channel;
 use tradewatch::pb::{self, trade_service_client::TradeServiceClient};
-use tradewatch::{Application, Config};
 
 #[path = "common/dataset.rs"]
 mod dataset;
 use dataset::{Dataset, to_record};
+#[path = "common/server.rs"]
+mod server;
+use server::Server;
 
 const BATCH: usize = 2000;
 const LOADERS: usize = 4;
@@ -274,7 +277,9 @@ fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
-#[tokio::main]
+// One thread: the client is one sequential caller, and a single-threaded
+// runtime adds no wake-ups between threads of its own to what it measures.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let reload = args.iter().any(|a| a == "--reload");
@@ -286,6 +291,12 @@ async fn main() -> anyhow::Result<()> {
     if sizes.is_empty() {
         sizes.push("1m");
     }
+    // Question letters to run (`a` … `d`); none: all four.
+    let only: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| ["a", "b", "c", "d"].contains(a))
+        .collect();
     let pg_url = std::env::var("TRADEWATCH_BENCH_PG").ok();
     // The server's page cache, as `serve --cache-mb` would set it.
     let cache_mb: u64 = std::env::var("TRADEWATCH_CACHE_MB")
@@ -306,19 +317,9 @@ async fn main() -> anyhow::Result<()> {
         if reload && dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
-        let app = Application::build(
-            "127.0.0.1:0".parse()?,
-            Config {
-                cache_mb,
-                ..Config::new(dir.join("store"))
-            },
-        )
-        .await?;
-        let addr = app.local_addr()?;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until(async {
-            let _ = stop_rx.await;
-        }));
+        std::fs::create_dir_all(&dir)?;
+        let server = Server::start(&dir.join("store"), &["--cache-mb", &cache_mb.to_string()])?;
+        let addr = server.addr.clone();
         let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
 
         let mut lines = vec![format!(
@@ -369,10 +370,34 @@ async fn main() -> anyhow::Result<()> {
             None => None,
         };
 
+        // The fixed cost of a call: the health check answers from memory,
+        // through the same layers and connection.
+        let floor = {
+            let health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            measure(Duration::from_secs(3), 20_000, || {
+                let mut health = health.clone();
+                async move {
+                    health
+                        .check(tonic_health::pb::HealthCheckRequest::default())
+                        .await
+                        .expect("health check");
+                }
+            })
+            .await
+        };
+        lines.push(String::new());
+        lines.push(format!(
+            "Round trip of a health check on the same connection (the floor): p50 {} ms, p99 {} ms.",
+            ms(floor.p50),
+            ms(floor.p99)
+        ));
         lines.push(String::new());
         lines.push("| question | tradewatch p50 ms | p99 ms | runs | PostgreSQL p50 ms | p99 ms | runs | PG / tw (p50) |".into());
         lines.push("|---|---|---|---|---|---|---|---|".into());
         for ((name, request), sql) in questions().into_iter().zip(sql_questions()) {
+            if !only.is_empty() && !only.iter().any(|q| name.starts_with(&format!("({q})"))) {
+                continue;
+            }
             let mut client = TradeServiceClient::new(channel.clone());
             let tw = measure(Duration::from_secs(5), 20_000, || {
                 let request = request.clone();
@@ -435,8 +460,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", lines.join("\n"));
         report.insert(data.name, lines);
         drop(channel);
-        let _ = stop_tx.send(());
-        server.await??;
+        server.stop()?;
     }
     Ok(())
 }

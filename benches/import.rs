@@ -18,16 +18,17 @@
 //! exit: reading and checking the file, sending it, and the server storing
 //! every record durably (the summary arrives after the last flush).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "common/dataset.rs"]
 mod dataset;
 use dataset::Dataset;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tradewatch");
+#[path = "common/server.rs"]
+mod server;
+use server::{BIN, Server};
 
 fn bench_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data/import")
@@ -64,40 +65,18 @@ fn write_csv(data: &Dataset, by_partner: bool, path: &Path) -> anyhow::Result<us
     Ok(rows.len())
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the release binary on a fresh store; returns it and its address.
-fn start_server(data_dir: &Path) -> anyhow::Result<(Server, String)> {
+/// Starts the release binary on a fresh store.
+fn start_server(data_dir: &Path) -> anyhow::Result<Server> {
     let _ = std::fs::remove_dir_all(data_dir);
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("tradewatch listening on ")
-        .ok_or_else(|| anyhow::anyhow!("unexpected first line {line:?}"))?
-        .to_owned();
-    Ok((Server(child), addr))
+    Server::start(data_dir, &[])
 }
 
 /// One `import --server` run into a fresh server; its wall-clock time.
 fn run_once(file: &Path, rows: usize) -> anyhow::Result<Duration> {
-    let (server, addr) = start_server(&bench_dir().join("store"))?;
+    let server = start_server(&bench_dir().join("store"))?;
     let started = Instant::now();
     let output = Command::new(BIN)
-        .args(["import", "--server", &addr])
+        .args(["import", "--server", &server.addr])
         .arg(file)
         .stderr(Stdio::inherit())
         .output()?;
@@ -108,7 +87,7 @@ fn run_once(file: &Path, rows: usize) -> anyhow::Result<Duration> {
         summary.contains(&format!(": {rows} created")),
         "unexpected summary {summary}"
     );
-    drop(server);
+    server.stop()?;
     Ok(elapsed)
 }
 

@@ -1,0 +1,53 @@
+//! The release binary serving a store in a process of its own, as users run
+//! it; killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tradewatch");
+
+pub struct Server {
+    child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    /// `tradewatch serve` on `data_dir` (plus `extra` arguments) on a free
+    /// loopback port; returns once it listens.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("tradewatch listening on ")
+            .ok_or_else(|| anyhow::anyhow!("unexpected first line {line:?}"))?
+            .to_owned();
+        Ok(Server { child, addr })
+    }
+
+    /// Asks the server to stop (SIGTERM, as `kill` does) and waits for it.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill").arg(self.child.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill failed");
+        let exit = self.child.wait()?;
+        anyhow::ensure!(exit.success(), "server exited with {exit}");
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
