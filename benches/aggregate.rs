@@ -460,7 +460,9 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", lines.join("\n"));
         report.insert(data.name, lines);
         drop(channel);
-        server.stop()?;
+        // Stopped from a thread of its own, so that this runtime's thread
+        // stays free to close the client's side of the connection.
+        tokio::task::spawn_blocking(move || server.stop()).await??;
     }
     Ok(())
 }

@@ -62,7 +62,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
-    /// Memory for the store's page cache, in MiB.
+    /// Memory for the store's caches, in MiB (see `Store::open`).
     pub cache_mb: u64,
     /// Keep only the newest this many events (0: keep all).
     pub retain_events: u64,

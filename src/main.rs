@@ -66,7 +66,8 @@ struct StoreArgs {
     /// Directory of the embedded store; created if missing.
     #[arg(long, env = "TRADEWATCH_DATA_DIR", default_value = "./tradewatch-data")]
     data_dir: PathBuf,
-    /// Memory for the store's page cache, in MiB.
+    /// Memory for the store's caches, in MiB: sled's page cache, and 1/16
+    /// for decoded series that questions have read.
     #[arg(long, env = "TRADEWATCH_CACHE_MB", default_value_t = tradewatch::Config::DEFAULT_CACHE_MB)]
     cache_mb: u64,
     /// Keep only the newest this many events in the log (0: keep all).

@@ -1026,6 +1026,55 @@ async fn a_group_edit_changes_the_next_answer() {
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
+/// The server keeps the records of series it has read decoded in memory.
+/// Every acknowledged write must show in the next answer, while other
+/// clients keep asking (and so keep refilling that memory) all along: a
+/// series read just before a write and kept just after it would answer
+/// with the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_follow_every_acknowledged_write_while_others_ask() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let question = ask(
+        pb::RecordSelector {
+            reporters: strings(&["CHN"]),
+            partners: strings(&["CENTRAL_ASIA"]),
+            ..Default::default()
+        },
+        &[Dimension::Period],
+    );
+    let total = |answer: &pb::AggregateResponse| answer.grand_total.clone().unwrap();
+    store(&mut client, vec![usd_fact("CHN", "UZB", Flow::Import, "2025", 1)]).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut askers = Vec::new();
+    for _ in 0..3 {
+        let mut client = server.client().await;
+        let (question, stop) = (question.clone(), stop.clone());
+        askers.push(tokio::spawn(async move {
+            let mut asked = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                aggregate(&mut client, question.clone()).await;
+                asked += 1;
+            }
+            asked
+        }));
+    }
+    for units in 2..=400 {
+        store(
+            &mut client,
+            vec![usd_fact("CHN", "KAZ", Flow::Export, "2025", units)],
+        )
+        .await;
+        let answer = aggregate(&mut client, question.clone()).await;
+        assert_eq!(total(&answer), usd(units + 1), "after writing {units}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for asker in askers {
+        assert!(asker.await.unwrap() > 0);
+    }
+}
+
 #[tokio::test]
 async fn world_partner_figures_are_only_counted_when_named() {
     let server = TestServer::start().await;

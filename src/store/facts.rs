@@ -9,6 +9,7 @@ use super::codec;
 use super::keys::{self, record_offsets as at};
 use super::rollup::{Tally, volume};
 use super::scan::{Component, skip_scan};
+use super::series_cache::{SERIES_PREFIX_LEN, SeriesCache, SeriesPrefix};
 use crate::domain::{Commodity, CommodityFilter, CountryCode, Flow, Measure, Period, SeriesSpec};
 use crate::error::{Error, Result};
 
@@ -76,12 +77,19 @@ fn corrupt(key: &[u8]) -> Error {
 impl Store {
     /// Visits the facts a question needs, in key order.
     pub fn scan_facts(&self, scan: &FactScan<'_>, visit: &mut dyn FnMut(Fact)) -> Result<()> {
-        scan_facts(&self.db, scan, visit)
+        scan_facts(&self.db, Some(&self.series), scan, visit)
     }
 }
 
-/// Visits the facts a question needs, in key order.
-pub fn scan_facts(db: &sled::Db, scan: &FactScan<'_>, visit: &mut dyn FnMut(Fact)) -> Result<()> {
+/// Visits the facts a question needs, in key order; records of series named
+/// in full (reporters, partners and commodities all listed) come through
+/// `cache` when there is one.
+pub fn scan_facts(
+    db: &sled::Db,
+    cache: Option<&SeriesCache>,
+    scan: &FactScan<'_>,
+    visit: &mut dyn FnMut(Fact),
+) -> Result<()> {
     let spec = scan.spec;
     let period = Component::between(
         keys::period_bytes(scan.from).to_vec(),
@@ -97,7 +105,31 @@ pub fn scan_facts(db: &sled::Db, scan: &FactScan<'_>, visit: &mut dyn FnMut(Fact
                 commodity,
                 period,
             ];
-            scan_record_facts(db, scan, &components, visit)
+            match (cache, series_prefixes(spec)) {
+                (Some(cache), Some(prefixes)) => {
+                    let (from, to) = (keys::period_bytes(scan.from), keys::period_bytes(spec.to));
+                    let period = at::PERIOD..at::PERIOD + 4;
+                    scan_record_facts(scan, visit, &mut |on_record| {
+                        for prefix in &prefixes {
+                            for record in cache.records(db, prefix)?.iter() {
+                                let p = &record.key[period.clone()];
+                                if p >= &from[..] && p <= &to[..] {
+                                    on_record(&record.key, record.nanos)?;
+                                }
+                            }
+                        }
+                        Ok(())
+                    })
+                }
+                _ => scan_record_facts(scan, visit, &mut |on_record| {
+                    skip_scan(db, &[keys::NS_RECORD], &components, &mut |k, v| {
+                        let nanos = codec::RecordAmount::decode(v)
+                            .map_err(|e| Error::Corrupt(format!("record {k:02x?}: {e}")))?
+                            .nanos();
+                        on_record(k, nanos)
+                    })
+                }),
+            }
         }
         FactSource::ReporterRollup => {
             let components = [
@@ -120,11 +152,40 @@ pub fn scan_facts(db: &sled::Db, scan: &FactScan<'_>, visit: &mut dyn FnMut(Fact
     }
 }
 
+/// The keys of every series a question names in full, in key order; `None`
+/// when it leaves reporters or partners open or picks commodities by level.
+fn series_prefixes(spec: &SeriesSpec) -> Option<Vec<SeriesPrefix>> {
+    let (Some(reporters), Some(partners), CommodityFilter::Exact(commodities)) =
+        (&spec.reporters, &spec.partners, &spec.commodities)
+    else {
+        return None;
+    };
+    let mut prefixes = Vec::with_capacity(reporters.len() * partners.len() * commodities.len());
+    for reporter in reporters {
+        for partner in partners {
+            for commodity in commodities {
+                let mut prefix = [0u8; SERIES_PREFIX_LEN];
+                prefix[0] = keys::NS_RECORD;
+                prefix[1..4].copy_from_slice(&reporter.as_bytes());
+                prefix[4..7].copy_from_slice(&partner.as_bytes());
+                prefix[7..14].copy_from_slice(&keys::commodity_bytes(*commodity));
+                prefixes.push(prefix);
+            }
+        }
+    }
+    prefixes.sort_unstable();
+    Some(prefixes)
+}
+
+/// Called with each record's key and value.
+type OnRecord<'a> = dyn FnMut(&[u8], i128) -> Result<()> + 'a;
+
+/// Turns the records `records` reads (in key order, each with its value)
+/// into facts: the flows asked for, or trade volume per key.
 fn scan_record_facts(
-    db: &sled::Db,
     scan: &FactScan<'_>,
-    components: &[Component],
     visit: &mut dyn FnMut(Fact),
+    records: &mut dyn FnMut(&mut OnRecord<'_>) -> Result<()>,
 ) -> Result<()> {
     let spec = scan.spec;
     let currency = spec.currency.as_bytes();
@@ -139,7 +200,7 @@ fn scan_record_facts(
             }
         }
     };
-    skip_scan(db, &[keys::NS_RECORD], components, &mut |k, v| {
+    records(&mut |k, nanos| {
         if k.get(at::CURRENCY..at::CURRENCY + 3) != Some(&currency[..]) {
             return Ok(());
         }
@@ -147,9 +208,6 @@ fn scan_record_facts(
         if spec.partners.is_none() && key.partner == CountryCode::WORLD {
             return Ok(());
         }
-        let nanos = codec::RecordAmount::decode(v)
-            .map_err(|e| Error::Corrupt(format!("record {key}: {e}")))?
-            .nanos();
         let fact = Fact {
             reporter: Some(key.reporter),
             partner: Some(key.partner),

@@ -78,6 +78,7 @@ pub const VOLUME_FLOW: u8 = 0;
 /// Byte offsets of the parts of a record key.
 pub mod record_offsets {
     pub const REPORTER: usize = 1;
+    pub const PERIOD: usize = 14;
     pub const FLOW: usize = 18;
     pub const CURRENCY: usize = 19;
 }

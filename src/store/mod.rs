@@ -6,6 +6,7 @@ mod facts;
 mod keys;
 mod rollup;
 mod scan;
+mod series_cache;
 mod watches;
 mod writer;
 
@@ -30,6 +31,7 @@ pub use codec::{EventKind, EventValue, MilestoneValue, RecordStoredValue, Record
 pub type RecordValueRef<'a> = Option<&'a RecordValue>;
 pub use facts::{Fact, FactScan, FactSource};
 pub use rollup::Tally;
+use series_cache::SeriesCache;
 use writer::{Change, Pending, Prefetch, Writer, WriterHandle};
 pub use writer::{FastMap, SequenceRange};
 
@@ -78,12 +80,25 @@ pub struct Store {
     /// Commits the writer has applied (see [`writer::Prefetch`]).
     applied: Arc<AtomicU64>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Decoded records of recently read series (see [`series_cache`]).
+    series: Arc<SeriesCache>,
+    /// The groups as of a number of applied commits: reread only after a
+    /// commit, so a group edit shows in the very next question.
+    groups: Mutex<Option<(u64, Groups)>>,
 }
+
+/// Every partner group by name, as of one moment.
+pub type Groups = Arc<BTreeMap<GroupName, PartnerGroup>>;
+
+/// The part of the memory budget (`cache_bytes`) that holds decoded series;
+/// sled's page cache gets the rest.
+const SERIES_CACHE_SHARE: u64 = 16;
 
 impl Store {
     /// Opens (or creates) the store in `dir`, refusing a directory of another
-    /// format.
-    /// `retain_events` keeps only the newest that many events (0: all).
+    /// format. `cache_bytes` is the memory for its caches: 1/16 for decoded
+    /// series, the rest for sled's page cache. `retain_events` keeps only
+    /// the newest that many events (0: all).
     pub fn open(dir: &Path, cache_bytes: u64, retain_events: u64) -> Result<Store> {
         Self::open_with_metrics(dir, cache_bytes, retain_events, Arc::default())
     }
@@ -99,7 +114,8 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::FailedPrecondition(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
-        let db = Self::open_sled(dir, cache_bytes)?;
+        let series_bytes = cache_bytes / SERIES_CACHE_SHARE;
+        let db = Self::open_sled(dir, cache_bytes - series_bytes)?;
         let head = Self::check_or_init(&db, dir).map_err(|e| match e {
             Error::Storage(e) => Error::open_failed(dir, e),
             other => other,
@@ -110,14 +126,18 @@ impl Store {
             .map_or(1, u64::from_be_bytes);
         let oldest = Arc::new(AtomicU64::new(oldest));
         let applied = Arc::new(AtomicU64::new(0));
+        let series = Arc::new(SeriesCache::new(series_bytes));
         let (writer, thread, durable_head) = Writer::spawn(
             db.clone(),
             dir,
             head,
             retain_events,
-            oldest.clone(),
-            applied.clone(),
-            metrics.clone(),
+            writer::Shared {
+                oldest: oldest.clone(),
+                applied: applied.clone(),
+                series: series.clone(),
+                metrics: metrics.clone(),
+            },
         )?;
         Ok(Store {
             db,
@@ -127,6 +147,8 @@ impl Store {
             oldest,
             applied,
             metrics,
+            series,
+            groups: Mutex::new(None),
         })
     }
 
@@ -373,8 +395,24 @@ impl Store {
     }
 
     /// Every group by name, for resolving selectors.
-    pub fn groups_by_name(&self) -> Result<BTreeMap<GroupName, PartnerGroup>> {
-        writer::read_groups(&self.db)
+    pub fn groups_by_name(&self) -> Result<Groups> {
+        // A commit applied after this load may or may not show in what is
+        // read next; it is not acknowledged before the counter moves, so
+        // the next question after its acknowledgement reads again.
+        let applied = self.applied.load(Ordering::Acquire);
+        let lock = || {
+            self.groups
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((at, groups)) = lock().as_ref()
+            && *at == applied
+        {
+            return Ok(groups.clone());
+        }
+        let groups = Arc::new(writer::read_groups(&self.db)?);
+        *lock() = Some((applied, groups.clone()));
+        Ok(groups)
     }
 
     /// Creates or replaces a group; the watches that name it follow the new

@@ -219,7 +219,7 @@ pub fn series_values(db: &sled::Db, spec: &SeriesSpec) -> Result<BTreeMap<Bucket
         spec,
         from: spec.from,
     };
-    scan_facts(db, &scan, &mut |fact: Fact| {
+    scan_facts(db, None, &scan, &mut |fact: Fact| {
         let v = values.entry(spec.bucket(fact.period)).or_default();
         v.0 += fact.tally.nanos;
         v.1 += fact.tally.count;

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::codec::{self, EventBlock, EventKind, EventValue, RecordStoredValue, SeriesValue};
 use super::disk::Disk;
 use super::rollup::{ChangeEffect, RollupDeltas, Tally};
+use super::series_cache::SeriesCache;
 use super::{keys, watches};
 use crate::domain::{Bucket, Flow, GroupName, PartnerGroup, RecordKey, StoredRecord, WatchDef, WatchId};
 use crate::error::{Error, Result};
@@ -71,6 +72,18 @@ pub struct Writer {
     /// for each such key the last commit that wrote it.
     recent: VecDeque<(u64, Vec<RecordKey>)>,
     last_write: FastMap<RecordKey, u64>,
+    /// Series readers keep decoded; each write drops the ones it changes.
+    series: Arc<SeriesCache>,
+}
+
+/// What the writer shares with the store's readers.
+pub struct Shared {
+    /// The oldest event the log retains.
+    pub oldest: Arc<AtomicU64>,
+    /// Commits applied so far.
+    pub applied: Arc<AtomicU64>,
+    pub series: Arc<SeriesCache>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Commits whose written keys are remembered, to confirm prefetched reads.
@@ -166,10 +179,14 @@ impl Writer {
         dir: &std::path::Path,
         head: u64,
         retain_events: u64,
-        oldest: Arc<AtomicU64>,
-        applied: Arc<AtomicU64>,
-        metrics: Arc<Metrics>,
+        shared: Shared,
     ) -> Result<(WriterHandle, std::thread::JoinHandle<()>, watch::Receiver<u64>)> {
+        let Shared {
+            oldest,
+            applied,
+            series,
+            metrics,
+        } = shared;
         let watches = load_watches(&db)?;
         let disk = Disk::open(dir, &db);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
@@ -187,6 +204,7 @@ impl Writer {
             applied,
             recent: VecDeque::with_capacity(RECENT_COMMITS + 1),
             last_write: FastMap::default(),
+            series,
             disk,
         };
         let thread = std::thread::Builder::new()
@@ -342,7 +360,12 @@ impl Writer {
         }
         let oldest = self.trim_events(last, &mut batch)?;
         self.disk.room_for(changes.len() + (last + 1 - first) as usize)?;
-        self.db.apply_batch(batch)?;
+        let applied = self.db.apply_batch(batch);
+        // Also after a failed apply, which may have left part of the batch.
+        if !changes.is_empty() {
+            self.series.invalidate(changes.iter().map(|c| &c.key));
+        }
+        applied?;
         self.remember_written(changes);
         self.metrics.write_applied(&tally);
         self.head = last;
