@@ -76,6 +76,12 @@ enum Layout {
 /// layout, told apart by the header; column names are matched
 /// case-insensitively.
 pub fn parse_file(input: impl Read) -> Result<Parsed> {
+    parse_file_sized(input, 0)
+}
+
+/// [`parse_file`] of an input of about `bytes` bytes: room for its records
+/// is made at once rather than grown (and copied) as they come.
+pub fn parse_file_sized(input: impl Read, bytes: u64) -> Result<Parsed> {
     let breaks = std::rc::Rc::new(std::cell::RefCell::new(LineBreaks::default()));
     let line_of =
         |position: Option<&csv::Position>| position.map_or(0, |p| breaks.borrow_mut().line_at(p.byte()));
@@ -118,6 +124,11 @@ pub fn parse_file(input: impl Read) -> Result<Parsed> {
 
     let mut parsed = Parsed::default();
     let mut seen: crate::store::FastMap<RecordKey, u64> = Default::default();
+    // A native row takes at least about 32 bytes; beyond 4 M rows the
+    // lists grow as they go.
+    let rows = usize::try_from(bytes / 32).unwrap_or(0).min(1 << 22);
+    parsed.records.reserve(rows);
+    seen.reserve(rows);
     for row in reader.records() {
         let row = match row {
             Ok(row) => row,
@@ -467,8 +478,9 @@ pub async fn import_file(
 fn read_checked(path: &std::path::Path, skip_bad_rows: bool) -> anyhow::Result<Parsed> {
     let file =
         std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    let bar = progress::checking(file.metadata().map_or(0, |m| m.len()));
-    let parsed = parse_file(bar.wrap_read(std::io::BufReader::new(file)))
+    let bytes = file.metadata().map_or(0, |m| m.len());
+    let bar = progress::checking(bytes);
+    let parsed = parse_file_sized(bar.wrap_read(std::io::BufReader::new(file)), bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     bar.finish_and_clear();
     if !parsed.bad_rows.is_empty() {
