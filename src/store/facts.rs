@@ -152,15 +152,26 @@ pub fn scan_facts(
     }
 }
 
+/// Most series a question reads through the cache; one naming more (a
+/// long list of reporters, partners and commodities) is read with the skip
+/// scan, which does not list them first.
+const MAX_CACHED_SERIES: usize = 4096;
+
 /// The keys of every series a question names in full, in key order; `None`
-/// when it leaves reporters or partners open or picks commodities by level.
+/// when it leaves reporters or partners open, picks commodities by level,
+/// or names more than [`MAX_CACHED_SERIES`].
 fn series_prefixes(spec: &SeriesSpec) -> Option<Vec<SeriesPrefix>> {
     let (Some(reporters), Some(partners), CommodityFilter::Exact(commodities)) =
         (&spec.reporters, &spec.partners, &spec.commodities)
     else {
         return None;
     };
-    let mut prefixes = Vec::with_capacity(reporters.len() * partners.len() * commodities.len());
+    let count = reporters
+        .len()
+        .checked_mul(partners.len())?
+        .checked_mul(commodities.len())
+        .filter(|&n| n <= MAX_CACHED_SERIES)?;
+    let mut prefixes = Vec::with_capacity(count);
     for reporter in reporters {
         for partner in partners {
             for commodity in commodities {

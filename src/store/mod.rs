@@ -82,8 +82,9 @@ pub struct Store {
     metrics: Arc<crate::metrics::Metrics>,
     /// Decoded records of recently read series (see [`series_cache`]).
     series: Arc<SeriesCache>,
-    /// The groups as of a number of applied commits: reread only after a
-    /// commit, so a group edit shows in the very next question.
+    /// The groups as of a generation of the writer's commits (see
+    /// [`SeriesCache::generation`]): reread only after a commit, so a group
+    /// edit shows in the very next question.
     groups: Mutex<Option<(u64, Groups)>>,
 }
 
@@ -396,22 +397,22 @@ impl Store {
 
     /// Every group by name, for resolving selectors.
     pub fn groups_by_name(&self) -> Result<Groups> {
-        // A commit applied after this load may or may not show in what is
-        // read next; it is not acknowledged before the counter moves, so
-        // the next question after its acknowledgement reads again.
-        let applied = self.applied.load(Ordering::Acquire);
+        // Every commit (a group edit among them) moves the generation after
+        // it is applied and before it is acknowledged: groups read after
+        // loading a generation are at least as recent as it.
+        let generation = self.series.generation();
         let lock = || {
             self.groups
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
         if let Some((at, groups)) = lock().as_ref()
-            && *at == applied
+            && *at == generation
         {
             return Ok(groups.clone());
         }
         let groups = Arc::new(writer::read_groups(&self.db)?);
-        *lock() = Some((applied, groups.clone()));
+        *lock() = Some((generation, groups.clone()));
         Ok(groups)
     }
 

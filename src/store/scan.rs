@@ -70,7 +70,13 @@ fn walk(
             }
         } else if lo == hi {
             prefix.extend_from_slice(lo);
-            walk(tree, prefix, rest, visit)?;
+            // A long list of values (every country, thousands of codes)
+            // multiplies with the lists after it: visit only the values
+            // that are present, one seek each, so that the cost follows the
+            // stored entries rather than the product of the lists.
+            if component.ranges.len() <= LIST_WITHOUT_SEEKS || has_prefix(tree, prefix)? {
+                walk(tree, prefix, rest, visit)?;
+            }
             prefix.truncate(at);
         } else {
             let mut seek = prefix.clone();
@@ -98,6 +104,19 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// Lists of at most this many values are walked value by value without
+/// first checking that each is present (a seek per value would cost more
+/// than it saves).
+const LIST_WITHOUT_SEEKS: usize = 16;
+
+/// Whether any key starts with `prefix`.
+fn has_prefix(tree: &sled::Tree, prefix: &[u8]) -> Result<bool> {
+    Ok(match tree.range(prefix..).next() {
+        Some(entry) => entry?.0.starts_with(prefix),
+        None => false,
+    })
 }
 
 /// The smallest key greater than every key that starts with `bytes`.
@@ -145,6 +164,40 @@ mod tests {
         for a in [1u8, 3] {
             for b in 2u8..=4 {
                 for c in [0u8, 3, 4] {
+                    expected.push(vec![a, b, c]);
+                }
+            }
+        }
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn long_lists_visit_the_same_keys() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        for a in [3u8, 40, 41] {
+            for b in [7u8, 200] {
+                for c in 0u8..3 {
+                    db.insert([b'x', a, b, c], &[a, b, c]).unwrap();
+                }
+            }
+        }
+        // Every value of the first two components: 65,536 combinations, of
+        // which six are stored.
+        let components = [
+            Component::values(1, (0..=255u8).map(|v| vec![v])),
+            Component::values(1, (0..=255u8).map(|v| vec![v])),
+            Component::between(vec![1], vec![2]),
+        ];
+        let mut seen = Vec::new();
+        skip_scan(&db, b"x", &components, &mut |_, v| {
+            seen.push(v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        let mut expected = Vec::new();
+        for a in [3u8, 40, 41] {
+            for b in [7u8, 200] {
+                for c in 1u8..=2 {
                     expected.push(vec![a, b, c]);
                 }
             }

@@ -4,8 +4,10 @@
 //!
 //! The cache never answers with data older than an acknowledged write: the
 //! writer drops the series a write touches after applying it and before
-//! acknowledging it, and a fill that read sled while any write was being
-//! applied is not kept (see [`SeriesCache::invalidate`]).
+//! acknowledging it, and a fill (a series read from sled on a miss) is not
+//! kept if the writer dropped anything between the fill's start and its end
+//! (see [`SeriesCache::invalidate`]). The same counter tells the store when
+//! to reread its partner groups.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -36,16 +38,18 @@ struct Weight;
 
 impl quick_cache::Weighter<SeriesPrefix, SeriesRecords> for Weight {
     fn weight(&self, _: &SeriesPrefix, records: &SeriesRecords) -> u64 {
-        // The records, the key and the entry's own bookkeeping.
-        (records.len() * size_of::<CachedRecord>() + 64) as u64
+        // The records, the key, the Arc's counts and the entry's own
+        // bookkeeping in the cache.
+        (records.len() * size_of::<CachedRecord>() + 96) as u64
     }
 }
 
 pub struct SeriesCache {
     /// `None`: caching off (a budget of 0).
     entries: Option<quick_cache::sync::Cache<SeriesPrefix, SeriesRecords, Weight>>,
-    /// Counts applied writes that changed records. Fills compare it before
-    /// and after reading; the writer raises it while holding the lock.
+    /// Counts the writer's commits (applied, or failed while applying).
+    /// Fills compare it before and after reading; the writer raises it
+    /// while holding the lock.
     generation: Mutex<u64>,
 }
 
@@ -54,7 +58,7 @@ impl SeriesCache {
     pub fn new(bytes: u64) -> SeriesCache {
         let entries = (bytes > 0).then(|| {
             // A typical series: ten years of annual exports and imports.
-            let typical = 20 * size_of::<CachedRecord>() as u64 + 64;
+            let typical = 20 * size_of::<CachedRecord>() as u64 + 96;
             quick_cache::sync::Cache::with_weighter((bytes / typical).max(16) as usize, bytes, Weight)
         });
         SeriesCache {
@@ -96,22 +100,31 @@ impl SeriesCache {
         }
     }
 
-    /// Drops the series of `keys`. The writer calls this after applying a
-    /// write and before acknowledging it, so no reader that starts after
-    /// the acknowledgement sees the series as it was; raising the generation
-    /// under the same lock keeps a fill that read the old records (and has
-    /// not yet stored them) from storing them afterwards.
+    /// The number of commits the writer has applied (or failed to): what
+    /// was read from sled after this is read is at least that recent.
+    pub fn generation(&self) -> u64 {
+        *self.lock()
+    }
+
+    /// Drops the series of `keys`, and counts a commit. The writer calls
+    /// this after applying each commit (also one that failed, which may
+    /// have left part of its batch) and before acknowledging it, so no
+    /// reader that starts after the acknowledgement sees the series as it
+    /// was; raising the generation under the same lock keeps a fill that
+    /// read the old records (and has not yet stored them) from storing them
+    /// afterwards.
     pub fn invalidate<'a>(&self, keys: impl IntoIterator<Item = &'a RecordKey>) {
-        let Some(entries) = &self.entries else {
-            return;
-        };
         let mut generation = self.lock();
         *generation += 1;
-        if entries.is_empty() {
+        let Some(entries) = self.entries.as_ref().filter(|e| !e.is_empty()) else {
             return;
-        }
-        for key in keys {
-            entries.remove(&series_prefix(key));
+        };
+        // A batch holds many records of few series.
+        let mut prefixes: Vec<SeriesPrefix> = keys.into_iter().map(series_prefix).collect();
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        for prefix in &prefixes {
+            entries.remove(prefix);
         }
     }
 }

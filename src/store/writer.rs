@@ -362,9 +362,7 @@ impl Writer {
         self.disk.room_for(changes.len() + (last + 1 - first) as usize)?;
         let applied = self.db.apply_batch(batch);
         // Also after a failed apply, which may have left part of the batch.
-        if !changes.is_empty() {
-            self.series.invalidate(changes.iter().map(|c| &c.key));
-        }
+        self.series.invalidate(changes.iter().map(|c| &c.key));
         applied?;
         self.remember_written(changes);
         self.metrics.write_applied(&tally);
