@@ -213,3 +213,64 @@ async fn import_into_a_running_server_streams_the_file() {
         "{error}"
     );
 }
+
+/// `import --server` sends a history oldest period first, whatever order
+/// the file is in (and in several messages when it is long): the events
+/// subscribers see, and so the milestones, come in the order things
+/// happened.
+#[tokio::test]
+async fn import_into_a_running_server_sends_the_oldest_periods_first() {
+    let server = TestServer::start().await;
+    let mut rows = String::new();
+    for year in (2016..=2025).rev() {
+        for partner in ["KAZ", "KGZ", "TJK", "TKM", "UZB"] {
+            for chapter in 1..=90 {
+                rows.push_str(&format!(
+                    "CHN,{partner},export,{year},{chapter:02},USD,{chapter},x,\n"
+                ));
+            }
+        }
+    }
+    let newest_first = file(&rows);
+    let summary = tradewatch::import::import_to_server(
+        &Remote::new(server.addr.to_string()),
+        newest_first.path(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.created, 4500);
+
+    let mut milestones = tradewatch::pb::milestone_service_client::MilestoneServiceClient::connect(format!(
+        "http://{}",
+        server.addr
+    ))
+    .await
+    .unwrap();
+    let mut periods = Vec::new();
+    let mut from = 1;
+    while periods.len() < 4500 {
+        let page = milestones
+            .list_events(pb::ListEventsRequest {
+                from_sequence: from,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!page.events.is_empty(), "{} events listed", periods.len());
+        for event in page.events {
+            if let Some(pb::event::Kind::RecordStored(stored)) = event.kind {
+                periods.push(stored.key.unwrap().period);
+            }
+        }
+        from = page.next_sequence;
+    }
+    assert!(
+        periods.is_sorted(),
+        "periods in the order stored: {:?}…",
+        &periods[..20]
+    );
+    assert_eq!((periods[0].as_str(), periods[4499].as_str()), ("2016", "2025"));
+}

@@ -17,6 +17,12 @@ mod progress;
 /// batches let records of one commodity and period share their rollup
 /// updates.
 const BATCH: usize = 10_000;
+/// Records per `IngestRecords` message of an import into a running server.
+/// Smaller than [`BATCH`]: the server reads ahead for the next message while
+/// it applies one, and sled lets no read through while a batch is applied,
+/// so shorter applies let the two take turns more finely (2,000 measured
+/// fastest of 1,000, 2,000, 4,000 and 10,000; see BENCHMARKS.md).
+const SEND_BATCH: usize = 2_000;
 
 /// A row that could not be imported, by its line in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -591,8 +597,12 @@ impl tonic::service::Interceptor for Authorize {
 }
 
 /// Imports a file into a running server with one `IngestRecords` stream of
-/// [`BATCH`]-record messages; bad rows are dealt with here, before anything
-/// is sent.
+/// [`SEND_BATCH`]-record messages; bad rows are dealt with here, before
+/// anything is sent. The records go in the order of the rollups they move
+/// (reporter, currency, period, commodity, then partner and flow), whatever
+/// order the file is in: each message then moves few rollup entries, and a
+/// history arrives oldest period first, so its milestones come in the order
+/// they happened.
 pub async fn import_to_server(
     remote: &Remote,
     path: &std::path::Path,
@@ -604,11 +614,18 @@ pub async fn import_to_server(
     let mut client = remote.connect().await?;
     let bar = progress::rows(parsed.records.len() as u64, "sending");
     let sent = bar.clone();
+    let mut records = parsed.records;
+    let order = |r: &TradeRecord| {
+        let k = r.key;
+        (k.reporter, k.currency, k.period, k.commodity, k.partner, k.flow)
+    };
+    if !records.is_sorted_by_key(order) {
+        records.sort_unstable_by_key(order);
+    }
     // Built as the stream takes each message, so encoding overlaps with
     // sending; counted then too (the server keeps only a few unacknowledged).
-    let records = parsed.records;
-    let messages = tokio_stream::iter((0..records.len().div_ceil(BATCH)).map(move |i| {
-        let chunk = &records[i * BATCH..((i + 1) * BATCH).min(records.len())];
+    let messages = tokio_stream::iter((0..records.len().div_ceil(SEND_BATCH)).map(move |i| {
+        let chunk = &records[i * SEND_BATCH..((i + 1) * SEND_BATCH).min(records.len())];
         sent.inc(chunk.len() as u64);
         crate::pb::PutRecordsRequest {
             records: chunk.iter().map(crate::api::trade_record_to_pb).collect(),
