@@ -4,12 +4,11 @@
 //! string). Every row is parsed before anything is stored; a file with a bad
 //! row stores nothing unless bad rows are skipped.
 
-use std::collections::HashMap;
 use std::io::Read;
 
 use crate::domain::{FieldError, Flow, RawKey, RawRecord, RecordKey, TradeRecord, WriteOutcome};
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{FastMap, Store};
 
 mod progress;
 
@@ -102,7 +101,7 @@ pub fn parse_file_sized(input: impl Read, bytes: u64) -> Result<Parsed> {
         .headers()
         .map_err(|e| Error::invalid("file", format!("cannot read the header: {e}")))?
         .clone();
-    let index: HashMap<String, usize> = headers
+    let index: FastMap<String, usize> = headers
         .iter()
         .enumerate()
         .map(|(i, h)| (h.to_ascii_lowercase(), i))
@@ -260,7 +259,7 @@ impl<R: Read> Read for CountLines<R> {
 /// A row's cells by (lower-case) column name; absent columns read as "".
 struct Row<'a> {
     record: &'a csv::StringRecord,
-    index: &'a HashMap<String, usize>,
+    index: &'a FastMap<String, usize>,
 }
 
 impl<'a> Row<'a> {
