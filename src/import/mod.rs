@@ -86,7 +86,7 @@ pub fn parse_file(input: impl Read) -> Result<Parsed> {
 
 /// [`parse_file`] of an input of about `bytes` bytes: room for its records
 /// is made at once rather than grown (and copied) as they come.
-pub fn parse_file_sized(input: impl Read, bytes: u64) -> Result<Parsed> {
+fn parse_file_sized(input: impl Read, bytes: u64) -> Result<Parsed> {
     let breaks = std::rc::Rc::new(std::cell::RefCell::new(LineBreaks::default()));
     let line_of =
         |position: Option<&csv::Position>| position.map_or(0, |p| breaks.borrow_mut().line_at(p.byte()));

@@ -98,39 +98,39 @@ pub fn scan_facts(
     let commodity = commodity_component(&spec.commodities);
     let currency = Component::values(3, [spec.currency.as_bytes().to_vec()]);
     match scan.source {
-        FactSource::Records => {
-            let components = [
-                country_component(spec.reporters.as_ref()),
-                country_component(spec.partners.as_ref()),
-                commodity,
-                period,
-            ];
-            match (cache, series_prefixes(spec)) {
-                (Some(cache), Some(prefixes)) => {
-                    let (from, to) = (keys::period_bytes(scan.from), keys::period_bytes(spec.to));
-                    let period = at::PERIOD..at::PERIOD + 4;
-                    scan_record_facts(scan, visit, &mut |on_record| {
-                        for prefix in &prefixes {
-                            for record in cache.records(db, prefix)?.iter() {
-                                let p = &record.key[period.clone()];
-                                if p >= &from[..] && p <= &to[..] {
-                                    on_record(&record.key, record.nanos)?;
-                                }
+        FactSource::Records => match (cache, series_prefixes(spec)) {
+            (Some(cache), Some(prefixes)) => {
+                let (from, to) = (keys::period_bytes(scan.from), keys::period_bytes(spec.to));
+                let period = at::PERIOD..at::PERIOD + 4;
+                scan_record_facts(scan, visit, &mut |on_record| {
+                    for prefix in &prefixes {
+                        for record in cache.records(db, prefix)?.iter() {
+                            let p = &record.key[period.clone()];
+                            if p >= &from[..] && p <= &to[..] {
+                                on_record(&record.key, record.nanos)?;
                             }
                         }
-                        Ok(())
-                    })
-                }
-                _ => scan_record_facts(scan, visit, &mut |on_record| {
+                    }
+                    Ok(())
+                })
+            }
+            _ => {
+                let components = [
+                    country_component(spec.reporters.as_ref()),
+                    country_component(spec.partners.as_ref()),
+                    commodity,
+                    period,
+                ];
+                scan_record_facts(scan, visit, &mut |on_record| {
                     skip_scan(db, &[keys::NS_RECORD], &components, &mut |k, v| {
                         let nanos = codec::RecordAmount::decode(v)
                             .map_err(|e| Error::Corrupt(format!("record {k:02x?}: {e}")))?
                             .nanos();
                         on_record(k, nanos)
                     })
-                }),
+                })
             }
-        }
+        },
         FactSource::ReporterRollup => {
             let components = [
                 country_component(spec.reporters.as_ref()),
