@@ -48,6 +48,14 @@ impl Commodity {
         Ok(Commodity { level, digits })
     }
 
+    /// The level and digits in one word (for hashing).
+    pub(crate) fn packed(&self) -> u64 {
+        let mut word = [0u8; 8];
+        word[0] = self.level as u8;
+        word[1..7].copy_from_slice(&self.digits);
+        u64::from_le_bytes(word)
+    }
+
     pub fn level(&self) -> CommodityLevel {
         self.level
     }

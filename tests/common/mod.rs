@@ -40,9 +40,22 @@ impl TestServer {
     /// caller keeps).
     pub async fn start_with(config: Config) -> TestServer {
         let dir = config.data_dir.clone();
-        let app = Application::build("127.0.0.1:0".parse().unwrap(), config)
-            .await
-            .expect("server builds");
+        // A store closed just before in this process keeps its directory
+        // locked until sled's shared I/O threads have run its last tasks,
+        // which wait behind other tests' stores (the server itself waits
+        // 2 s for the lock): wait longer here rather than fail.
+        let waited = std::time::Instant::now();
+        let app = loop {
+            match Application::build("127.0.0.1:0".parse().unwrap(), config.clone()).await {
+                Err(e)
+                    if format!("{e:#}").contains("could not acquire lock")
+                        && waited.elapsed() < std::time::Duration::from_secs(30) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                built => break built.expect("server builds"),
+            }
+        };
         let addr = app.local_addr().unwrap();
         let metrics_addr = app.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
