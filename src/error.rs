@@ -170,7 +170,7 @@ impl Error {
                 "cannot open the store: {}; tradewatch needs to write there",
                 fault.describe(dir)
             )),
-            None if io.kind() == std::io::ErrorKind::WouldBlock => Error::FailedPrecondition(format!(
+            None if lock_held(&io) => Error::FailedPrecondition(format!(
                 "cannot open store in {} (is another tradewatch using it?): {io}",
                 dir.display()
             )),
@@ -408,4 +408,11 @@ impl From<Error> for Status {
             _ => Status::new(code, cut(&error.to_string(), MAX_MESSAGE_ENCODED)),
         }
     }
+}
+
+/// Whether opening a store failed because another store (another process,
+/// or one of this process not yet let go of) holds its directory's lock.
+/// sled reports that as an `Other` I/O error known only by its message.
+pub fn lock_held(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().starts_with("could not acquire lock")
 }

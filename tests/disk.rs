@@ -444,8 +444,8 @@ async fn full_disk_refuses_writes_and_resumes_when_space_returns() {
         "writes resume once space is freed",
     ];
     assert_writes_refused(&mut client, Code::ResourceExhausted, &says, &data).await;
-    // It says what is left: the 4 MiB the filler left, less what sled has
-    // written since (its log goes on flushing in the background).
+    // It says what is left: about the 4 MiB the filler left (sled's log
+    // goes on flushing and cleaning in the background).
     let refused = client.put_records(put(batch(999_999))).await.unwrap_err();
     let free: f64 = refused
         .message()
@@ -454,7 +454,7 @@ async fn full_disk_refuses_writes_and_resumes_when_space_returns() {
         .and_then(|rest| rest.split(" MiB free").next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{:?} does not say how much is free", refused.message()));
-    assert!((3.0..=4.0).contains(&free), "{:?}", refused.message());
+    assert!((2.0..=6.0).contains(&free), "{:?}", refused.message());
 
     read_batch(&mut client, 0).await.expect("reads answer");
     read_batch(&mut client, *acknowledged.last().unwrap())

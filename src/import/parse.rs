@@ -363,14 +363,22 @@ impl Share {
         const REPORT_EVERY: usize = 4096;
         let later = cuts.partition_point(|&cut| cut <= start);
         let region_end = cuts.get(later).copied().unwrap_or(bytes.len());
+        // A later share is read from the `\n` before its start, a blank
+        // line to the reader: else the csv crate would take a byte-order
+        // mark at the start of the share for the file's own and drop it,
+        // where a reader from the start of the file keeps it in the cell.
+        // That `\n` is not counted as a line of the share.
+        let from = start.saturating_sub(1);
+        let skew = u64::from(start > 0);
         let breaks = Rc::new(RefCell::new(LineBreaks::default()));
-        let line_of =
-            |position: Option<&csv::Position>| position.map_or(0, |p| breaks.borrow_mut().line_at(p.byte()));
+        let line_of = |position: Option<&csv::Position>| {
+            position.map_or(0, |p| breaks.borrow_mut().line_at(p.byte()).saturating_sub(skew))
+        };
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
             .has_headers(start == 0)
             .from_reader(CountLines {
-                inner: &bytes[start..],
+                inner: &bytes[from..],
                 breaks: breaks.clone(),
             });
         // A native row takes at least about 32 bytes; beyond 4 M rows the
@@ -399,7 +407,7 @@ impl Share {
         }
         let mut cuts = cuts[later..].iter().copied().peekable();
         let mut row = csv::StringRecord::new();
-        let mut reported = 0;
+        let mut reported = start;
         for n in 1usize.. {
             match reader.read_record(&mut row) {
                 Ok(false) => break,
@@ -426,10 +434,10 @@ impl Share {
                     share.bad_rows.push(RowError { line, reason });
                 }
             }
-            let at = start + usize::try_from(reader.position().byte()).unwrap_or(usize::MAX);
+            let at = from.saturating_add(usize::try_from(reader.position().byte()).unwrap_or(usize::MAX));
             if n % REPORT_EVERY == 0 {
-                bar.inc((at - start - reported) as u64);
-                reported = at - start;
+                bar.inc(at.saturating_sub(reported) as u64);
+                reported = reported.max(at);
             }
             while cuts.next_if(|&cut| cut < at).is_some() {}
             // Blank lines after a row are skipped by a reader starting
@@ -441,7 +449,7 @@ impl Share {
                 break;
             }
         }
-        bar.inc((share.end - start - reported) as u64);
+        bar.inc(share.end.saturating_sub(reported) as u64);
         share
     }
 
@@ -846,6 +854,7 @@ mod tests {
                 1 => Just(b"CHN,KAZ,export,2021,02,USD,7,a\"b,".to_vec()),
                 1 => Just(b"CHN,KAZ,export,2021,03,USD,7,\"a\"b\nc,".to_vec()),
                 1 => Just(b"CHN,KAZ,\xff,2021,04,USD,7,,".to_vec()),
+                1 => Just(b"\xEF\xBB\xBFCHN,KAZ,export,2021,05,USD,7,,".to_vec()),
                 1 => Just(Vec::new()),
             ]
         }

@@ -162,9 +162,7 @@ impl Store {
         loop {
             match sled::Config::new().path(dir).cache_capacity(cache_bytes).open() {
                 Ok(db) => return Ok(db),
-                Err(sled::Error::Io(io))
-                    if io.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
-                {
+                Err(sled::Error::Io(io)) if crate::error::lock_held(&io) && started.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => return Err(Error::open_failed(dir, e)),
@@ -686,6 +684,31 @@ mod tests {
                 std::fs::copy(entry.path(), target).unwrap();
             }
         }
+    }
+
+    /// A data dir in use is refused after a moment's wait, saying why; one
+    /// let go of within that moment opens.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_data_dir_in_use_is_waited_for_a_moment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = open(tmp.path(), 0);
+        let started = std::time::Instant::now();
+        let refused = Store::open(tmp.path(), 64 << 20, 0)
+            .err()
+            .expect("the data dir is in use");
+        assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+        assert!(
+            refused.to_string().contains("is another tradewatch using it?"),
+            "{refused}"
+        );
+        let closing = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            first.close().await;
+        });
+        let dir = tmp.path().to_owned();
+        let second = tokio::task::spawn_blocking(move || Store::open(&dir, 64 << 20, 0));
+        closing.await.unwrap();
+        second.await.unwrap().expect("opens once the first lets go");
     }
 
     #[tokio::test]

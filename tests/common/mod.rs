@@ -42,8 +42,8 @@ impl TestServer {
         let dir = config.data_dir.clone();
         // A store closed just before in this process keeps its directory
         // locked until sled's shared I/O threads have run its last tasks,
-        // which wait behind other tests' stores (the server itself waits
-        // 2 s for the lock): wait longer here rather than fail.
+        // which may wait behind other tests' stores for longer than the 2 s
+        // the server itself waits for the lock: wait longer here.
         let waited = std::time::Instant::now();
         let app = loop {
             match Application::build("127.0.0.1:0".parse().unwrap(), config.clone()).await {
