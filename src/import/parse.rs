@@ -407,6 +407,8 @@ impl Share {
         }
         let mut cuts = cuts[later..].iter().copied().peekable();
         let mut row = csv::StringRecord::new();
+        // Progress is counted within the share's own region, which no
+        // other share counts, whether or not it reads on past it.
         let mut reported = start;
         for n in 1usize.. {
             match reader.read_record(&mut row) {
@@ -436,8 +438,9 @@ impl Share {
             }
             let at = from.saturating_add(usize::try_from(reader.position().byte()).unwrap_or(usize::MAX));
             if n % REPORT_EVERY == 0 {
-                bar.inc(at.saturating_sub(reported) as u64);
-                reported = reported.max(at);
+                let upto = at.min(region_end);
+                bar.inc(upto.saturating_sub(reported) as u64);
+                reported = reported.max(upto);
             }
             while cuts.next_if(|&cut| cut < at).is_some() {}
             // Blank lines after a row are skipped by a reader starting
@@ -449,7 +452,7 @@ impl Share {
                 break;
             }
         }
-        bar.inc(share.end.saturating_sub(reported) as u64);
+        bar.inc(region_end.saturating_sub(reported) as u64);
         share
     }
 
@@ -924,8 +927,11 @@ mod tests {
                 };
                 cuts.sort_unstable();
                 cuts.dedup();
-                let cut = parse_cut(&file, &cuts, threads, &ProgressBar::hidden()).unwrap();
+                let bar = ProgressBar::hidden();
+                let cut = parse_cut(&file, &cuts, threads, &bar).unwrap();
                 same(&cut, &whole)?;
+                // Progress counts every byte once, shares read over or not.
+                prop_assert_eq!(bar.position(), file.len() as u64);
                 // And as parse_bytes cuts it, in shares of a few bytes.
                 let shared = parse_bytes(&file, 1 + threads, 16, &ProgressBar::hidden()).unwrap();
                 same(&shared, &whole)?;
