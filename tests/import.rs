@@ -214,13 +214,9 @@ async fn import_into_a_running_server_streams_the_file() {
     );
 }
 
-/// `import --server` sends a history oldest period first, whatever order
-/// the file is in (and in several messages when it is long): the events
-/// subscribers see, and so the milestones, come in the order things
-/// happened.
-#[tokio::test]
-async fn import_into_a_running_server_sends_the_oldest_periods_first() {
-    let server = TestServer::start().await;
+/// A history of 4,500 records (10 years × 5 partners × 90 chapters), the
+/// newest year first.
+fn newest_first() -> tempfile::NamedTempFile {
     let mut rows = String::new();
     for year in (2016..=2025).rev() {
         for partner in ["KAZ", "KGZ", "TJK", "TKM", "UZB"] {
@@ -231,16 +227,12 @@ async fn import_into_a_running_server_sends_the_oldest_periods_first() {
             }
         }
     }
-    let newest_first = file(&rows);
-    let summary = tradewatch::import::import_to_server(
-        &Remote::new(server.addr.to_string()),
-        newest_first.path(),
-        false,
-    )
-    .await
-    .unwrap();
-    assert_eq!(summary.created, 4500);
+    file(&rows)
+}
 
+/// The periods of the records stored, in the order of their events: the
+/// history of [`newest_first`] oldest period first.
+async fn assert_stored_oldest_first(server: &TestServer) {
     let mut milestones = tradewatch::pb::milestone_service_client::MilestoneServiceClient::connect(format!(
         "http://{}",
         server.addr
@@ -273,4 +265,36 @@ async fn import_into_a_running_server_sends_the_oldest_periods_first() {
         &periods[..20]
     );
     assert_eq!((periods[0].as_str(), periods[4499].as_str()), ("2016", "2025"));
+}
+
+/// `import --server` sends a history oldest period first, whatever order
+/// the file is in (and in several messages when it is long): the events
+/// subscribers see, and so the milestones, come in the order things
+/// happened.
+#[tokio::test]
+async fn import_into_a_running_server_sends_the_oldest_periods_first() {
+    let server = TestServer::start().await;
+    let summary = tradewatch::import::import_to_server(
+        &Remote::new(server.addr.to_string()),
+        newest_first().path(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.created, 4500);
+    assert_stored_oldest_first(&server).await;
+}
+
+/// So does `import` into a data dir (and `serve --import`).
+#[tokio::test]
+async fn import_into_a_data_dir_stores_the_oldest_periods_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tradewatch::Config::new(dir.path());
+    let summary = tradewatch::import_into(&config, newest_first().path(), false)
+        .await
+        .unwrap();
+    assert_eq!(summary.created, 4500);
+    let mut server = TestServer::start_in(dir.path()).await;
+    assert_stored_oldest_first(&server).await;
+    server.stop().await;
 }

@@ -13,16 +13,14 @@ mod progress;
 
 pub use parse::{Parsed, RowError, parse_decimal, parse_file};
 
-/// Records per atomic batch (and per `IngestRecords` message). Large
-/// batches let records of one commodity and period share their rollup
-/// updates.
-const BATCH: usize = 10_000;
-/// Records per `IngestRecords` message of an import into a running server.
-/// Smaller than [`BATCH`]: the server reads ahead for the next message while
-/// it applies one, and sled lets no read through while a batch is applied,
-/// so shorter applies let the two take turns more finely (2,000 measured
-/// fastest of 1,000, 2,000, 4,000 and 10,000; see BENCHMARKS.md).
-const SEND_BATCH: usize = 2_000;
+/// Records per atomic batch stored, and per `IngestRecords` message sent.
+/// The store reads ahead for the next batch while it applies one, and sled
+/// lets no read through while a batch is applied, so short applies let the
+/// two take turns finely; records in [`in_send_order`] still share most of
+/// their rollup updates within a batch. 2,000 measured fastest of 1,000,
+/// 2,000, 4,000 and 10,000, into a server and into a data dir (see
+/// BENCHMARKS.md).
+const BATCH: usize = 2_000;
 
 /// What an import did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +45,7 @@ pub async fn import_file(
     let parsed = read_checked(path, skip_bad_rows)?;
     let skipped = parsed.bad_rows.len() as u64;
     let breakdown_rows = parsed.breakdown_rows;
-    let summary = store_records(store, parsed.records).await?;
+    let summary = store_records(store, in_send_order(parsed.records)).await?;
     Ok(ImportSummary {
         skipped,
         breakdown_rows,
@@ -171,12 +169,8 @@ impl tonic::service::Interceptor for Authorize {
 }
 
 /// Imports a file into a running server with one `IngestRecords` stream of
-/// [`SEND_BATCH`]-record messages; bad rows are dealt with here, before
-/// anything is sent. The records go in the order of the rollups they move
-/// (reporter, currency, period, commodity, then partner and flow), whatever
-/// order the file is in: each message then moves few rollup entries, and a
-/// history arrives oldest period first, so its milestones come in the order
-/// they happened.
+/// [`BATCH`]-record messages, [`in_send_order`]; bad rows are dealt with
+/// here, before anything is sent.
 pub async fn import_to_server(
     remote: &Remote,
     path: &std::path::Path,
@@ -188,14 +182,11 @@ pub async fn import_to_server(
     let mut client = remote.connect().await?;
     let bar = progress::rows(parsed.records.len() as u64, "sending");
     let sent = bar.clone();
-    let mut records = parsed.records;
-    if !records.is_sorted_by_key(parse::send_order) {
-        records.sort_unstable_by_key(parse::send_order);
-    }
+    let records = in_send_order(parsed.records);
     // Built as the stream takes each message, so encoding overlaps with
     // sending; counted then too (the server keeps only a few unacknowledged).
-    let messages = tokio_stream::iter((0..records.len().div_ceil(SEND_BATCH)).map(move |i| {
-        let chunk = &records[i * SEND_BATCH..((i + 1) * SEND_BATCH).min(records.len())];
+    let messages = tokio_stream::iter((0..records.len().div_ceil(BATCH)).map(move |i| {
+        let chunk = &records[i * BATCH..((i + 1) * BATCH).min(records.len())];
         sent.inc(chunk.len() as u64);
         crate::pb::PutRecordsRequest {
             records: chunk.iter().map(crate::api::trade_record_to_pb).collect(),
@@ -228,8 +219,21 @@ pub async fn import_to_server(
     })
 }
 
-/// Stores parsed records in atomic batches of [`BATCH`], a few in flight
-/// so that the store is never idle waiting for the next one.
+/// Records in the order of the rollups they move (reporter, currency,
+/// period, commodity, then partner and flow), whatever order the file is
+/// in: each batch then moves few rollup entries (a file ordered by partner
+/// would move thousands shared with every other partner per batch), and a
+/// history goes in oldest period first, so its milestones come in the order
+/// they happened.
+fn in_send_order(mut records: Vec<TradeRecord>) -> Vec<TradeRecord> {
+    if !records.is_sorted_by_key(parse::send_order) {
+        records.sort_unstable_by_key(parse::send_order);
+    }
+    records
+}
+
+/// Stores records in atomic batches of [`BATCH`], in the order given, a
+/// few in flight so that the store is never idle waiting for the next one.
 pub async fn store_records(store: &Store, records: Vec<TradeRecord>) -> Result<ImportSummary> {
     const IN_FLIGHT: usize = 4;
     let bar = progress::rows(records.len() as u64, "storing");
