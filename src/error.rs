@@ -61,6 +61,11 @@ pub enum Error {
     EventsTrimmed { requested: u64, oldest: u64 },
     #[error("{0}")]
     ResourceExhausted(String),
+    /// More records in one batch than the server takes: RESOURCE_EXHAUSTED,
+    /// with an `ErrorInfo` (reason `BATCH_TOO_LARGE`, metadata
+    /// `max_batch_records`) that a client can split its batches by.
+    #[error("{message}")]
+    BatchTooLarge { max: usize, message: String },
     #[error("{0}")]
     FailedPrecondition(String),
     /// The server is shutting down or cannot reach its store.
@@ -90,7 +95,7 @@ impl Error {
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::OutOfRange(_) | Error::EventsTrimmed { .. } => Code::OutOfRange,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::BatchTooLarge { .. } => Code::ResourceExhausted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Storage(e) => match e {
@@ -382,6 +387,11 @@ impl Error {
     }
 }
 
+/// The `ErrorInfo` reason of [`Error::BatchTooLarge`], and its metadata key
+/// for the server's limit.
+pub const BATCH_TOO_LARGE: &str = "BATCH_TOO_LARGE";
+pub const MAX_BATCH_RECORDS: &str = "max_batch_records";
+
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
         let code = error.code();
@@ -404,6 +414,12 @@ impl From<Error> for Status {
                     std::collections::HashMap::from([("oldest_sequence".to_owned(), oldest.to_string())]);
                 let details = ErrorDetails::with_error_info("EVENTS_TRIMMED", "tradewatch", metadata);
                 Status::with_error_details(code, error.to_string(), details)
+            }
+            Error::BatchTooLarge { max, .. } => {
+                let metadata =
+                    std::collections::HashMap::from([(MAX_BATCH_RECORDS.to_owned(), max.to_string())]);
+                let details = ErrorDetails::with_error_info(BATCH_TOO_LARGE, "tradewatch", metadata);
+                Status::with_error_details(code, cut(&error.to_string(), MAX_MESSAGE_ENCODED), details)
             }
             _ => Status::new(code, cut(&error.to_string(), MAX_MESSAGE_ENCODED)),
         }

@@ -274,6 +274,11 @@ async fn assert_stored_oldest_first(server: &TestServer) {
 #[tokio::test]
 async fn import_into_a_running_server_sends_the_oldest_periods_first() {
     let server = TestServer::start().await;
+    import_newest_first(&server).await;
+}
+
+/// `import --server` of [`newest_first`]: all of it created, oldest first.
+async fn import_newest_first(server: &TestServer) {
     let summary = tradewatch::import::import_to_server(
         &Remote::new(server.addr.to_string()),
         newest_first().path(),
@@ -281,8 +286,8 @@ async fn import_into_a_running_server_sends_the_oldest_periods_first() {
     )
     .await
     .unwrap();
-    assert_eq!(summary.created, 4500);
-    assert_stored_oldest_first(&server).await;
+    assert_eq!((summary.created, summary.unchanged), (4500, 0));
+    assert_stored_oldest_first(server).await;
 }
 
 /// So does `import` into a data dir (and `serve --import`).
@@ -296,5 +301,24 @@ async fn import_into_a_data_dir_stores_the_oldest_periods_first() {
     assert_eq!(summary.created, 4500);
     let mut server = TestServer::start_in(dir.path()).await;
     assert_stored_oldest_first(&server).await;
+    server.stop().await;
+}
+
+/// Into a server that takes fewer records per batch than `import --server`
+/// sends (`--max-batch-records 300`), the first message is refused with the
+/// limit in its details, before anything is stored; the import sends again
+/// in messages of that size and stores everything.
+#[tokio::test]
+async fn import_into_a_server_with_a_lower_batch_limit_sends_smaller_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_with(tradewatch::Config {
+        limits: tradewatch::Limits {
+            max_batch_records: 300,
+            ..tradewatch::Limits::default()
+        },
+        ..tradewatch::Config::new(dir.path())
+    })
+    .await;
+    import_newest_first(&server).await;
     server.stop().await;
 }

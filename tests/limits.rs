@@ -112,6 +112,21 @@ async fn the_default_size_limit_is_4_mib_and_answered_as_resource_exhausted() {
     );
 }
 
+/// The limit is also in the status details, for a client to split by: an
+/// `ErrorInfo` with reason `BATCH_TOO_LARGE` and `max_batch_records`.
+fn assert_batch_limit_in_details(status: &Status, max: usize) {
+    let info = status.get_details_error_info().expect("ErrorInfo details");
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("BATCH_TOO_LARGE", "tradewatch")
+    );
+    assert_eq!(
+        info.metadata.get("max_batch_records"),
+        Some(&max.to_string()),
+        "{info:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_batch_over_the_record_limit_is_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,7 +140,7 @@ async fn a_batch_over_the_record_limit_is_resource_exhausted() {
     .await;
     let mut client = server.client().await;
 
-    assert_status(
+    let refused = assert_status(
         client.put_records(put(records(4))).await,
         Code::ResourceExhausted,
         &[
@@ -134,6 +149,7 @@ async fn a_batch_over_the_record_limit_is_resource_exhausted() {
             "max_batch_records",
         ],
     );
+    assert_batch_limit_in_details(&refused, 3);
     let status = client.get_record(key_of(&records(1)[0])).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "nothing of it was stored");
     client.put_records(put(records(3))).await.unwrap();
@@ -146,7 +162,7 @@ async fn a_batch_over_the_record_limit_is_resource_exhausted() {
         put(all[5..9].to_vec()),
         put(all[9..].to_vec()),
     ];
-    assert_status(
+    let refused = assert_status(
         client.ingest_records(tokio_stream::iter(messages)).await,
         Code::ResourceExhausted,
         &[
@@ -156,6 +172,7 @@ async fn a_batch_over_the_record_limit_is_resource_exhausted() {
             "1 earlier message was processed (2 records created",
         ],
     );
+    assert_batch_limit_in_details(&refused, 3);
     for (i, r) in all.iter().enumerate() {
         let found = client.get_record(key_of(r)).await.is_ok();
         assert_eq!(found, i < 5, "record {i}");

@@ -41,10 +41,13 @@ impl TradeApi {
     fn check_batch(&self, records: usize, what: &str) -> Result<()> {
         let max = self.limits.max_batch_records;
         if records > max {
-            return Err(Error::ResourceExhausted(format!(
-                "{what} has {records} records, more than the limit of {max} per batch \
-                 (max_batch_records, --max-batch-records); split it"
-            )));
+            return Err(Error::BatchTooLarge {
+                max,
+                message: format!(
+                    "{what} has {records} records, more than the limit of {max} per batch \
+                     (max_batch_records, --max-batch-records); split it"
+                ),
+            });
         }
         Ok(())
     }
@@ -167,10 +170,13 @@ impl TradeService for TradeApi {
                     1 => "1 earlier message was processed".to_owned(),
                     n => format!("{n} earlier messages were processed"),
                 };
-                return Err(Error::ResourceExhausted(format!(
-                    "{e}; {earlier} ({} records created, {} revised, {} unchanged, {} rejected)",
-                    summary.created, summary.revised, summary.unchanged, summary.rejected
-                ))
+                return Err(Error::BatchTooLarge {
+                    max: self.limits.max_batch_records,
+                    message: format!(
+                        "{e}; {earlier} ({} records created, {} revised, {} unchanged, {} rejected)",
+                        summary.created, summary.revised, summary.unchanged, summary.rejected
+                    ),
+                }
                 .into());
             }
             summary.messages += 1;

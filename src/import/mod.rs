@@ -110,13 +110,7 @@ impl Remote {
 
     /// A client of the server's TradeService, with TLS and the token as
     /// configured.
-    async fn connect(
-        &self,
-    ) -> anyhow::Result<
-        crate::pb::trade_service_client::TradeServiceClient<
-            tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Authorize>,
-        >,
-    > {
+    async fn connect(&self) -> anyhow::Result<Client> {
         use tonic::transport::{Certificate, Channel, ClientTlsConfig};
         let scheme = if self.tls_ca.is_some() { "https" } else { "http" };
         let url = if self.addr.contains("://") {
@@ -152,6 +146,11 @@ impl Remote {
     }
 }
 
+/// A client of a server's TradeService, as [`Remote`] configures it.
+type Client = crate::pb::trade_service_client::TradeServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Authorize>,
+>;
+
 /// Adds the `authorization` header, if any, to every call.
 #[derive(Clone)]
 pub struct Authorize(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
@@ -169,8 +168,9 @@ impl tonic::service::Interceptor for Authorize {
 }
 
 /// Imports a file into a running server with one `IngestRecords` stream of
-/// [`BATCH`]-record messages, [`in_send_order`]; bad rows are dealt with
-/// here, before anything is sent.
+/// [`BATCH`]-record messages (fewer if the server's limit is lower),
+/// [`in_send_order`]; bad rows are dealt with here, before anything is
+/// sent.
 pub async fn import_to_server(
     remote: &Remote,
     path: &std::path::Path,
@@ -181,22 +181,26 @@ pub async fn import_to_server(
     let breakdown_rows = parsed.breakdown_rows;
     let mut client = remote.connect().await?;
     let bar = progress::rows(parsed.records.len() as u64, "sending");
-    let sent = bar.clone();
-    let records = in_send_order(parsed.records);
-    // Built as the stream takes each message, so encoding overlaps with
-    // sending; counted then too (the server keeps only a few unacknowledged).
-    let messages = tokio_stream::iter((0..records.len().div_ceil(BATCH)).map(move |i| {
-        let chunk = &records[i * BATCH..((i + 1) * BATCH).min(records.len())];
-        sent.inc(chunk.len() as u64);
-        crate::pb::PutRecordsRequest {
-            records: chunk.iter().map(crate::api::trade_record_to_pb).collect(),
+    let records = std::sync::Arc::new(in_send_order(parsed.records));
+    let mut batch = BATCH;
+    let summary = loop {
+        match send(&mut client, &records, batch, &bar).await {
+            Ok(summary) => break summary,
+            // A server started with a lower --max-batch-records refuses the
+            // first message, before anything is stored: send them all again,
+            // as large as it takes.
+            Err(status) => match server_batch_limit(&status) {
+                Some(max) if max > 0 && max < batch => {
+                    tracing::info!(
+                        "the server takes at most {max} records per message; sending messages of {max}"
+                    );
+                    batch = max;
+                    bar.set_position(0);
+                }
+                _ => anyhow::bail!("{}: {}", status.code(), status.message()),
+            },
         }
-    }));
-    let summary = client
-        .ingest_records(messages)
-        .await
-        .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
-        .into_inner();
+    };
     bar.finish_and_clear();
     if summary.rejected > 0 {
         anyhow::bail!(
@@ -217,6 +221,38 @@ pub async fn import_to_server(
         skipped,
         breakdown_rows,
     })
+}
+
+/// Sends `records` as one `IngestRecords` stream of `batch`-record
+/// messages. Each is built as the stream takes it, so encoding overlaps with
+/// sending, and counted on `bar` then (the server keeps only a few
+/// unacknowledged).
+async fn send(
+    client: &mut Client,
+    records: &std::sync::Arc<Vec<TradeRecord>>,
+    batch: usize,
+    bar: &indicatif::ProgressBar,
+) -> std::result::Result<crate::pb::IngestSummary, tonic::Status> {
+    let (records, sent) = (records.clone(), bar.clone());
+    let messages = tokio_stream::iter((0..records.len().div_ceil(batch)).map(move |i| {
+        let chunk = &records[i * batch..((i + 1) * batch).min(records.len())];
+        sent.inc(chunk.len() as u64);
+        crate::pb::PutRecordsRequest {
+            records: chunk.iter().map(crate::api::trade_record_to_pb).collect(),
+        }
+    }));
+    Ok(client.ingest_records(messages).await?.into_inner())
+}
+
+/// The server's limit of records per batch, when `status` refuses a batch
+/// as larger than that.
+fn server_batch_limit(status: &tonic::Status) -> Option<usize> {
+    use tonic_types::StatusExt;
+    let info = status.get_details_error_info()?;
+    if status.code() != tonic::Code::ResourceExhausted || info.reason != crate::error::BATCH_TOO_LARGE {
+        return None;
+    }
+    info.metadata.get(crate::error::MAX_BATCH_RECORDS)?.parse().ok()
 }
 
 /// Records in the order of the rollups they move (reporter, currency,
