@@ -17,9 +17,9 @@ pub use parse::{Parsed, RowError, parse_decimal, parse_file};
 /// The store reads ahead for the next batch while it applies one, and sled
 /// lets no read through while a batch is applied, so short applies let the
 /// two take turns finely; records in [`in_send_order`] still share most of
-/// their rollup updates within a batch. 2,000 measured fastest of 1,000,
-/// 2,000, 4,000 and 10,000, into a server and into a data dir (see
-/// BENCHMARKS.md).
+/// their rollup updates within a batch. Of 1,000, 2,000, 4,000 and 10,000,
+/// 2,000 measured fastest into a server, and 1,000 and 2,000 alike (within
+/// the noise) into a data dir, the larger ones slower (see BENCHMARKS.md).
 const BATCH: usize = 2_000;
 
 /// What an import did.
@@ -180,7 +180,7 @@ pub async fn import_to_server(
     let skipped = parsed.bad_rows.len() as u64;
     let breakdown_rows = parsed.breakdown_rows;
     let mut client = remote.connect().await?;
-    let bar = progress::rows(parsed.records.len() as u64, "sending");
+    let mut bar = progress::rows(parsed.records.len() as u64, "sending");
     let records = std::sync::Arc::new(in_send_order(parsed.records));
     let mut batch = BATCH;
     let summary = loop {
@@ -195,7 +195,9 @@ pub async fn import_to_server(
                         "the server takes at most {max} records per message; sending messages of {max}"
                     );
                     batch = max;
-                    bar.set_position(0);
+                    // A new bar: the refused stream may still count on the old.
+                    bar.finish_and_clear();
+                    bar = progress::rows(records.len() as u64, "sending");
                 }
                 _ => anyhow::bail!("{}: {}", status.code(), status.message()),
             },
@@ -259,8 +261,8 @@ fn server_batch_limit(status: &tonic::Status) -> Option<usize> {
 /// period, commodity, then partner and flow), whatever order the file is
 /// in: each batch then moves few rollup entries (a file ordered by partner
 /// would move thousands shared with every other partner per batch), and a
-/// history goes in oldest period first, so its milestones come in the order
-/// they happened.
+/// reporter's history goes in oldest period first, so its milestones come
+/// in the order they happened.
 fn in_send_order(mut records: Vec<TradeRecord>) -> Vec<TradeRecord> {
     if !records.is_sorted_by_key(parse::send_order) {
         records.sort_unstable_by_key(parse::send_order);
