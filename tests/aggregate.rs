@@ -1076,10 +1076,10 @@ async fn answers_follow_every_acknowledged_write_while_others_ask() {
 }
 
 /// A question may name long lists: every country as reporter and partner
-/// and 10,000 HS4 codes fit in a 60 KB request and name 600 million series. Listing
-/// them all to read each through the server's series cache would take
-/// gigabytes; it must be answered (here: from the one record it matches)
-/// without that.
+/// and 10,000 HS4 codes fit in a 60 KB request and name 600 million
+/// series. Listing them all to read each through the server's series cache
+/// would take gigabytes; it must be answered (here: from the one record it
+/// matches) without that.
 #[tokio::test]
 async fn a_question_naming_millions_of_series_is_answered() {
     let server = TestServer::start().await;

@@ -135,6 +135,17 @@ fn successor(bytes: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// The values of the keys under `x` that the skip scan visits, in order.
+    fn visited(db: &sled::Db, components: &[Component]) -> Vec<Vec<u8>> {
+        let mut seen = Vec::new();
+        skip_scan(db, b"x", components, &mut |_, v| {
+            seen.push(v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        seen
+    }
+
     #[test]
     fn visits_exactly_the_matching_keys() {
         let db = sled::Config::new().temporary(true).open().unwrap();
@@ -154,12 +165,7 @@ mod tests {
                 ranges: vec![(vec![0], vec![0]), (vec![3], vec![4])],
             },
         ];
-        let mut seen = Vec::new();
-        skip_scan(&db, b"x", &components, &mut |_, v| {
-            seen.push(v.to_vec());
-            Ok(())
-        })
-        .unwrap();
+        let seen = visited(&db, &components);
         let mut expected = Vec::new();
         for a in [1u8, 3] {
             for b in 2u8..=4 {
@@ -188,12 +194,7 @@ mod tests {
             Component::values(1, (0..=255u8).map(|v| vec![v])),
             Component::between(vec![1], vec![2]),
         ];
-        let mut seen = Vec::new();
-        skip_scan(&db, b"x", &components, &mut |_, v| {
-            seen.push(v.to_vec());
-            Ok(())
-        })
-        .unwrap();
+        let seen = visited(&db, &components);
         let mut expected = Vec::new();
         for a in [3u8, 40, 41] {
             for b in [7u8, 200] {

@@ -40,22 +40,9 @@ impl TestServer {
     /// caller keeps).
     pub async fn start_with(config: Config) -> TestServer {
         let dir = config.data_dir.clone();
-        // A store closed just before in this process keeps its directory
-        // locked until sled's shared I/O threads have run its last tasks,
-        // which may wait behind other tests' stores for longer than the 2 s
-        // the server itself waits for the lock: wait longer here.
-        let waited = std::time::Instant::now();
-        let app = loop {
-            match Application::build("127.0.0.1:0".parse().unwrap(), config.clone()).await {
-                Err(e)
-                    if format!("{e:#}").contains("could not acquire lock")
-                        && waited.elapsed() < std::time::Duration::from_secs(30) =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                built => break built.expect("server builds"),
-            }
-        };
+        let app = Application::build("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .expect("server builds");
         let addr = app.local_addr().unwrap();
         let metrics_addr = app.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
