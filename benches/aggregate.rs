@@ -179,7 +179,10 @@ async fn load_tradewatch(channel: Channel, data: &Dataset) -> f64 {
             tokio::spawn(async move {
                 while let Ok(batch) = rx.recv().await {
                     client
-                        .put_records(pb::PutRecordsRequest { records: batch })
+                        .put_records(pb::PutRecordsRequest {
+                            records: batch,
+                            ..Default::default()
+                        })
                         .await
                         .expect("batch stored");
                 }

@@ -145,6 +145,7 @@ async fn latency() -> anyhow::Result<()> {
         let response = trade
             .put_records(pb::PutRecordsRequest {
                 records: vec![record(i)],
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -178,7 +179,12 @@ async fn load(trade: &mut TradeServiceClient<Channel>, count: usize) -> anyhow::
     let start = Instant::now();
     for chunk in (0..count).collect::<Vec<_>>().chunks(BATCH) {
         let records = chunk.iter().map(|&i| record(i)).collect();
-        trade.put_records(pb::PutRecordsRequest { records }).await?;
+        trade
+            .put_records(pb::PutRecordsRequest {
+                records,
+                ..Default::default()
+            })
+            .await?;
     }
     Ok(start.elapsed())
 }
@@ -216,21 +222,25 @@ async fn ingest(watches: usize) -> anyhow::Result<f64> {
     let mut milestones = MilestoneServiceClient::new(channel.clone());
     for w in 0..watches {
         let partners = ["CENTRAL_ASIA", "KAZ", "RUS", "DEU", "USA"];
+        let watch = pb::Watch {
+            name: format!("watch {w}"),
+            selector: Some(pb::RecordSelector {
+                reporters: vec!["CHN".into()],
+                partners: vec![partners[w % partners.len()].into()],
+                commodities: vec![format!("{:06}", w)],
+                ..Default::default()
+            }),
+            thresholds: vec![pb::Money {
+                currency_code: "USD".into(),
+                units: 50_000,
+                nanos: 0,
+            }],
+            record_high: true,
+            ..Default::default()
+        };
         milestones
-            .create_watch(pb::Watch {
-                name: format!("watch {w}"),
-                selector: Some(pb::RecordSelector {
-                    reporters: vec!["CHN".into()],
-                    partners: vec![partners[w % partners.len()].into()],
-                    commodities: vec![format!("{:06}", w)],
-                    ..Default::default()
-                }),
-                thresholds: vec![pb::Money {
-                    currency_code: "USD".into(),
-                    units: 50_000,
-                    nanos: 0,
-                }],
-                record_high: true,
+            .create_watch(pb::CreateWatchRequest {
+                watch: Some(watch),
                 ..Default::default()
             })
             .await?;

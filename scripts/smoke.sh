@@ -4,8 +4,9 @@
 # Usage: scripts/smoke.sh [path-to-binary]   (default: target/release/tradewatch)
 #
 # Starts `BINARY serve` on a free loopback port with a fresh data dir, drives
-# it through reflection, health, PutRecords/GetRecord/ListRecords/Aggregate, a rejected
-# batch and a restart on the same data dir, and scrapes its Prometheus
+# it through reflection, health, PutRecords (and its retry by request_id),
+# GetRecord/ListRecords/Aggregate/GetDataAvailability, a watch with backfill,
+# a rejected batch and a restart on the same data dir, and scrapes its Prometheus
 # endpoint (--metrics-listen) with curl. Prints PASS/FAIL per check and
 # exits non-zero on the first failure. Needs grpcurl, curl and python3 on PATH.
 set -euo pipefail
@@ -14,6 +15,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-$ROOT/target/release/tradewatch}
 CSV=$ROOT/data/china_central_asia.csv
 SERVICE=tradewatch.v1.TradeService
+MILESTONES=tradewatch.v1.MilestoneService
 START_TIMEOUT_S=20
 STOP_TIMEOUT_S=10
 
@@ -208,13 +210,14 @@ with open(sys.argv[1], newline="") as f:
         if row.get("released_at"):
             rec["released_at"] = row["released_at"]
         records.append(rec)
-print(json.dumps({"records": records}))
+# A fixed idempotency key: the data dir is new on every run.
+print(json.dumps({"records": records, "request_id": "smoke-load-china-central-asia"}))
 PY
 )
 N_RECORDS=$(python3 -c 'import json,sys; print(len(json.load(sys.stdin)["records"]))' <<<"$ALL_RECORDS")
 [[ $N_RECORDS -eq 16 ]] || die "expected 16 records in $CSV, read $N_RECORDS"
 
-KAZ_2025_KEY='{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2025","commodity":"TOTAL","currency":"USD"}'
+KAZ_2025_KEY='{"key":{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2025","commodity":"TOTAL","currency":"USD"}}'
 REVISE_KAZ_2025='{"records":[{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2025",
   "commodity":"TOTAL","value":{"currency_code":"USD","units":"48700000000"},"source":"GACC"}]}'
 # records[0] is valid and new; records[1] is wrong in five fields.
@@ -223,7 +226,7 @@ BAD_BATCH='{"records":[
    "value":{"currency_code":"USD","units":"31200000000"},"source":"smoke"},
   {"reporter":"XYZ","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2025-13","commodity":"27A",
    "value":{"currency_code":"US","units":"-5"},"source":"smoke"}]}'
-BAD_BATCH_GOOD_KEY='{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2022","commodity":"TOTAL","currency":"USD"}'
+BAD_BATCH_GOOD_KEY='{"key":{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2022","commodity":"TOTAL","currency":"USD"}}'
 
 # ---------------------------------------------------------------------------
 # Checks
@@ -235,15 +238,17 @@ start_server
 
 call "$ADDR" list
 expect_ok "reflection: list services"
-for svc in "$SERVICE" grpc.health.v1.Health; do
+for svc in "$SERVICE" "$MILESTONES" grpc.health.v1.Health; do
     grep -qx "$svc" <<<"$OUT" || fail "reflection: list shows $svc" "$OUT"
 done
-pass "reflection: list shows $SERVICE and grpc.health.v1.Health"
+pass "reflection: list shows $SERVICE, $MILESTONES and grpc.health.v1.Health"
 
-call -d '{"service":"tradewatch.v1.TradeService"}' "$ADDR" grpc.health.v1.Health/Check
-expect_ok "health: Check $SERVICE"
-[[ $(json_get 'r.get("status")') == SERVING ]] || fail "health: $SERVICE is SERVING" "$OUT"
-pass "health: $SERVICE is SERVING"
+for svc in "$SERVICE" "$MILESTONES"; do
+    call -d "{\"service\":\"$svc\"}" "$ADDR" grpc.health.v1.Health/Check
+    expect_ok "health: Check $svc"
+    [[ $(json_get 'r.get("status")') == SERVING ]] || fail "health: $svc is SERVING" "$OUT"
+    pass "health: $svc is SERVING"
+done
 
 call "$ADDR" describe "$SERVICE"
 expect_ok "reflection: describe $SERVICE"
@@ -255,18 +260,45 @@ expect_ok "PutRecords: all 16 CSV records"
 got=$(json_get 'sum(1 for x in r.get("results", []) if x.get("outcome") == "WRITE_OUTCOME_CREATED")')
 total=$(json_get 'len(r.get("results", []))')
 [[ $got == 16 && $total == 16 ]] || fail "PutRecords: 16 x WRITE_OUTCOME_CREATED (got $got of $total results)" "$OUT"
-pass "PutRecords: 16 records, all WRITE_OUTCOME_CREATED"
+[[ $(json_get 'r.get("firstSequence"), r.get("lastSequence")') == "('1', '16')" ]] ||
+    fail "PutRecords: events 1..16" "$OUT"
+FIRST_PUT=$OUT
+pass "PutRecords: 16 records, all WRITE_OUTCOME_CREATED, events 1..16"
 
+# A retry (as when the first answer was lost) with the same request_id gets
+# the first response back, byte for byte (outcomes CREATED, events 1..16),
+# and stores nothing: the watch's backfill below still gets events 17..19.
+# The same id with a different request is refused.
 rpc PutRecords "$ALL_RECORDS"
+expect_ok "PutRecords: retry with the same request_id"
+[[ $OUT == "$FIRST_PUT" ]] || fail "PutRecords retry: the same response as the first call" \
+    "$(diff <(printf '%s\n' "$FIRST_PUT") <(printf '%s\n' "$OUT") || true)"
+pass "PutRecords retry with the same request_id: the first response, byte for byte"
+
+rpc PutRecords "$(python3 -c 'import json,sys; r = json.load(sys.stdin); r["records"].pop(); print(json.dumps(r))' <<<"$ALL_RECORDS")"
+expect_error "PutRecords: the same request_id with another request" AlreadyExists
+pass "PutRecords: the same request_id with another request -> AlreadyExists"
+
+rpc PutRecords "$(python3 -c 'import json,sys; r = json.load(sys.stdin); del r["request_id"]; print(json.dumps(r))' <<<"$ALL_RECORDS")"
 expect_ok "PutRecords: same 16 records again"
 got=$(json_get 'sum(1 for x in r.get("results", []) if x.get("outcome") == "WRITE_OUTCOME_UNCHANGED")')
 total=$(json_get 'len(r.get("results", []))')
 [[ $got == 16 && $total == 16 ]] || fail "PutRecords again: 16 x WRITE_OUTCOME_UNCHANGED (got $got of $total results)" "$OUT"
-pass "PutRecords again: 16 records, all WRITE_OUTCOME_UNCHANGED"
+[[ $(json_get 'r.get("firstSequence", "0"), r.get("lastSequence", "0")') == "('0', '0')" ]] ||
+    fail "PutRecords again: no events" "$OUT"
+pass "PutRecords again, without request_id: 16 records, all WRITE_OUTCOME_UNCHANGED, no events"
+
+rpc GetDataAvailability '{}'
+expect_ok "GetDataAvailability of the whole store"
+got=$(json_get '" ".join("%s=%s" % (x["reporter"], x["recordCount"]) for x in r.get("reporters", []))')
+[[ $got == "CHN=15 TJK=1" ]] || fail "GetDataAvailability: reporters CHN (15 records) and TJK (1) (got $got)" "$OUT"
+got=$(json_get '(r.get("recordCount"), " ".join(x["value"] for x in r.get("periods", [])))')
+[[ $got == "('16', '2023 2024 2025')" ]] || fail "GetDataAvailability: 16 records in 2023, 2024, 2025 (got $got)" "$OUT"
+pass "GetDataAvailability: 16 records, reporters CHN (15) and TJK (1), periods 2023..2025"
 
 rpc GetRecord "$KAZ_2025_KEY"
 expect_ok "GetRecord CHN/KAZ/2025"
-[[ $(json_get 'r["value"]["units"]') == 48600000000 ]] || fail "GetRecord CHN/KAZ/2025: units \"48600000000\"" "$OUT"
+[[ $(json_get 'r["record"]["value"]["units"]') == 48600000000 ]] || fail "GetRecord CHN/KAZ/2025: units \"48600000000\"" "$OUT"
 pass "GetRecord CHN/KAZ/FLOW_TURNOVER/2025/TOTAL/USD: units \"48600000000\""
 
 rpc ListRecords '{"selector":{"reporters":["CHN"],"partners":["CENTRAL_ASIA"]}}'
@@ -284,13 +316,16 @@ growth=$(json_get '"%.1f" % r["rows"][2]["yoyGrowthPercent"]')
 [[ $growth == 12.1 ]] || fail "Aggregate: 2025 growth +12.1 % (got $growth)" "$OUT"
 pass "Aggregate CHN x CENTRAL_ASIA per year: 89.3, 94.82, 106.3 bn USD, 2025 +12.1 %"
 
-call -d '{"name":"China–Central Asia trade","selector":{"reporters":["CHN"],"partners":["CENTRAL_ASIA"]},"thresholds":[{"currency_code":"USD","units":"100000000000"}],"record_high":true,"backfill":true}' \
-    "$ADDR" tradewatch.v1.MilestoneService/CreateWatch
+call -d '{"watch":{"name":"China–Central Asia trade","selector":{"reporters":["CHN"],"partners":["CENTRAL_ASIA"]},
+  "granularity":"GRANULARITY_YEAR","thresholds":[{"currency_code":"USD","units":"100000000000"}],"record_high":true},
+  "backfill":true}' "$ADDR" "$MILESTONES/CreateWatch"
 expect_ok "CreateWatch with backfill"
-call -d '{"kinds":["EVENT_KIND_THRESHOLD_CROSSED"]}' "$ADDR" tradewatch.v1.MilestoneService/ListEvents
+got=$(json_get 'r["watch"]["id"], r.get("firstSequence"), r.get("lastSequence")')
+[[ $got == "('w1', '17', '19')" ]] || fail "CreateWatch: watch w1, backfill events 17..19 (got $got)" "$OUT"
+call -d '{"kinds":["EVENT_KIND_THRESHOLD_CROSSED"]}' "$ADDR" "$MILESTONES/ListEvents"
 expect_ok "ListEvents: threshold crossings"
 [[ $OUT == *"crossing 100 billion USD"* ]] || fail "ListEvents: a headline crossing 100 billion USD" "$OUT"
-pass "CreateWatch + backfill: headline \"… crossing 100 billion USD\""
+pass "CreateWatch w1 + backfill: events 17..19, headline \"… crossing 100 billion USD\""
 
 rpc PutRecords "$REVISE_KAZ_2025"
 expect_ok "PutRecords: revise CHN/KAZ/2025"
@@ -317,7 +352,8 @@ scrape
 expect_ok "metrics: curl http://$METRICS_ADDR/metrics"
 PUT_REQUESTS='tradewatch_grpc_requests_total{method="/tradewatch.v1.TradeService/PutRecords"'
 for check in \
-    "$PUT_REQUESTS,code=\"OK\"}=3" \
+    "$PUT_REQUESTS,code=\"OK\"}=4" \
+    "$PUT_REQUESTS,code=\"ALREADY_EXISTS\"}=1" \
     "$PUT_REQUESTS,code=\"INVALID_ARGUMENT\"}=1" \
     'tradewatch_grpc_requests_total{method="/tradewatch.v1.TradeService/GetRecord",code="NOT_FOUND"}=1' \
     'tradewatch_records_stored_total{outcome="created"}=16' \
@@ -328,7 +364,7 @@ for check in \
     got=$(metric "$series")
     [[ $got == "${check##*=}" ]] || fail "metrics: $series is ${check##*=} (got $got)" "$OUT"
 done
-pass "metrics: PutRecords 3 OK + 1 INVALID_ARGUMENT, 16 records created, 1 revised, 17 events"
+pass "metrics: PutRecords 4 OK (one a retry) + 1 ALREADY_EXISTS + 1 INVALID_ARGUMENT, 16 records created, 1 revised, 17 record events"
 
 stop_server
 scrape
@@ -338,7 +374,7 @@ start_server
 
 rpc GetRecord "$KAZ_2025_KEY"
 expect_ok "after restart: GetRecord CHN/KAZ/2025"
-[[ $(json_get 'r["value"]["units"]') == 48700000000 && $(json_get 'r.get("revision")') == 2 ]] ||
+[[ $(json_get 'r["record"]["value"]["units"]') == 48700000000 && $(json_get 'r["record"].get("revision")') == 2 ]] ||
     fail "after restart: CHN/KAZ/2025 is 48700000000 at revision 2" "$OUT"
 pass "after restart: CHN/KAZ/2025 is \"48700000000\" at revision \"2\""
 
@@ -346,6 +382,12 @@ rpc ListRecords '{"selector":{"reporters":["CHN"],"partners":["CENTRAL_ASIA"]}}'
 expect_ok "after restart: ListRecords CHN x CENTRAL_ASIA"
 [[ $(json_get 'len(r.get("records", []))') == 15 ]] || fail "after restart: ListRecords still 15 records" "$OUT"
 pass "after restart: ListRecords still returns 15 records"
+
+rpc PutRecords "$ALL_RECORDS"
+expect_ok "after restart: PutRecords retry with the first request_id"
+[[ $OUT == "$FIRST_PUT" ]] || fail "after restart: the retry gets the first response" \
+    "$(diff <(printf '%s\n' "$FIRST_PUT") <(printf '%s\n' "$OUT") || true)"
+pass "after restart: a retry with the first request_id still gets the first response"
 
 stop_server
 
@@ -401,7 +443,7 @@ if command -v openssl >/dev/null; then
     }
     KAZ_2024='{"records":[{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2024",
       "commodity":"TOTAL","value":{"currency_code":"USD","units":"43800000000"},"source":"GACC"}]}'
-    KAZ_2024_KEY='{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2024","commodity":"TOTAL","currency":"USD"}'
+    KAZ_2024_KEY='{"key":{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2024","commodity":"TOTAL","currency":"USD"}}'
 
     tls_call "$ADDR" list
     expect_ok "TLS: reflection with -cacert"
@@ -427,7 +469,7 @@ if command -v openssl >/dev/null; then
 
     tls_call -d "$KAZ_2024_KEY" "$ADDR" "$SERVICE/GetRecord"
     expect_ok "TLS: GetRecord without a token"
-    [[ $(json_get 'r["value"]["units"]') == 43800000000 ]] || fail "TLS: GetRecord reads the record" "$OUT"
+    [[ $(json_get 'r["record"]["value"]["units"]') == 43800000000 ]] || fail "TLS: GetRecord reads the record" "$OUT"
     pass "TLS: GetRecord without a token (reads are open) -> 43800000000"
 
     stop_server

@@ -185,10 +185,14 @@ impl Application {
     /// Serves until `shutdown` completes, then stops taking calls, gives
     /// open ones a short grace, and closes the store.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        use pb::milestone_service_server::MilestoneServiceServer;
         use pb::trade_service_server::TradeServiceServer;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TradeServiceServer<api::TradeApi>>().await;
+        health
+            .set_serving::<MilestoneServiceServer<api::MilestoneApi>>()
+            .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -223,7 +227,7 @@ impl Application {
                     .max_decoding_message_size(max_request_bytes),
                 )
                 .add_service(
-                    pb::milestone_service_server::MilestoneServiceServer::new(
+                    MilestoneServiceServer::new(
                         api::MilestoneApi::new(self.store.clone(), stop.clone()).with_limits(self.limits),
                     )
                     .max_decoding_message_size(max_request_bytes),
@@ -239,6 +243,7 @@ impl Application {
                 () = shutdown => {
                     tracing::info!("shutting down");
                     health.set_not_serving::<TradeServiceServer<api::TradeApi>>().await;
+                    health.set_not_serving::<MilestoneServiceServer<api::MilestoneApi>>().await;
                     stop.cancel();
                     match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                         Ok(result) => result,

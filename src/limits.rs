@@ -10,13 +10,16 @@ pub struct Limits {
     /// Most records in one `PutRecords` call or one `IngestRecords`
     /// message. Past it: `RESOURCE_EXHAUSTED`.
     pub max_batch_records: usize,
-    /// Largest `page_size` of `ListRecords` and `limit` of `ListEvents`.
-    /// Past it: `INVALID_ARGUMENT` naming the field.
+    /// Largest page of the list calls (`page_size`, and `limit` of
+    /// `ListEvents`); a larger one asked for is lowered to it.
     pub max_page_size: usize,
     /// Most `Subscribe` streams open at once. Past it: `RESOURCE_EXHAUSTED`.
     pub max_subscribers: usize,
     /// Most watches stored. Past it, `CreateWatch` gets `RESOURCE_EXHAUSTED`.
     pub max_watches: usize,
+    /// Most thresholds one watch may have (each can emit an event per
+    /// write). Past it, `CreateWatch` gets `INVALID_ARGUMENT`.
+    pub max_thresholds_per_watch: usize,
 }
 
 impl Limits {
@@ -26,6 +29,7 @@ impl Limits {
     pub const DEFAULT_MAX_PAGE_SIZE: usize = 1000;
     pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1000;
     pub const DEFAULT_MAX_WATCHES: usize = 1000;
+    pub const DEFAULT_MAX_THRESHOLDS_PER_WATCH: usize = 100;
 }
 
 impl Default for Limits {
@@ -36,6 +40,7 @@ impl Default for Limits {
             max_page_size: Self::DEFAULT_MAX_PAGE_SIZE,
             max_subscribers: Self::DEFAULT_MAX_SUBSCRIBERS,
             max_watches: Self::DEFAULT_MAX_WATCHES,
+            max_thresholds_per_watch: Self::DEFAULT_MAX_THRESHOLDS_PER_WATCH,
         }
     }
 }
@@ -49,6 +54,7 @@ impl Limits {
             ("max_page_size", self.max_page_size),
             ("max_subscribers", self.max_subscribers),
             ("max_watches", self.max_watches),
+            ("max_thresholds_per_watch", self.max_thresholds_per_watch),
         ] {
             if value == 0 {
                 anyhow::bail!("limit {name} must be at least 1");

@@ -149,7 +149,7 @@ struct LimitArgs {
         default_value_t = tradewatch::Limits::DEFAULT_MAX_BATCH_RECORDS
     )]
     max_batch_records: usize,
-    /// Largest page_size of ListRecords and limit of ListEvents.
+    /// Largest page of the list calls (page_size; limit of ListEvents): a larger one is lowered to it.
     #[arg(
         long,
         env = "TRADEWATCH_MAX_PAGE_SIZE",
@@ -173,6 +173,14 @@ struct LimitArgs {
         default_value_t = tradewatch::Limits::DEFAULT_MAX_WATCHES
     )]
     max_watches: usize,
+    /// Most thresholds one watch may have.
+    #[arg(
+        long,
+        env = "TRADEWATCH_MAX_THRESHOLDS_PER_WATCH",
+        value_name = "N",
+        default_value_t = tradewatch::Limits::DEFAULT_MAX_THRESHOLDS_PER_WATCH
+    )]
+    max_thresholds_per_watch: usize,
 }
 
 impl LimitArgs {
@@ -184,6 +192,7 @@ impl LimitArgs {
                 max_page_size: self.max_page_size,
                 max_subscribers: self.max_subscribers,
                 max_watches: self.max_watches,
+                max_thresholds_per_watch: self.max_thresholds_per_watch,
             },
             ..config
         }

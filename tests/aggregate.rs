@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestServer, key_of, put, seed_records};
+use common::{TestServer, delete, delete_group, key_of, put, put_group, seed_records};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -419,7 +419,7 @@ async fn trade_volume_is_counted_once_on_every_path() {
     assert_eq!(re_exports.grand_total, Some(usd(7)));
 
     // Deleting the turnover: KAZ falls back to exports + imports.
-    client.delete_record(key_of(&kaz_turnover)).await.unwrap();
+    client.delete_record(delete(key_of(&kaz_turnover))).await.unwrap();
     let volume = ask_three_ways(&mut client, pb::RecordSelector::default(), &[]).await;
     assert_eq!(volume.grand_total, Some(money("USD", 156, 550_000_000)));
     assert_eq!(volume.record_count, 4);
@@ -951,13 +951,11 @@ async fn a_group_edit_changes_the_next_answer() {
     assert_eq!(total_2025(&before), usd(106_300_000_000));
 
     client
-        .put_group(pb::PutGroupRequest {
-            group: Some(pb::PartnerGroup {
-                name: "CENTRAL_ASIA".into(),
-                members: strings(&["KGZ", "KAZ"]),
-                ..Default::default()
-            }),
-        })
+        .put_group(put_group(pb::PartnerGroup {
+            name: "CENTRAL_ASIA".into(),
+            members: strings(&["KGZ", "KAZ"]),
+            ..Default::default()
+        }))
         .await
         .unwrap();
     let after = aggregate(&mut client, question("CENTRAL_ASIA")).await;
@@ -966,13 +964,11 @@ async fn a_group_edit_changes_the_next_answer() {
     assert_eq!(after.rows[0].previous_year_total, Some(usd(66_530_000_000)));
 
     client
-        .put_group(pb::PutGroupRequest {
-            group: Some(pb::PartnerGroup {
-                name: "CASPIAN_STATES".into(),
-                members: strings(&["KAZ", "TKM"]),
-                ..Default::default()
-            }),
-        })
+        .put_group(put_group(pb::PartnerGroup {
+            name: "CASPIAN_STATES".into(),
+            members: strings(&["KAZ", "TKM"]),
+            ..Default::default()
+        }))
         .await
         .unwrap();
     let caspian = aggregate(&mut client, question("CASPIAN_STATES")).await;
@@ -992,13 +988,11 @@ async fn a_group_edit_changes_the_next_answer() {
     .await;
     assert_eq!(reporting.rows.len(), 0, "TJK is no longer a member");
     client
-        .put_group(pb::PutGroupRequest {
-            group: Some(pb::PartnerGroup {
-                name: "CENTRAL_ASIA".into(),
-                members: strings(&["KAZ", "KGZ", "TJK", "TKM", "UZB"]),
-                ..Default::default()
-            }),
-        })
+        .put_group(put_group(pb::PartnerGroup {
+            name: "CENTRAL_ASIA".into(),
+            members: strings(&["KAZ", "KGZ", "TJK", "TKM", "UZB"]),
+            ..Default::default()
+        }))
         .await
         .unwrap();
     let reporting = aggregate(
@@ -1016,12 +1010,7 @@ async fn a_group_edit_changes_the_next_answer() {
     assert_eq!(reporting.rows[0].reporter, "TJK");
     assert_eq!(reporting.rows[0].total, Some(usd(1_960_000_000)));
 
-    client
-        .delete_group(pb::DeleteGroupRequest {
-            name: "CASPIAN_STATES".into(),
-        })
-        .await
-        .unwrap();
+    client.delete_group(delete_group("CASPIAN_STATES")).await.unwrap();
     let status = client.aggregate(question("CASPIAN_STATES")).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }
@@ -1400,7 +1389,7 @@ async fn answers_survive_a_restart() {
     )
     .await;
     client
-        .delete_record(key_of(&usd_fact("CHN", "TJK", Flow::Turnover, "2025", 0)))
+        .delete_record(delete(key_of(&usd_fact("CHN", "TJK", Flow::Turnover, "2025", 0))))
         .await
         .unwrap();
     let questions: Vec<_> = three_selectors(pb::RecordSelector::default())

@@ -266,9 +266,7 @@ async fn put(
 ) -> Result<(), String> {
     let expected: Vec<WriteOutcome> = batch.iter().map(|r| expected_outcome(model, r)).collect();
     let response = client
-        .put_records(pb::PutRecordsRequest {
-            records: batch.iter().map(|r| r.to_pb()).collect(),
-        })
+        .put_records(common::put(batch.iter().map(|r| r.to_pb()).collect()))
         .await
         .map_err(|s| format!("PutRecords {batch:?}: {s:?}"))?
         .into_inner();
@@ -328,7 +326,7 @@ async fn apply(client: &mut TradeServiceClient<Channel>, model: &mut Model, op: 
         Op::Delete(index) => match pick(model, index) {
             Some(rec) => {
                 let response = client
-                    .delete_record(rec.key.to_pb())
+                    .delete_record(common::delete(rec.key.to_pb()))
                     .await
                     .map_err(|s| format!("DeleteRecord {:?}: {s:?}", rec.key))?
                     .into_inner();
@@ -1187,9 +1185,11 @@ async fn previous_year_of_monthly_years_counts_months_before_period_from() {
         .to_pb()
     };
     client
-        .put_records(pb::PutRecordsRequest {
-            records: vec![record("2024-01", 1), record("2024-02", 2), record("2025-01", 3)],
-        })
+        .put_records(common::put(vec![
+            record("2024-01", 1),
+            record("2024-02", 2),
+            record("2025-01", 3),
+        ]))
         .await
         .unwrap();
     for reporters in [vec![], vec!["CHN".to_string()]] {

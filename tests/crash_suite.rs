@@ -334,12 +334,12 @@ async fn send_batch(
         );
         (b, records)
     };
-    let request = pb::PutRecordsRequest {
-        records: records
+    let request = common::put(
+        records
             .iter()
             .map(|(k, v)| k.record(*v, &format!("crash b{b}")))
             .collect(),
-    };
+    );
     let response = client.put_records(request).await?.into_inner();
     let mut l = ledger.lock().unwrap();
     if response.results.len() != records.len()
@@ -378,7 +378,7 @@ async fn record_writer(addr: String, mut rng: Rng, ledger: Shared<Ledger>, kille
     loop {
         let failed = if rng.chance(20) {
             let key = keys[rng.index(keys.len())].clone();
-            match client.delete_record(key.to_pb()).await {
+            match client.delete_record(common::delete(key.to_pb())).await {
                 Ok(r) => {
                     let mut l = ledger.lock().unwrap();
                     l.deletes.push((key, r.into_inner().sequence));
@@ -419,14 +419,12 @@ async fn put_group(
     members: &[String],
 ) -> Result<(), tonic::Status> {
     client
-        .put_group(pb::PutGroupRequest {
-            group: Some(pb::PartnerGroup {
-                name: name.into(),
-                members: members.to_vec(),
-                description: "crash suite".into(),
-                updated_at: None,
-            }),
-        })
+        .put_group(common::put_group(pb::PartnerGroup {
+            name: name.into(),
+            members: members.to_vec(),
+            description: "crash suite".into(),
+            updated_at: None,
+        }))
         .await
         .map(drop)
 }
@@ -450,10 +448,7 @@ async fn group_editor(addr: String, mut rng: Rng, ledger: Shared<Ledger>, killed
         ledger.lock().unwrap().group_in_flight = Some(op.clone());
         let result = match &op.1 {
             Some(m) => put_group(&mut client, op.0, m).await,
-            None => client
-                .delete_group(pb::DeleteGroupRequest { name: op.0.into() })
-                .await
-                .map(drop),
+            None => client.delete_group(common::delete_group(op.0)).await.map(drop),
         };
         let mut l = ledger.lock().unwrap();
         match result {
@@ -1016,14 +1011,17 @@ impl WatchSpec {
         }
     }
 
-    fn to_pb(&self, backfill: bool) -> pb::Watch {
-        pb::Watch {
-            id: self.id.clone(),
-            name: self.name.into(),
-            selector: Some(self.question().to_pb().selector.unwrap()),
-            granularity: Granularity::Year.into(),
-            thresholds: self.thresholds.iter().map(|t| money(*t)).collect(),
-            record_high: true,
+    fn to_pb(&self, backfill: bool) -> pb::CreateWatchRequest {
+        pb::CreateWatchRequest {
+            watch: Some(pb::Watch {
+                id: self.id.clone(),
+                name: self.name.into(),
+                selector: Some(self.question().to_pb().selector.unwrap()),
+                granularity: Granularity::Year.into(),
+                thresholds: self.thresholds.iter().map(|t| money(*t)).collect(),
+                record_high: true,
+                ..Default::default()
+            }),
             backfill,
             ..Default::default()
         }
@@ -1440,7 +1438,10 @@ async fn get_group(
 ) -> Result<Option<Vec<String>>, String> {
     match client.get_group(pb::GetGroupRequest { name: name.into() }).await {
         Ok(g) => {
-            let mut m = g.into_inner().members;
+            let group = g.into_inner().group;
+            let mut m = group
+                .ok_or_else(|| format!("GetGroup {name}: an answer without the group"))?
+                .members;
             m.sort();
             Ok(Some(m))
         }
@@ -1775,7 +1776,7 @@ impl Suite {
 
         // Watches: the originals, each in the state its events say and its
         // values imply.
-        match c.milestones.list_watches(pb::ListWatchesRequest {}).await {
+        match c.milestones.list_watches(pb::ListWatchesRequest::default()).await {
             Ok(list) => {
                 let ids: Vec<String> = list.into_inner().watches.into_iter().map(|w| w.id).collect();
                 if ids != self.verifier.originals {
@@ -1850,7 +1851,7 @@ impl Suite {
                     return;
                 }
             }
-            match c.trade.delete_record(key.to_pb()).await {
+            match c.trade.delete_record(common::delete(key.to_pb())).await {
                 Ok(r) => writes.push((r.into_inner().sequence, period, false)),
                 Err(s) => {
                     self.problems.push(format!("deleting probe {key}: {s:?}"));
@@ -1922,7 +1923,7 @@ impl Suite {
         for o in &originals {
             if let Err(s) = c
                 .milestones
-                .delete_watch(pb::DeleteWatchRequest { id: twin_id(&o.id) })
+                .delete_watch(common::delete_watch(&twin_id(&o.id)))
                 .await
             {
                 self.problems

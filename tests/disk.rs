@@ -17,7 +17,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Binary, key_of, put, record};
+use common::{Binary, get_record, key_of, put, put_group, record};
 use tonic::Code;
 use tonic::transport::Channel;
 use tradewatch::pb::{self, trade_service_client::TradeServiceClient};
@@ -311,7 +311,7 @@ async fn check_stored(client: &mut TradeServiceClient<Channel>, acknowledged: &[
 /// status of the first that failed.
 async fn read_batch(client: &mut TradeServiceClient<Channel>, b: u64) -> Result<(), tonic::Status> {
     let r = &batch(b)[0];
-    let got = client.get_record(key_of(r)).await?.into_inner();
+    let got = get_record(client, key_of(r)).await?;
     assert_eq!(got.value.unwrap().units, b as i64 + 1);
     let listed = list(client, "CHN").await?;
     assert_eq!(
@@ -364,13 +364,11 @@ async fn assert_writes_refused(
     let unchanged = client.put_records(put(batch(0))).await.unwrap_err();
     assert_refused(&unchanged, code, says, dir);
     let group = client
-        .put_group(pb::PutGroupRequest {
-            group: Some(pb::PartnerGroup {
-                name: "NEIGHBOURS".into(),
-                members: vec!["KAZ".into(), "MNG".into()],
-                ..Default::default()
-            }),
-        })
+        .put_group(put_group(pb::PartnerGroup {
+            name: "NEIGHBOURS".into(),
+            members: vec!["KAZ".into(), "MNG".into()],
+            ..Default::default()
+        }))
         .await
         .unwrap_err();
     assert_refused(&group, code, says, dir);

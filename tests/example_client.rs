@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{TestServer, put, seed_records};
+use common::{TestServer, create, put, seed_records};
 use tradewatch::pb::{self, milestone_service_client::MilestoneServiceClient};
 
 /// The example's binary, built if `cargo test` was asked for this test only.
@@ -87,7 +87,7 @@ async fn the_example_client_resumes_from_its_checkpoint() {
     let mut trade = server.client().await;
     let mut watches = MilestoneServiceClient::new(server.channel().await);
     watches
-        .create_watch(pb::Watch {
+        .create_watch(create(pb::Watch {
             name: "China–Central Asia trade".into(),
             selector: Some(pb::RecordSelector {
                 reporters: vec!["CHN".into()],
@@ -101,7 +101,7 @@ async fn the_example_client_resumes_from_its_checkpoint() {
             }],
             record_high: true,
             ..Default::default()
-        })
+        }))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

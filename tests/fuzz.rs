@@ -101,7 +101,10 @@ mod found {
             let mut milestones = MilestoneServiceClient::new(channel.clone());
             for id in ["\u{202e}".repeat(500), "a".repeat(20_000), "é".repeat(10_000)] {
                 let status = milestones
-                    .delete_watch(pb::DeleteWatchRequest { id })
+                    .delete_watch(pb::DeleteWatchRequest {
+                        id,
+                        ..Default::default()
+                    })
                     .await
                     .unwrap_err();
                 assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -140,7 +143,10 @@ mod found {
                     })
                     .collect();
                 let status = trade
-                    .put_records(pb::PutRecordsRequest { records })
+                    .put_records(pb::PutRecordsRequest {
+                        records,
+                        ..Default::default()
+                    })
                     .await
                     .unwrap_err();
                 assert_eq!(status.code(), Code::InvalidArgument, "{n} records: {status:?}");
@@ -184,7 +190,10 @@ mod found {
                 })
                 .collect();
             let messages: Vec<_> = (0..6)
-                .map(|_| pb::PutRecordsRequest { records: bad.clone() })
+                .map(|_| pb::IngestRecordsRequest {
+                    records: bad.clone(),
+                    ..Default::default()
+                })
                 .collect();
             let summary = trade
                 .ingest_records(tokio_stream::iter(messages))

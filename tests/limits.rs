@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Binary, TestServer, key_of, put, record};
+use common::{Binary, TestServer, create, delete_watch, get_record, ingest, key_of, put, record};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -76,12 +76,12 @@ async fn a_request_message_over_the_size_limit_is_resource_exhausted() {
         Code::ResourceExhausted,
         &says,
     );
-    let status = client.get_record(key_of(&records(1)[0])).await.unwrap_err();
+    let status = get_record(&mut client, key_of(&records(1)[0])).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "nothing of it was stored");
 
     // Each IngestRecords message counts on its own: small ones pass, and a
     // large one ends the stream.
-    let small = put(records(5));
+    let small = ingest(records(5));
     assert!(prost::Message::encoded_len(&small) < 2000);
     let summary = client
         .ingest_records(tokio_stream::iter(vec![small.clone(), small.clone()]))
@@ -90,7 +90,9 @@ async fn a_request_message_over_the_size_limit_is_resource_exhausted() {
         .into_inner();
     assert_eq!((summary.created, summary.unchanged), (5, 5));
     assert_status(
-        client.ingest_records(tokio_stream::iter(vec![small, big])).await,
+        client
+            .ingest_records(tokio_stream::iter(vec![small, ingest(big.records)]))
+            .await,
         Code::ResourceExhausted,
         &says,
     );
@@ -150,7 +152,7 @@ async fn a_batch_over_the_record_limit_is_resource_exhausted() {
         ],
     );
     assert_batch_limit_in_details(&refused, 3);
-    let status = client.get_record(key_of(&records(1)[0])).await.unwrap_err();
+    let status = get_record(&mut client, key_of(&records(1)[0])).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "nothing of it was stored");
     client.put_records(put(records(3))).await.unwrap();
 
@@ -158,9 +160,9 @@ async fn a_batch_over_the_record_limit_is_resource_exhausted() {
     // those after are not.
     let all = records(10);
     let messages = vec![
-        put(all[3..5].to_vec()),
-        put(all[5..9].to_vec()),
-        put(all[9..].to_vec()),
+        ingest(all[3..5].to_vec()),
+        ingest(all[5..9].to_vec()),
+        ingest(all[9..].to_vec()),
     ];
     let refused = assert_status(
         client.ingest_records(tokio_stream::iter(messages)).await,
@@ -174,14 +176,14 @@ async fn a_batch_over_the_record_limit_is_resource_exhausted() {
     );
     assert_batch_limit_in_details(&refused, 3);
     for (i, r) in all.iter().enumerate() {
-        let found = client.get_record(key_of(r)).await.is_ok();
+        let found = get_record(&mut client, key_of(r)).await.is_ok();
         assert_eq!(found, i < 5, "record {i}");
     }
     server.stop().await;
 }
 
 #[tokio::test]
-async fn a_page_over_the_page_size_limit_is_invalid_argument() {
+async fn a_page_over_the_page_size_limit_is_lowered_to_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(
         dir.path(),
@@ -194,24 +196,17 @@ async fn a_page_over_the_page_size_limit_is_invalid_argument() {
     let mut client = server.client().await;
     client.put_records(put(records(8))).await.unwrap();
 
-    let status = assert_status(
-        client
-            .list_records(pb::ListRecordsRequest {
-                page_size: 6,
-                ..Default::default()
-            })
-            .await,
-        Code::InvalidArgument,
-        &["page_size 6 is above the maximum 5", "max_page_size"],
-    );
-    assert_eq!(
-        status.get_details_bad_request().unwrap().field_violations[0].field,
-        "page_size"
-    );
     let page = |page_size| pb::ListRecordsRequest {
         page_size,
         ..Default::default()
     };
+    // A larger page asked for is lowered to the limit (AIP-158), and so is
+    // the default page (100).
+    for page_size in [6, 0] {
+        let first = client.list_records(page(page_size)).await.unwrap().into_inner();
+        assert_eq!(first.records.len(), 5, "page_size {page_size}");
+        assert!(!first.next_page_token.is_empty());
+    }
     assert_eq!(
         client
             .list_records(page(5))
@@ -222,26 +217,17 @@ async fn a_page_over_the_page_size_limit_is_invalid_argument() {
             .len(),
         5
     );
-    // The default page (100) shrinks to the limit.
-    let first = client.list_records(page(0)).await.unwrap().into_inner();
-    assert_eq!(first.records.len(), 5);
-    assert!(!first.next_page_token.is_empty());
 
     let mut milestones = MilestoneServiceClient::new(server.channel().await);
-    let status = assert_status(
-        milestones
-            .list_events(pb::ListEventsRequest {
-                limit: 6,
-                ..Default::default()
-            })
-            .await,
-        Code::InvalidArgument,
-        &["limit 6 is above the maximum 5", "max_page_size"],
-    );
-    assert_eq!(
-        status.get_details_bad_request().unwrap().field_violations[0].field,
-        "limit"
-    );
+    let events = milestones
+        .list_events(pb::ListEventsRequest {
+            limit: 6,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(events.events.len(), 5, "a larger limit is lowered to the limit");
     let events = milestones
         .list_events(pb::ListEventsRequest::default())
         .await
@@ -308,10 +294,10 @@ async fn watches_over_the_limit_are_resource_exhausted() {
     )
     .await;
     let mut client = MilestoneServiceClient::new(server.channel().await);
-    client.create_watch(watch("a")).await.unwrap();
-    client.create_watch(watch("b")).await.unwrap();
+    client.create_watch(create(watch("a"))).await.unwrap();
+    client.create_watch(create(watch("b"))).await.unwrap();
     assert_status(
-        client.create_watch(watch("c")).await,
+        client.create_watch(create(watch("c"))).await,
         Code::ResourceExhausted,
         &["there are 2 watches, the limit is 2", "max_watches"],
     );
@@ -321,21 +307,15 @@ async fn watches_over_the_limit_are_resource_exhausted() {
         .unwrap();
     assert_eq!(listed.into_inner().watches.len(), 2);
 
-    client
-        .delete_watch(pb::DeleteWatchRequest { id: "a".into() })
-        .await
-        .unwrap();
-    client.create_watch(watch("c")).await.unwrap();
+    client.delete_watch(delete_watch("a")).await.unwrap();
+    client.create_watch(create(watch("c"))).await.unwrap();
 
     // Concurrent creations cannot pass the limit together: with one place
     // left, one of six gets it.
-    client
-        .delete_watch(pb::DeleteWatchRequest { id: "c".into() })
-        .await
-        .unwrap();
+    client.delete_watch(delete_watch("c")).await.unwrap();
     let results = futures_util::future::join_all((0..6).map(|i| {
         let mut client = client.clone();
-        async move { client.create_watch(watch(&format!("x{i}"))).await }
+        async move { client.create_watch(create(watch(&format!("x{i}")))).await }
     }))
     .await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
@@ -497,7 +477,7 @@ async fn a_call_past_its_deadline_gets_deadline_exceeded() {
 
     // A client-streaming call still waiting for messages at its deadline:
     // nothing was answered yet, so the answer is DEADLINE_EXCEEDED alone.
-    let one = put(records(1));
+    let one = ingest(records(1));
     let outcome = raw_call(
         server.addr,
         "/tradewatch.v1.TradeService/IngestRecords",

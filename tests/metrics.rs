@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{TestServer, key_of, put, record};
+use common::{TestServer, create, delete, get_record, key_of, put, record};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tradewatch::Config;
@@ -159,7 +159,7 @@ async fn counters_move_by_exactly_what_the_calls_did() {
 
     let mut trade = server.client().await;
     let mut milestones = MilestoneServiceClient::new(server.channel().await);
-    milestones.create_watch(kazakhstan_watch()).await.unwrap();
+    milestones.create_watch(create(kazakhstan_watch())).await.unwrap();
 
     // Two new records; KAZ 2024 crosses 40 bn.
     let first = vec![
@@ -183,9 +183,9 @@ async fn counters_move_by_exactly_what_the_calls_did() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     let kgz = record("CHN", "KGZ", "2024", 22_000_000_000, "GACC");
-    trade.get_record(key_of(&kgz)).await.unwrap();
-    trade.delete_record(key_of(&kgz)).await.unwrap();
-    let gone = trade.get_record(key_of(&kgz)).await.unwrap_err();
+    get_record(&mut trade, key_of(&kgz)).await.unwrap();
+    trade.delete_record(delete(key_of(&kgz))).await.unwrap();
+    let gone = get_record(&mut trade, key_of(&kgz)).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     // A path the server does not serve is counted, under one label.
     let mut raw = tonic::client::Grpc::new(server.channel().await);

@@ -762,9 +762,7 @@ async fn put(
     }
     let response = ctx
         .trade
-        .put_records(pb::PutRecordsRequest {
-            records: batch.iter().map(|(k, v)| k.record(*v)).collect(),
-        })
+        .put_records(common::put(batch.iter().map(|(k, v)| k.record(*v)).collect()))
         .await
         .map_err(|s| format!("PutRecords failed: {s:?}"))?
         .into_inner();
@@ -841,7 +839,7 @@ async fn apply(ctx: &mut Ctx, model: &mut Model, op: &Op) -> Result<Applied, Str
             Some((key, old)) => {
                 let response = ctx
                     .trade
-                    .delete_record(key.to_pb())
+                    .delete_record(common::delete(key.to_pb()))
                     .await
                     .map_err(|s| format!("DeleteRecord {key:?} failed: {s:?}"))?
                     .into_inner();
@@ -867,13 +865,11 @@ async fn apply(ctx: &mut Ctx, model: &mut Model, op: &Op) -> Result<Applied, Str
         },
         Op::Group(members) => {
             ctx.trade
-                .put_group(pb::PutGroupRequest {
-                    group: Some(pb::PartnerGroup {
-                        name: GROUP.into(),
-                        members: members.iter().map(|m| m.to_string()).collect(),
-                        ..Default::default()
-                    }),
-                })
+                .put_group(common::put_group(pb::PartnerGroup {
+                    name: GROUP.into(),
+                    members: members.iter().map(|m| m.to_string()).collect(),
+                    ..Default::default()
+                }))
                 .await
                 .map_err(|s| format!("PutGroup {members:?} failed: {s:?}"))?;
             applied.text = format!("Group {members:?}");
@@ -1069,13 +1065,11 @@ fn run(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
 
 async fn run_on(ctx: &mut Ctx, setup: &Setup, ops: &[Op]) -> Result<(), String> {
     ctx.trade
-        .put_group(pb::PutGroupRequest {
-            group: Some(pb::PartnerGroup {
-                name: GROUP.into(),
-                members: setup.members.iter().map(|m| m.to_string()).collect(),
-                ..Default::default()
-            }),
-        })
+        .put_group(common::put_group(pb::PartnerGroup {
+            name: GROUP.into(),
+            members: setup.members.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
+        }))
         .await
         .map_err(|s| format!("PutGroup failed: {s:?}"))?;
     let mut model = Model {
@@ -1087,10 +1081,12 @@ async fn run_on(ctx: &mut Ctx, setup: &Setup, ops: &[Op]) -> Result<(), String> 
         let name = format!("watch {}", i + 1);
         let watch = ctx
             .milestones
-            .create_watch(spec.to_pb(&name))
+            .create_watch(common::create(spec.to_pb(&name)))
             .await
             .map_err(|s| format!("CreateWatch {spec:?} failed: {s:?}"))?
-            .into_inner();
+            .into_inner()
+            .watch
+            .ok_or("CreateWatch answered without the watch")?;
         model.watches.push(ModelWatch {
             id: watch.id,
             name,
@@ -1273,13 +1269,21 @@ async fn delete_answers_the_sequence_of_the_deletion_event() {
         thresholds: vec![NANOS],
         record_high: false,
     };
-    ctx.milestones.create_watch(watch.to_pb("exports")).await.unwrap();
+    ctx.milestones
+        .create_watch(common::create(watch.to_pb("exports")))
+        .await
+        .unwrap();
     let record = export("2021", 2, 0);
     let key = Key::from_pb(&common::key_of(&record)).unwrap();
     // 1: RecordStored (created), 2: ThresholdCrossed UP.
     ctx.trade.put_records(common::put(vec![record])).await.unwrap();
     // 3: RecordStored (deleted), 4: ThresholdCrossed DOWN.
-    let deleted = ctx.trade.delete_record(key.to_pb()).await.unwrap().into_inner();
+    let deleted = ctx
+        .trade
+        .delete_record(common::delete(key.to_pb()))
+        .await
+        .unwrap()
+        .into_inner();
     let (events, head) = list_events(&mut ctx).await.unwrap();
     ctx.stop().await;
     assert_eq!(head, 4);
@@ -1324,7 +1328,10 @@ async fn record_high_cause_does_not_depend_on_the_order_of_a_batch() {
             thresholds: Vec::new(),
             record_high: true,
         };
-        ctx.milestones.create_watch(watch.to_pb("volume")).await.unwrap();
+        ctx.milestones
+            .create_watch(common::create(watch.to_pb("volume")))
+            .await
+            .unwrap();
         ctx.trade
             .put_records(common::put(vec![export("2021", 5, 0), export("2022", 1, 0)]))
             .await
@@ -1384,12 +1391,18 @@ async fn a_year_that_only_ties_is_no_record_high() {
         delete: Option<pb::TradeRecord>,
     ) -> Vec<String> {
         let mut ctx = Ctx::start().await;
-        ctx.milestones.create_watch(watch.to_pb("exports")).await.unwrap();
+        ctx.milestones
+            .create_watch(common::create(watch.to_pb("exports")))
+            .await
+            .unwrap();
         for records in steps {
             ctx.trade.put_records(common::put(records)).await.unwrap();
         }
         if let Some(record) = delete {
-            ctx.trade.delete_record(common::key_of(&record)).await.unwrap();
+            ctx.trade
+                .delete_record(common::delete(common::key_of(&record)))
+                .await
+                .unwrap();
         }
         let (events, _) = list_events(&mut ctx).await.unwrap();
         ctx.stop().await;

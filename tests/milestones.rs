@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, put, record, seed_records};
+use common::{TestServer, create, delete_group, put, put_group, record, seed_records};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tradewatch::pb::{self, milestone_service_client::MilestoneServiceClient, subscribe_response::Message};
@@ -65,7 +65,13 @@ async fn the_seed_story_pushes_two_record_highs_and_one_crossing() {
     let server = TestServer::start().await;
     let mut trade = server.client().await;
     let mut watches = milestones(&server).await;
-    let watch = watches.create_watch(seed_watch()).await.unwrap().into_inner();
+    let created = watches
+        .create_watch(create(seed_watch()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((created.first_sequence, created.last_sequence), (0, 0));
+    let watch = created.watch.unwrap();
     assert_eq!(watch.id, "w1");
     assert_eq!(watch.series, "CHN ↔ CENTRAL_ASIA, turnover");
 
@@ -167,7 +173,13 @@ async fn a_watch_over_existing_data_arms_silently_or_backfills() {
     let mut watches = milestones(&server).await;
     trade.put_records(put(seed_records())).await.unwrap();
 
-    let silent = watches.create_watch(seed_watch()).await.unwrap().into_inner();
+    let silent = watches
+        .create_watch(create(seed_watch()))
+        .await
+        .unwrap()
+        .into_inner()
+        .watch
+        .unwrap();
     let listed = watches
         .list_events(pb::ListEventsRequest::default())
         .await
@@ -177,15 +189,23 @@ async fn a_watch_over_existing_data_arms_silently_or_backfills() {
     assert_eq!(listed.head_sequence, 16);
 
     let backfilled = watches
-        .create_watch(pb::Watch {
-            id: "seed-backfill".into(),
+        .create_watch(pb::CreateWatchRequest {
+            watch: Some(pb::Watch {
+                id: "seed-backfill".into(),
+                ..seed_watch()
+            }),
             backfill: true,
-            ..seed_watch()
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(backfilled.id, "seed-backfill");
+    assert_eq!(backfilled.watch.unwrap().id, "seed-backfill");
+    assert_eq!(
+        (backfilled.first_sequence, backfilled.last_sequence),
+        (17, 19),
+        "the backfilled events"
+    );
     let listed = watches
         .list_events(pb::ListEventsRequest {
             from_sequence: 17,
@@ -213,10 +233,10 @@ async fn a_watch_over_existing_data_arms_silently_or_backfills() {
 
     // The silent watch still fires on the next change.
     let status = watches
-        .create_watch(pb::Watch {
+        .create_watch(create(pb::Watch {
             id: silent.id.clone(),
             ..seed_watch()
-        })
+        }))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
@@ -242,19 +262,14 @@ async fn a_group_edit_re_evaluates_the_watches_that_use_it() {
     let mut trade = server.client().await;
     let mut watches = milestones(&server).await;
     trade.put_records(put(seed_records())).await.unwrap();
-    watches.create_watch(seed_watch()).await.unwrap();
+    watches.create_watch(create(seed_watch())).await.unwrap();
 
     let narrowed = pb::PartnerGroup {
         name: "CENTRAL_ASIA".into(),
         members: vec!["KAZ".into(), "KGZ".into()],
         ..Default::default()
     };
-    trade
-        .put_group(pb::PutGroupRequest {
-            group: Some(narrowed),
-        })
-        .await
-        .unwrap();
+    trade.put_group(put_group(narrowed)).await.unwrap();
     let listed = watches
         .list_events(pb::ListEventsRequest {
             from_sequence: 17,
@@ -271,9 +286,7 @@ async fn a_group_edit_re_evaluates_the_watches_that_use_it() {
     assert_eq!(down.value_after.as_ref().unwrap().units, 75_800_000_000);
 
     let status = trade
-        .delete_group(pb::DeleteGroupRequest {
-            name: "CENTRAL_ASIA".into(),
-        })
+        .delete_group(delete_group("CENTRAL_ASIA"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -284,7 +297,7 @@ async fn watches_and_events_survive_a_restart() {
     let server = TestServer::start().await;
     let mut trade = server.client().await;
     let mut watches = milestones(&server).await;
-    watches.create_watch(seed_watch()).await.unwrap();
+    watches.create_watch(create(seed_watch())).await.unwrap();
     for r in seed_records() {
         trade.put_records(put(vec![r])).await.unwrap();
     }
@@ -306,7 +319,7 @@ async fn watches_and_events_survive_a_restart() {
     assert_eq!(after, before);
     assert_eq!(
         watches
-            .list_watches(pb::ListWatchesRequest {})
+            .list_watches(pb::ListWatchesRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -341,14 +354,14 @@ async fn bad_watches_are_rejected_with_the_field() {
                 name: String::new(),
                 ..seed_watch()
             },
-            "name",
+            "watch.name",
         ),
         (
             pb::Watch {
                 id: "Bad Id".into(),
                 ..seed_watch()
             },
-            "id",
+            "watch.id",
         ),
         (
             pb::Watch {
@@ -356,7 +369,7 @@ async fn bad_watches_are_rejected_with_the_field() {
                 record_high: false,
                 ..seed_watch()
             },
-            "thresholds",
+            "watch.thresholds",
         ),
         (
             pb::Watch {
@@ -367,7 +380,7 @@ async fn bad_watches_are_rejected_with_the_field() {
                 }],
                 ..seed_watch()
             },
-            "thresholds[0].currency_code",
+            "watch.thresholds[0].currency_code",
         ),
         (
             pb::Watch {
@@ -378,17 +391,17 @@ async fn bad_watches_are_rejected_with_the_field() {
                 }],
                 ..seed_watch()
             },
-            "thresholds[0].units",
+            "watch.thresholds[0].units",
         ),
         (
             pb::Watch {
                 granularity: pb::Granularity::Month.into(),
                 ..seed_watch()
             },
-            "granularity",
+            "watch.granularity",
         ),
     ] {
-        let status = watches.create_watch(watch).await.unwrap_err();
+        let status = watches.create_watch(create(watch)).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(
             status.get_details_bad_request().unwrap().field_violations[0].field,

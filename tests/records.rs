@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{TestServer, content, key_of, put, record, seed_records};
+use common::{
+    TestServer, content, delete, delete_group, get_record, ingest, key_of, put, put_group, record,
+    seed_records,
+};
 use tonic::Code;
 use tonic_types::StatusExt;
 use tradewatch::pb::{self, WriteOutcome};
@@ -25,7 +28,7 @@ async fn seed_records_come_back_exactly() {
     assert_eq!((response.first_sequence, response.last_sequence), (1, 16));
 
     for r in &seed {
-        let got = client.get_record(key_of(r)).await.unwrap().into_inner();
+        let got = get_record(&mut client, key_of(r)).await.unwrap();
         assert_eq!(content(&got), r.clone());
         assert_eq!(got.revision, 1);
         assert!(got.updated_at.is_some());
@@ -81,7 +84,7 @@ async fn revisions_count_changes_and_ignore_identical_writes() {
         "an unchanged write emits nothing"
     );
 
-    let got = client.get_record(key_of(&kaz)).await.unwrap().into_inner();
+    let got = get_record(&mut client, key_of(&kaz)).await.unwrap();
     assert_eq!(got.revision, 2);
     assert_eq!(
         got.value.unwrap(),
@@ -152,7 +155,7 @@ async fn a_bad_record_rejects_the_whole_batch_naming_each_bad_field() {
     );
     assert!(status.message().contains("records[1].period"));
 
-    let missing = client.get_record(key_of(&good)).await.unwrap_err();
+    let missing = get_record(&mut client, key_of(&good)).await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
 }
 
@@ -205,11 +208,11 @@ async fn other_caller_mistakes_get_precise_statuses() {
 
     let mut bad_key = key_of(&r);
     bad_key.period = "2025-1".into();
-    let status = client.get_record(bad_key).await.unwrap_err();
+    let status = get_record(&mut client, bad_key).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
         status.get_details_bad_request().unwrap().field_violations[0].field,
-        "period"
+        "key.period"
     );
 
     let status = client
@@ -220,6 +223,11 @@ async fn other_caller_mistakes_get_precise_statuses() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("not a page token this server issued"),
+        "{}",
+        status.message()
+    );
 
     let status = client
         .list_records(pb::ListRecordsRequest {
@@ -253,14 +261,15 @@ async fn other_caller_mistakes_get_precise_statuses() {
         "selector.period_from"
     );
 
-    let status = client
+    // A page size above the maximum is lowered to it (AIP-158), not refused
+    // (tests/limits.rs checks the size of the page).
+    client
         .list_records(pb::ListRecordsRequest {
             page_size: 5000,
             ..Default::default()
         })
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+        .unwrap();
 }
 
 #[tokio::test]
@@ -324,6 +333,8 @@ async fn pages_walk_every_matching_record_once_in_key_order() {
                 .unwrap()
                 .into_inner();
             assert!(page.records.len() <= 7);
+            // A token is only given when records follow: no empty last page.
+            assert!(!page.records.is_empty(), "{selector:?}");
             seen.extend(page.records);
             if page.next_page_token.is_empty() {
                 break;
@@ -349,15 +360,23 @@ async fn deletes_remove_a_record_and_say_what_it_was() {
     client.put_records(put(seed_records())).await.unwrap();
     let tkm = record("CHN", "TKM", "2025", 10_000_000_000, "GACC");
 
-    let deleted = client.delete_record(key_of(&tkm)).await.unwrap().into_inner();
+    let deleted = client
+        .delete_record(delete(key_of(&tkm)))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(content(&deleted.record.unwrap()), tkm);
     assert_eq!(deleted.sequence, 17);
     assert_eq!(
-        client.get_record(key_of(&tkm)).await.unwrap_err().code(),
+        get_record(&mut client, key_of(&tkm)).await.unwrap_err().code(),
         Code::NotFound
     );
     assert_eq!(
-        client.delete_record(key_of(&tkm)).await.unwrap_err().code(),
+        client
+            .delete_record(delete(key_of(&tkm)))
+            .await
+            .unwrap_err()
+            .code(),
         Code::NotFound
     );
 
@@ -378,7 +397,7 @@ async fn groups_are_built_in_editable_and_used_by_selectors() {
     client.put_records(put(seed_records())).await.unwrap();
 
     let groups = client
-        .list_groups(pb::ListGroupsRequest {})
+        .list_groups(pb::ListGroupsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -394,12 +413,12 @@ async fn groups_are_built_in_editable_and_used_by_selectors() {
         updated_at: None,
     };
     let stored = client
-        .put_group(pb::PutGroupRequest {
-            group: Some(new_group),
-        })
+        .put_group(put_group(new_group))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .group
+        .unwrap();
     assert_eq!(stored.members, ["KAZ", "TKM"]);
     let got = client
         .get_group(pb::GetGroupRequest {
@@ -407,7 +426,9 @@ async fn groups_are_built_in_editable_and_used_by_selectors() {
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .group
+        .unwrap();
     assert_eq!(got, stored);
 
     let list = |partners: &str| pb::ListRecordsRequest {
@@ -434,12 +455,7 @@ async fn groups_are_built_in_editable_and_used_by_selectors() {
         members: vec!["TKM".into()],
         ..Default::default()
     };
-    client
-        .put_group(pb::PutGroupRequest {
-            group: Some(narrowed),
-        })
-        .await
-        .unwrap();
+    client.put_group(put_group(narrowed)).await.unwrap();
     assert_eq!(
         client
             .list_records(list("CASPIAN_STATES"))
@@ -451,12 +467,7 @@ async fn groups_are_built_in_editable_and_used_by_selectors() {
         3
     );
 
-    let deleted = client
-        .delete_group(pb::DeleteGroupRequest {
-            name: "CASPIAN_STATES".into(),
-        })
-        .await
-        .unwrap();
+    let deleted = client.delete_group(delete_group("CASPIAN_STATES")).await.unwrap();
     assert_eq!(deleted.into_inner().group.unwrap().members, ["TKM"]);
     let gone = client
         .get_group(pb::GetGroupRequest {
@@ -507,10 +518,7 @@ async fn groups_are_built_in_editable_and_used_by_selectors() {
             "group.members[0]",
         ),
     ] {
-        let status = client
-            .put_group(pb::PutGroupRequest { group: Some(group) })
-            .await
-            .unwrap_err();
+        let status = client.put_group(put_group(group)).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(
             status.get_details_bad_request().unwrap().field_violations[0].field,
@@ -529,7 +537,7 @@ async fn everything_survives_a_restart() {
         .await
         .unwrap();
     client
-        .delete_record(key_of(&record("TJK", "CHN", "2024", 0, "")))
+        .delete_record(delete(key_of(&record("TJK", "CHN", "2024", 0, ""))))
         .await
         .unwrap();
     let group = pb::PartnerGroup {
@@ -537,10 +545,7 @@ async fn everything_survives_a_restart() {
         members: vec!["KAZ".into()],
         ..Default::default()
     };
-    client
-        .put_group(pb::PutGroupRequest { group: Some(group) })
-        .await
-        .unwrap();
+    client.put_group(put_group(group)).await.unwrap();
     let before = client
         .list_records(pb::ListRecordsRequest::default())
         .await
@@ -559,15 +564,13 @@ async fn everything_survives_a_restart() {
         .records;
     assert_eq!(after, before);
     assert_eq!(after.len(), 15);
-    let kaz = client
-        .get_record(key_of(&record("CHN", "KAZ", "2025", 0, "")))
+    let kaz = get_record(&mut client, key_of(&record("CHN", "KAZ", "2025", 0, "")))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!((kaz.revision, kaz.value.unwrap().units), (2, 48_700_000_000));
     assert_eq!(
         client
-            .list_groups(pb::ListGroupsRequest {})
+            .list_groups(pb::ListGroupsRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -663,7 +666,7 @@ async fn ingest_applies_messages_in_order_and_counts_rejections() {
         } else {
             vec![r]
         };
-        messages.push(put(records));
+        messages.push(ingest(records));
     }
     let summary = client
         .ingest_records(tokio_stream::iter(messages))
@@ -688,11 +691,9 @@ async fn ingest_applies_messages_in_order_and_counts_rejections() {
         [9, 19, 29]
     );
     assert_eq!((summary.first_sequence, summary.last_sequence), (1, 27));
-    let got = client
-        .get_record(key_of(&record("CHN", "KAZ", "2025", 0, "")))
+    let got = get_record(&mut client, key_of(&record("CHN", "KAZ", "2025", 0, "")))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(
         (got.value.unwrap().units, got.revision),
         (29, 27),

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Binary, TestServer, key_of, put, record};
+use common::{
+    Binary, TestServer, create, delete, delete_group, delete_watch, get_record, ingest, key_of, put,
+    put_group, record,
+};
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -106,7 +109,7 @@ async fn every_write(channel: &Channel, value: Option<&str>) -> Vec<(&'static st
         (
             "IngestRecords",
             code(
-                t.ingest_records(tokio_stream::iter(vec![put(vec![record(
+                t.ingest_records(tokio_stream::iter(vec![ingest(vec![record(
                     "CHN", "UZB", "2025", 1, "x",
                 )])]))
                 .await
@@ -115,44 +118,27 @@ async fn every_write(channel: &Channel, value: Option<&str>) -> Vec<(&'static st
         ),
         (
             "DeleteRecord",
-            code(t.delete_record(key_of(&kaz_2025())).await.map(drop)),
+            code(t.delete_record(delete(key_of(&kaz_2025()))).await.map(drop)),
         ),
-        (
-            "PutGroup",
-            code(
-                t.put_group(pb::PutGroupRequest { group: Some(group()) })
-                    .await
-                    .map(drop),
-            ),
-        ),
+        ("PutGroup", code(t.put_group(put_group(group())).await.map(drop))),
         (
             "DeleteGroup",
-            code(
-                t.delete_group(pb::DeleteGroupRequest {
-                    name: "TEST_GROUP".into(),
-                })
-                .await
-                .map(drop),
-            ),
+            code(t.delete_group(delete_group("TEST_GROUP")).await.map(drop)),
         ),
         (
             "CreateWatch",
             code(
-                m.create_watch(pb::Watch {
+                m.create_watch(create(pb::Watch {
                     id: "w-auth".into(),
                     ..watch()
-                })
+                }))
                 .await
                 .map(drop),
             ),
         ),
         (
             "DeleteWatch",
-            code(
-                m.delete_watch(pb::DeleteWatchRequest { id: "w-auth".into() })
-                    .await
-                    .map(drop),
-            ),
+            code(m.delete_watch(delete_watch("w-auth")).await.map(drop)),
         ),
     ]
 }
@@ -185,7 +171,7 @@ async fn writes_need_the_token_and_reads_stay_open() {
         }
     }
     let mut open = trade(&channel, None);
-    let status = open.get_record(key_of(&kaz_2025())).await.unwrap_err();
+    let status = get_record(&mut open, key_of(&kaz_2025())).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "a refused write stored nothing");
     assert_unauthenticated(
         open.put_records(put(vec![kaz_2025()])).await,
@@ -209,7 +195,7 @@ async fn writes_need_the_token_and_reads_stay_open() {
     assert_eq!(created.results[0].outcome(), pb::WriteOutcome::Created);
 
     // Reads need nothing.
-    let got = open.get_record(key_of(&kaz_2025())).await.unwrap().into_inner();
+    let got = get_record(&mut open, key_of(&kaz_2025())).await.unwrap();
     assert_eq!(got.value.unwrap().units, 48_000_000_000);
     let listed = open
         .list_records(pb::ListRecordsRequest::default())
@@ -279,7 +265,7 @@ async fn with_auth_reads_reads_need_the_token_too() {
 
     let mut open = trade(&channel, None);
     assert_unauthenticated(
-        open.get_record(key_of(&kaz_2025())).await,
+        get_record(&mut open, key_of(&kaz_2025())).await,
         "GetRecord without a token",
         "GetRecord needs the header",
     );
@@ -309,7 +295,7 @@ async fn with_auth_reads_reads_need_the_token_too() {
 
     let mut authed = trade(&channel, Some(&bearer));
     authed.put_records(put(vec![kaz_2025()])).await.unwrap();
-    authed.get_record(key_of(&kaz_2025())).await.unwrap();
+    get_record(&mut authed, key_of(&kaz_2025())).await.unwrap();
     let mut stream = milestones(&channel, Some(&bearer))
         .subscribe(pb::SubscribeRequest::default())
         .await
@@ -417,7 +403,7 @@ async fn tls_with_a_ca_signed_certificate_from_a_rust_client() {
         .unwrap()
         .into_inner();
     assert_eq!(created.results[0].outcome(), pb::WriteOutcome::Created);
-    let got = open.get_record(key_of(&kaz_2025())).await.unwrap().into_inner();
+    let got = get_record(&mut open, key_of(&kaz_2025())).await.unwrap();
     assert_eq!(got.value.unwrap().units, 48_000_000_000);
 
     // A client that does not trust the CA cannot connect, nor can a
@@ -425,8 +411,7 @@ async fn tls_with_a_ca_signed_certificate_from_a_rust_client() {
     let other = make_pki(dir.path(), "other");
     let untrusted = match tls_channel(server.addr, &other.ca_pem).await {
         Err(_) => true,
-        Ok(channel) => trade(&channel, None)
-            .get_record(key_of(&kaz_2025()))
+        Ok(channel) => get_record(&mut trade(&channel, None), key_of(&kaz_2025()))
             .await
             .is_err(),
     };
@@ -437,7 +422,7 @@ async fn tls_with_a_ca_signed_certificate_from_a_rust_client() {
         .connect()
         .await;
     if let Ok(plain) = plain {
-        let result = trade(&plain, None).get_record(key_of(&kaz_2025())).await;
+        let result = get_record(&mut trade(&plain, None), key_of(&kaz_2025())).await;
         assert!(result.is_err(), "a plaintext call to a TLS server succeeded");
     }
     server.stop().await;
@@ -592,7 +577,7 @@ async fn tls_and_token_with_grpcurl_and_cacert() {
     };
     let record = r#"{"records":[{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2025",
         "commodity":"TOTAL","value":{"currency_code":"USD","units":"48000000000"},"source":"GACC"}]}"#;
-    let key = r#"{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2025","commodity":"TOTAL","currency":"USD"}"#;
+    let key = r#"{"key":{"reporter":"CHN","partner":"KAZ","flow":"FLOW_TURNOVER","period":"2025","commodity":"TOTAL","currency":"USD"}}"#;
     let put_rpc = "tradewatch.v1.TradeService/PutRecords";
     let bearer = format!("authorization: Bearer {TOKEN}");
 
@@ -670,11 +655,9 @@ async fn import_reaches_a_server_with_tls_and_a_token() {
     assert_eq!(summary.unchanged, 0);
 
     let channel = tls_channel(server.addr, &pki.ca_pem).await.unwrap();
-    let got = trade(&channel, None)
-        .get_record(key_of(&common::seed_records()[0]))
+    let got = get_record(&mut trade(&channel, None), key_of(&common::seed_records()[0]))
         .await
-        .expect("stored")
-        .into_inner();
+        .expect("stored");
     assert_eq!(got.value, common::seed_records()[0].value);
     server.stop().await;
 }

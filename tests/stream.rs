@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::{Binary, TestServer, put, record};
+use common::{Binary, TestServer, create, put, record};
 use tokio::time::{Instant, timeout_at};
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
@@ -521,7 +521,10 @@ async fn what_a_subscriber_saw_before_sigkill_is_stored_identically() {
     let dir = tempfile::tempdir().unwrap();
     let server = Binary::start(dir.path(), &["--cache-mb", "64"]);
     let mut milestones = MilestoneServiceClient::new(connect(&server.addr).await);
-    milestones.create_watch(watch("kaz", "KAZ", 100)).await.unwrap();
+    milestones
+        .create_watch(create(watch("kaz", "KAZ", 100)))
+        .await
+        .unwrap();
 
     // A subscriber from 1 keeps every event it receives until the stream
     // breaks.
@@ -674,8 +677,14 @@ async fn filters_select_events_and_progress_lets_a_filtered_subscriber_checkpoin
     let server = TestServer::start().await;
     let mut trade = server.client().await;
     let mut milestones = MilestoneServiceClient::new(server.channel().await);
-    milestones.create_watch(watch("kaz", "KAZ", 100)).await.unwrap();
-    milestones.create_watch(watch("uzb", "UZB", 1000)).await.unwrap();
+    milestones
+        .create_watch(create(watch("kaz", "KAZ", 100)))
+        .await
+        .unwrap();
+    milestones
+        .create_watch(create(watch("uzb", "UZB", 1000)))
+        .await
+        .unwrap();
     for (partner, year, units) in [
         ("KAZ", "2020", 50),
         ("KAZ", "2021", 150),

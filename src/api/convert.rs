@@ -11,8 +11,13 @@ use crate::error::{Error, Result, Violation};
 use crate::pb;
 use crate::query::aggregate;
 
-pub fn parse_key(key: &pb::RecordKey) -> Result<RecordKey> {
-    RecordKey::parse(&raw_key(key), "currency").map_err(|e| Error::InvalidArgument(Violation::under("", e)))
+/// Parses the record key at `field` of a request.
+pub fn parse_key(key: Option<&pb::RecordKey>, field: &str) -> Result<RecordKey> {
+    let Some(key) = key else {
+        return Err(Error::invalid(field, format!("{field} is required")));
+    };
+    RecordKey::parse(&raw_key(key), "currency")
+        .map_err(|e| Error::InvalidArgument(Violation::under(field, e)))
 }
 
 fn raw_key(key: &pb::RecordKey) -> RawKey<'_> {
@@ -375,6 +380,70 @@ pub fn parse_granularity(code: i32, field: &str) -> Result<Option<crate::domain:
     }
 }
 
+pub fn availability_to_pb(
+    found: &crate::query::availability::Availability,
+) -> pb::GetDataAvailabilityResponse {
+    fn counts<K: ToString>(values: &std::collections::BTreeMap<K, u64>) -> Vec<pb::ValueCount> {
+        values
+            .iter()
+            .map(|(value, n)| pb::ValueCount {
+                value: value.to_string(),
+                record_count: *n,
+            })
+            .collect()
+    }
+    pb::GetDataAvailabilityResponse {
+        record_count: found.record_count,
+        reporters: found
+            .reporters
+            .iter()
+            .map(|(reporter, r)| pb::ReporterAvailability {
+                reporter: reporter.to_string(),
+                record_count: r.record_count,
+                first_period: r.first_period.to_string(),
+                last_period: r.last_period.to_string(),
+                latest_update: Some(r.latest_update),
+            })
+            .collect(),
+        partners: counts(&found.partners),
+        periods: counts(&found.periods),
+        frequencies: found
+            .frequencies
+            .iter()
+            .map(|(f, n)| pb::FrequencyCount {
+                frequency: frequency_to_pb(*f).into(),
+                record_count: *n,
+            })
+            .collect(),
+        currencies: counts(&found.currencies),
+        flows: found
+            .flows
+            .iter()
+            .map(|(f, n)| pb::FlowCount {
+                flow: i32::from(f.code()),
+                record_count: *n,
+            })
+            .collect(),
+        commodity_levels: found
+            .commodity_levels
+            .iter()
+            .map(|(l, n)| pb::CommodityLevelCount {
+                commodity_level: commodity_level_to_pb(*l).into(),
+                record_count: *n,
+            })
+            .collect(),
+    }
+}
+
+pub fn commodity_level_to_pb(level: CommodityLevel) -> pb::CommodityLevel {
+    match level {
+        CommodityLevel::Total => pb::CommodityLevel::Total,
+        CommodityLevel::Hs2 => pb::CommodityLevel::Hs2,
+        CommodityLevel::Hs4 => pb::CommodityLevel::Hs4,
+        CommodityLevel::Hs6 => pb::CommodityLevel::Hs6,
+    }
+}
+
 pub fn frequency_to_pb(frequency: Frequency) -> pb::Frequency {
     match frequency {
         Frequency::Annual => pb::Frequency::Annual,
@@ -382,11 +451,22 @@ pub fn frequency_to_pb(frequency: Frequency) -> pb::Frequency {
     }
 }
 
+/// An amount of an event. The writer refuses writes whose series values
+/// would not fit `Money`, so one that does not is a corrupt store, never
+/// shown clamped.
 fn amount_to_pb(nanos: Option<i128>, currency: &str) -> Result<Option<pb::Money>> {
     let Some(nanos) = nanos else { return Ok(None) };
     let currency = crate::domain::CurrencyCode::parse(currency)
         .map_err(|e| Error::Corrupt(format!("event currency: {e}")))?;
-    Ok(Some(money_to_pb(crate::domain::Money::new(currency, nanos))))
+    let money = crate::domain::Money::new(currency, nanos);
+    let (units, nanos) = money
+        .to_parts()
+        .ok_or_else(|| Error::Corrupt(format!("an event amount of {money} does not fit Money")))?;
+    Ok(Some(pb::Money {
+        currency_code: money.currency().to_string(),
+        units,
+        nanos,
+    }))
 }
 
 fn stored_value_to_pb(v: &crate::store::RecordValueRef<'_>, currency: &str) -> Result<Option<pb::Money>> {

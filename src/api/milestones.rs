@@ -10,13 +10,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::paging::Page;
+use super::{convert, request_id};
 use crate::domain::{CurrencyCode, Granularity, Money, Party, Period, WatchDef, WatchId, WatchRules};
 use crate::error::{Error, Result, Violation};
 use crate::limits::Limits;
 use crate::pb::{self, milestone_service_server::MilestoneService};
 use crate::query::ResolvedSelector;
-use crate::store::{EventKind, EventValue, Store};
+use crate::store::{EventKind, EventValue, Store, WatchWritten};
 use crate::stream::{self, Message};
 
 const DEFAULT_EVENTS_PAGE: usize = 100;
@@ -27,9 +28,6 @@ pub struct MilestoneApi {
     limits: Limits,
     /// One permit per open `Subscribe` stream.
     subscribers: Arc<Semaphore>,
-    /// Held while a watch is counted and created, so that concurrent
-    /// creations cannot pass the limit together.
-    creating: tokio::sync::Mutex<()>,
 }
 
 impl MilestoneApi {
@@ -41,7 +39,6 @@ impl MilestoneApi {
             shutdown,
             subscribers: Arc::new(Semaphore::new(limits.max_subscribers)),
             limits,
-            creating: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -53,21 +50,43 @@ impl MilestoneApi {
         }
     }
 
-    /// Creates a watch unless the store already holds the most it may.
-    async fn create_within_limit(&self, watch: &pb::Watch) -> Result<pb::Watch> {
-        let _creating = self.creating.lock().await;
-        let max = self.limits.max_watches;
-        let count = self.store.list_watches()?.len();
-        if count >= max {
-            return Err(Error::ResourceExhausted(format!(
-                "there are {count} watches, the limit is {max} (max_watches, --max-watches); \
-                 delete one before creating another"
-            )));
-        }
-        self.create(watch).await
+    /// Creates a watch unless the store already holds the most it may (the
+    /// store's writer counts, so concurrent creations cannot pass the limit
+    /// together).
+    async fn create_within_limit(
+        &self,
+        mut request: pb::CreateWatchRequest,
+    ) -> Result<pb::CreateWatchResponse> {
+        let id = std::mem::take(&mut request.request_id);
+        let tag = request_id::tag("CreateWatch", &id, &request)?;
+        let default = pb::Watch::default();
+        let watch = request.watch.as_ref().unwrap_or(&default);
+        // Fields are named as in the request, under `watch`.
+        let written = self
+            .create(watch, request.backfill, tag)
+            .await
+            .map_err(|e| match e {
+                Error::InvalidArgument(violations) => Error::InvalidArgument(
+                    violations
+                        .into_iter()
+                        .map(|v| Violation::new(format!("watch.{}", v.field), v.description))
+                        .collect(),
+                ),
+                other => other,
+            })?;
+        Ok(pb::CreateWatchResponse {
+            watch: Some(watch_to_pb(&written.def, written.created_at)),
+            first_sequence: written.sequences.map_or(0, |s| s.first),
+            last_sequence: written.sequences.map_or(0, |s| s.last),
+        })
     }
 
-    async fn create(&self, watch: &pb::Watch) -> Result<pb::Watch> {
+    async fn create(
+        &self,
+        watch: &pb::Watch,
+        backfill: bool,
+        tag: Option<crate::domain::RequestTag>,
+    ) -> Result<WatchWritten> {
         let mut violations = Vec::new();
         let id = if watch.id.is_empty() {
             None
@@ -92,6 +111,17 @@ impl MilestoneApi {
         let selector = convert::parse_selector(watch.selector.as_ref(), "selector")
             .map_err(|e| violations.extend(violations_of(e)))
             .ok();
+        let max_thresholds = self.limits.max_thresholds_per_watch;
+        if watch.thresholds.len() > max_thresholds {
+            violations.push(Violation::new(
+                "thresholds",
+                format!(
+                    "{} thresholds, more than the limit of {max_thresholds} per watch \
+                     (max_thresholds_per_watch, --max-thresholds-per-watch)",
+                    watch.thresholds.len()
+                ),
+            ));
+        }
         if watch.thresholds.is_empty() && !watch.record_high {
             violations.push(Violation::new(
                 "thresholds",
@@ -120,22 +150,17 @@ impl MilestoneApi {
             spec,
             rules,
         };
-        let (def, created_at, _) = self.store.create_watch(id, make, watch.backfill).await?;
-        Ok(watch_to_pb(&def, created_at))
+        self.store
+            .create_watch(id, make, backfill, self.limits.max_watches, tag)
+            .await
     }
 
     fn list_events(&self, request: &pb::ListEventsRequest) -> Result<pb::ListEventsResponse> {
-        let max = self.limits.max_page_size;
         let limit = match request.limit as usize {
-            0 => DEFAULT_EVENTS_PAGE.min(max),
-            n if n <= max => n,
-            n => {
-                return Err(Error::invalid(
-                    "limit",
-                    format!("limit {n} is above the maximum {max} (max_page_size, --max-page-size)"),
-                ));
-            }
-        };
+            0 => DEFAULT_EVENTS_PAGE,
+            n => n,
+        }
+        .min(self.limits.max_page_size);
         let wanted = EventFilter::parse(&request.kinds, &request.watch_ids)?;
         let oldest = self.store.oldest_sequence();
         if request.from_sequence > 1 && request.from_sequence < oldest {
@@ -266,7 +291,6 @@ fn watch_to_pb(def: &WatchDef, created_at: prost_types::Timestamp) -> pb::Watch 
             .map(|t| convert::money_to_pb(Money::new(spec.currency, *t)))
             .collect(),
         record_high: def.rules.record_high,
-        backfill: false,
         created_at: Some(created_at),
         series: def.describe(),
     }
@@ -328,40 +352,59 @@ type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, S
 
 #[tonic::async_trait]
 impl MilestoneService for MilestoneApi {
-    async fn create_watch(&self, request: Request<pb::Watch>) -> Result<Response<pb::Watch>, Status> {
-        Ok(Response::new(self.create_within_limit(request.get_ref()).await?))
+    async fn create_watch(
+        &self,
+        request: Request<pb::CreateWatchRequest>,
+    ) -> Result<Response<pb::CreateWatchResponse>, Status> {
+        Ok(Response::new(
+            self.create_within_limit(request.into_inner()).await?,
+        ))
     }
 
-    async fn get_watch(&self, request: Request<pb::GetWatchRequest>) -> Result<Response<pb::Watch>, Status> {
+    async fn get_watch(
+        &self,
+        request: Request<pb::GetWatchRequest>,
+    ) -> Result<Response<pb::GetWatchResponse>, Status> {
         let id = WatchId::parse(&request.get_ref().id).map_err(|e| Error::invalid("id", e.0))?;
         match self.store.get_watch(&id)? {
-            Some((def, created_at)) => Ok(Response::new(watch_to_pb(&def, created_at))),
+            Some((def, created_at)) => Ok(Response::new(pb::GetWatchResponse {
+                watch: Some(watch_to_pb(&def, created_at)),
+            })),
             None => Err(Error::NotFound(format!("no watch {id}")).into()),
         }
     }
 
     async fn list_watches(
         &self,
-        _request: Request<pb::ListWatchesRequest>,
+        request: Request<pb::ListWatchesRequest>,
     ) -> Result<Response<pb::ListWatchesResponse>, Status> {
-        let watches = self
-            .store
-            .list_watches()?
-            .iter()
-            .map(|(d, t)| watch_to_pb(d, *t))
-            .collect();
-        Ok(Response::new(pb::ListWatchesResponse { watches }))
+        let request = request.get_ref();
+        let page = Page::parse(
+            "ListWatches",
+            &pb::ListWatchesRequest::default(),
+            request.page_size,
+            &request.page_token,
+            self.limits.max_page_size,
+        )?;
+        let all = self.store.list_watches()?;
+        let (watches, last) = page.select(&all, |(d, _)| d.id.as_str().as_bytes());
+        Ok(Response::new(pb::ListWatchesResponse {
+            watches: watches.iter().map(|(d, t)| watch_to_pb(d, *t)).collect(),
+            next_page_token: page.next_token(last),
+        }))
     }
 
     async fn delete_watch(
         &self,
         request: Request<pb::DeleteWatchRequest>,
     ) -> Result<Response<pb::DeleteWatchResponse>, Status> {
-        let id = WatchId::parse(&request.get_ref().id).map_err(|e| Error::invalid("id", e.0))?;
-        let created_at = self.store.get_watch(&id)?.map(|(_, t)| t).unwrap_or_default();
-        let def = self.store.delete_watch(id).await?;
+        let mut request = request.into_inner();
+        let id = std::mem::take(&mut request.request_id);
+        let tag = request_id::tag("DeleteWatch", &id, &request)?;
+        let id = WatchId::parse(&request.id).map_err(|e| Error::invalid("id", e.0))?;
+        let deleted = self.store.delete_watch(id, tag).await?;
         Ok(Response::new(pb::DeleteWatchResponse {
-            watch: Some(watch_to_pb(&def, created_at)),
+            watch: Some(watch_to_pb(&deleted.def, deleted.created_at)),
         }))
     }
 

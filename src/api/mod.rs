@@ -2,6 +2,8 @@
 
 mod convert;
 mod milestones;
+mod paging;
+mod request_id;
 mod trade;
 
 pub use convert::trade_record_to_pb;

@@ -5,15 +5,13 @@ use std::sync::Arc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert;
+use super::paging::Page;
+use super::{convert, request_id};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::pb::{self, trade_service_server::TradeService};
 use crate::query::ResolvedSelector;
-use crate::store::{PutOutcome, Store};
-
-/// Records per page when the caller does not say.
-const DEFAULT_PAGE_SIZE: usize = 100;
+use crate::store::{GroupWritten, PutOutcome, Store};
 /// Rejections an ingest summary lists in full.
 const MAX_LISTED_REJECTIONS: usize = 100;
 /// IngestRecords messages queued but not yet on disk, per stream.
@@ -52,36 +50,42 @@ impl TradeApi {
         Ok(())
     }
 
-    async fn put(&self, request: &pb::PutRecordsRequest) -> Result<PutOutcome> {
+    async fn put(&self, mut request: pb::PutRecordsRequest) -> Result<PutOutcome> {
         self.check_batch(request.records.len(), "PutRecords")?;
+        let id = std::mem::take(&mut request.request_id);
+        let tag = request_id::tag("PutRecords", &id, &request)?;
         let records = convert::parse_records(&request.records)?;
-        self.store.put_records(records).await
+        self.store.put_records(records, tag).await
     }
 
     fn list(&self, request: &pb::ListRecordsRequest) -> Result<pb::ListRecordsResponse> {
         let selector = convert::parse_selector(request.selector.as_ref(), "selector")?;
-        let max = self.limits.max_page_size;
-        let page_size = match request.page_size as usize {
-            0 => DEFAULT_PAGE_SIZE.min(max),
-            n if n <= max => n,
-            n => {
-                return Err(Error::invalid(
-                    "page_size",
-                    format!("page_size {n} is above the maximum {max} (max_page_size, --max-page-size)"),
-                ));
-            }
+        let criteria = pb::ListRecordsRequest {
+            selector: request.selector.clone(),
+            ..Default::default()
         };
-        let after = decode_page_token(&request.page_token)?;
+        let page = Page::parse(
+            "ListRecords",
+            &criteria,
+            request.page_size,
+            &request.page_token,
+            self.limits.max_page_size,
+        )?;
         let resolved = ResolvedSelector::resolve(&self.store, selector, "selector")?;
-        let page = resolved.list(&self.store, after.as_deref(), page_size)?;
+        let found = resolved.list(&self.store, page.after.as_deref(), page.size)?;
         Ok(pb::ListRecordsResponse {
-            records: page.records.iter().map(convert::record_to_pb).collect(),
-            next_page_token: page
-                .resume_after
-                .map(|k| encode_page_token(&k))
-                .unwrap_or_default(),
+            records: found.records.iter().map(convert::record_to_pb).collect(),
+            next_page_token: page.next_token(found.resume_after.as_deref()),
         })
     }
+}
+
+fn group_response(written: GroupWritten) -> (pb::PartnerGroup, u64, u64) {
+    (
+        convert::group_to_pb(&written.group, written.updated_at),
+        written.sequences.map_or(0, |s| s.first),
+        written.sequences.map_or(0, |s| s.last),
+    )
 }
 
 fn put_response(outcome: PutOutcome) -> pb::PutRecordsResponse {
@@ -100,8 +104,22 @@ fn put_response(outcome: PutOutcome) -> pb::PutRecordsResponse {
     }
 }
 
-/// Adds a stored batch to an ingest summary.
-fn count_outcome(summary: &mut pb::IngestSummary, outcome: PutOutcome) {
+/// Adds a batch's outcome to an ingest summary. A request id reused for
+/// another message rejects that message, as a bad one is; any other
+/// failure ends the stream.
+fn count_outcome(
+    summary: &mut pb::IngestRecordsResponse,
+    (index, records): (u64, usize),
+    outcome: Result<PutOutcome>,
+) -> Result<()> {
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e @ Error::AlreadyExists(_)) => {
+            reject(summary, index, records, e.to_string());
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     for (_, o, _) in &outcome.results {
         match o {
             crate::domain::WriteOutcome::Created => summary.created += 1,
@@ -115,28 +133,17 @@ fn count_outcome(summary: &mut pb::IngestSummary, outcome: PutOutcome) {
         }
         summary.last_sequence = s.last;
     }
+    Ok(())
 }
 
-/// Page tokens are the hex of the last key returned: opaque to callers,
-/// stable across restarts.
-fn encode_page_token(key: &[u8]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn decode_page_token(token: &str) -> Result<Option<Vec<u8>>> {
-    if token.is_empty() {
-        return Ok(None);
+fn reject(summary: &mut pb::IngestRecordsResponse, index: u64, records: usize, reason: String) {
+    summary.rejected += records as u64;
+    if summary.rejections.len() < MAX_LISTED_REJECTIONS {
+        summary.rejections.push(pb::IngestRejection {
+            message_index: index,
+            reason,
+        });
     }
-    let bad = || Error::invalid("page_token", "not a page token returned by ListRecords");
-    if token.len() % 2 != 0 || token.len() > 128 {
-        return Err(bad());
-    }
-    (0..token.len())
-        .step_by(2)
-        .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect::<Option<Vec<u8>>>()
-        .map(Some)
-        .ok_or_else(bad)
 }
 
 #[tonic::async_trait]
@@ -145,26 +152,26 @@ impl TradeService for TradeApi {
         &self,
         request: Request<pb::PutRecordsRequest>,
     ) -> Result<Response<pb::PutRecordsResponse>, Status> {
-        let outcome = self.put(request.get_ref()).await?;
+        let outcome = self.put(request.into_inner()).await?;
         Ok(Response::new(put_response(outcome)))
     }
 
     async fn ingest_records(
         &self,
-        request: Request<Streaming<pb::PutRecordsRequest>>,
-    ) -> Result<Response<pb::IngestSummary>, Status> {
+        request: Request<Streaming<pb::IngestRecordsRequest>>,
+    ) -> Result<Response<pb::IngestRecordsResponse>, Status> {
         let mut stream = request.into_inner();
-        let mut summary = pb::IngestSummary::default();
+        let mut summary = pb::IngestRecordsResponse::default();
         // Messages are queued in order and several stay in flight, so that
         // they share flushes; each is still applied atomically.
         let mut in_flight = std::collections::VecDeque::new();
         while let Some(message) = stream.next().await {
-            let message = message?;
+            let mut message = message?;
             let index = summary.messages;
             if let Err(e) = self.check_batch(message.records.len(), &format!("message {index}")) {
                 // What came before stays stored; say so once it is.
-                for pending in in_flight {
-                    count_outcome(&mut summary, pending.await?);
+                for (message, pending) in in_flight {
+                    count_outcome(&mut summary, message, pending.await)?;
                 }
                 let earlier = match index {
                     1 => "1 earlier message was processed".to_owned(),
@@ -180,37 +187,44 @@ impl TradeService for TradeApi {
                 .into());
             }
             summary.messages += 1;
-            match convert::parse_records(&message.records) {
-                Ok(records) => {
-                    in_flight.push_back(self.store.queue_records(records).await?);
+            let id = std::mem::take(&mut message.request_id);
+            let parsed = request_id::tag("IngestRecords", &id, &message)
+                .and_then(|tag| Ok((tag, convert::parse_records(&message.records)?)));
+            match parsed {
+                Ok((tag, records)) => {
+                    let message_records = records.len();
+                    let queued = self.store.queue_records(records, tag).await?;
+                    in_flight.push_back(((index, message_records), queued));
                     if in_flight.len() > MAX_INGEST_IN_FLIGHT
-                        && let Some(oldest) = in_flight.pop_front()
+                        && let Some((message, oldest)) = in_flight.pop_front()
                     {
-                        count_outcome(&mut summary, oldest.await?);
+                        count_outcome(&mut summary, message, oldest.await)?;
                     }
                 }
-                Err(Error::InvalidArgument(violations)) => {
-                    summary.rejected += message.records.len() as u64;
-                    if summary.rejections.len() < MAX_LISTED_REJECTIONS {
-                        summary.rejections.push(pb::IngestRejection {
-                            message_index: index,
-                            reason: Error::InvalidArgument(violations).bounded_message(),
-                        });
-                    }
-                }
+                Err(Error::InvalidArgument(violations)) => reject(
+                    &mut summary,
+                    index,
+                    message.records.len(),
+                    Error::InvalidArgument(violations).bounded_message(),
+                ),
                 Err(other) => return Err(other.into()),
             }
         }
-        for pending in in_flight {
-            count_outcome(&mut summary, pending.await?);
+        for (message, pending) in in_flight {
+            count_outcome(&mut summary, message, pending.await)?;
         }
         Ok(Response::new(summary))
     }
 
-    async fn get_record(&self, request: Request<pb::RecordKey>) -> Result<Response<pb::TradeRecord>, Status> {
-        let key = convert::parse_key(request.get_ref())?;
+    async fn get_record(
+        &self,
+        request: Request<pb::GetRecordRequest>,
+    ) -> Result<Response<pb::GetRecordResponse>, Status> {
+        let key = convert::parse_key(request.get_ref().key.as_ref(), "key")?;
         match self.store.get_record(&key)? {
-            Some(stored) => Ok(Response::new(convert::record_to_pb(&stored))),
+            Some(stored) => Ok(Response::new(pb::GetRecordResponse {
+                record: Some(convert::record_to_pb(&stored)),
+            })),
             None => Err(Error::NotFound(format!("no record {key}")).into()),
         }
     }
@@ -224,13 +238,16 @@ impl TradeService for TradeApi {
 
     async fn delete_record(
         &self,
-        request: Request<pb::RecordKey>,
+        request: Request<pb::DeleteRecordRequest>,
     ) -> Result<Response<pb::DeleteRecordResponse>, Status> {
-        let key = convert::parse_key(request.get_ref())?;
-        let (before, sequence) = self.store.delete_record(key).await?;
+        let mut request = request.into_inner();
+        let id = std::mem::take(&mut request.request_id);
+        let tag = request_id::tag("DeleteRecord", &id, &request)?;
+        let key = convert::parse_key(request.key.as_ref(), "key")?;
+        let deleted = self.store.delete_record(key, tag).await?;
         Ok(Response::new(pb::DeleteRecordResponse {
-            record: Some(convert::record_to_pb(&before)),
-            sequence,
+            record: Some(convert::record_to_pb(&deleted.record)),
+            sequence: deleted.sequence,
         }))
     }
 
@@ -254,61 +271,79 @@ impl TradeService for TradeApi {
         Ok(Response::new(convert::aggregate_to_pb(&answer)?))
     }
 
+    async fn get_data_availability(
+        &self,
+        request: Request<pb::GetDataAvailabilityRequest>,
+    ) -> Result<Response<pb::GetDataAvailabilityResponse>, Status> {
+        let selector = convert::parse_selector(request.get_ref().selector.as_ref(), "selector")?;
+        let resolved = ResolvedSelector::resolve(&self.store, selector, "selector")?;
+        let store = self.store.clone();
+        // A scan of every matching record: off the async workers.
+        let found =
+            tokio::task::spawn_blocking(move || crate::query::availability::availability(&store, &resolved))
+                .await
+                .map_err(|e| Error::Unavailable(format!("counting records: {e}")))??;
+        Ok(Response::new(convert::availability_to_pb(&found)))
+    }
+
     async fn put_group(
         &self,
         request: Request<pb::PutGroupRequest>,
-    ) -> Result<Response<pb::PartnerGroup>, Status> {
-        let group = convert::parse_group(request.get_ref().group.as_ref())?;
-        let (group, updated_at, _) = self.store.put_group(group).await?;
-        Ok(Response::new(convert::group_to_pb(&group, updated_at)))
+    ) -> Result<Response<pb::PutGroupResponse>, Status> {
+        let mut request = request.into_inner();
+        let id = std::mem::take(&mut request.request_id);
+        let tag = request_id::tag("PutGroup", &id, &request)?;
+        let group = convert::parse_group(request.group.as_ref())?;
+        let (group, first_sequence, last_sequence) = group_response(self.store.put_group(group, tag).await?);
+        Ok(Response::new(pb::PutGroupResponse {
+            group: Some(group),
+            first_sequence,
+            last_sequence,
+        }))
     }
 
     async fn get_group(
         &self,
         request: Request<pb::GetGroupRequest>,
-    ) -> Result<Response<pb::PartnerGroup>, Status> {
+    ) -> Result<Response<pb::GetGroupResponse>, Status> {
         let name = convert::parse_group_name(&request.get_ref().name, "name")?;
         match self.store.get_group(&name)? {
-            Some((group, updated_at)) => Ok(Response::new(convert::group_to_pb(&group, updated_at))),
+            Some((group, updated_at)) => Ok(Response::new(pb::GetGroupResponse {
+                group: Some(convert::group_to_pb(&group, updated_at)),
+            })),
             None => Err(Error::NotFound(format!("no partner group named {name}")).into()),
         }
     }
 
     async fn list_groups(
         &self,
-        _request: Request<pb::ListGroupsRequest>,
+        request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        let groups = self
-            .store
-            .list_groups()?
-            .iter()
-            .map(|(g, t)| convert::group_to_pb(g, *t))
-            .collect();
-        Ok(Response::new(pb::ListGroupsResponse { groups }))
+        let request = request.get_ref();
+        let page = Page::parse(
+            "ListGroups",
+            &pb::ListGroupsRequest::default(),
+            request.page_size,
+            &request.page_token,
+            self.limits.max_page_size,
+        )?;
+        let all = self.store.list_groups()?;
+        let (groups, last) = page.select(&all, |(g, _)| g.name.as_str().as_bytes());
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: groups.iter().map(|(g, t)| convert::group_to_pb(g, *t)).collect(),
+            next_page_token: page.next_token(last),
+        }))
     }
 
     async fn delete_group(
         &self,
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
-        let name = convert::parse_group_name(&request.get_ref().name, "name")?;
-        let (group, updated_at) = self.store.delete_group(name).await?;
-        Ok(Response::new(pb::DeleteGroupResponse {
-            group: Some(convert::group_to_pb(&group, updated_at)),
-        }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn page_tokens_round_trip() {
-        let key = vec![b'r', 0, 255, 17];
-        assert_eq!(decode_page_token(&encode_page_token(&key)).unwrap(), Some(key));
-        assert!(decode_page_token("zz").is_err());
-        assert!(decode_page_token("abc").is_err());
-        assert!(decode_page_token("é1").is_err());
+        let mut request = request.into_inner();
+        let id = std::mem::take(&mut request.request_id);
+        let tag = request_id::tag("DeleteGroup", &id, &request)?;
+        let name = convert::parse_group_name(&request.name, "name")?;
+        let (group, _, _) = group_response(self.store.delete_group(name, tag).await?);
+        Ok(Response::new(pb::DeleteGroupResponse { group: Some(group) }))
     }
 }

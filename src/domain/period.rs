@@ -55,6 +55,36 @@ impl Period {
         }
     }
 
+    /// A bound of a period range: a period, or a quarter as answers label
+    /// it (`2025-Q1`), which stands for its first month as a lower bound
+    /// and its last month as an upper one (`end`).
+    pub fn parse_bound(s: &str, end: bool) -> Result<Self, Invalid> {
+        let b = s.as_bytes();
+        if b.len() == 7 && &b[4..6] == b"-Q" {
+            let year = Self::parse(&s[..4])?;
+            let quarter = match b[6] {
+                q @ b'1'..=b'4' => q - b'0',
+                _ => {
+                    return Err(Invalid(format!(
+                        "quarter {:?} in {s:?} is outside Q1..=Q4",
+                        &s[5..]
+                    )));
+                }
+            };
+            let month = if end { quarter * 3 } else { quarter * 3 - 2 };
+            return Ok(Period {
+                year: year.year,
+                month,
+            });
+        }
+        Self::parse(s).map_err(|e| match s.len() {
+            7 if b[4] == b'-' => e,
+            _ => Invalid(format!(
+                "{s:?} is not a period: expected YYYY, YYYY-Qn or YYYY-MM"
+            )),
+        })
+    }
+
     /// Rebuilds a period read back from storage.
     pub fn from_parts(year: u16, month: u8) -> Option<Self> {
         ((Self::MIN_YEAR..=Self::MAX_YEAR).contains(&year) && month <= 12).then_some(Period { year, month })
@@ -111,6 +141,28 @@ mod tests {
         );
         assert_eq!(m.to_string(), "2025-03");
         assert!(y < m);
+    }
+
+    #[test]
+    fn quarters_bound_ranges_by_their_months() {
+        let from = Period::parse_bound("2025-Q2", false).unwrap();
+        let to = Period::parse_bound("2025-Q2", true).unwrap();
+        assert_eq!(
+            (from.to_string(), to.to_string()),
+            ("2025-04".into(), "2025-06".into())
+        );
+        assert_eq!(Period::parse_bound("2025", true).unwrap().to_string(), "2025");
+        assert_eq!(
+            Period::parse_bound("2025-11", false).unwrap().to_string(),
+            "2025-11"
+        );
+        for bad in ["2025-Q0", "2025-Q5", "2025-q1", "1899-Q1", "2025-Q"] {
+            assert!(Period::parse_bound(bad, false).is_err(), "{bad}");
+        }
+        assert!(
+            Period::parse("2025-Q1").is_err(),
+            "a record's period is never a quarter"
+        );
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Selector {
             (raw.period_to, "period_to", &mut selector.period_to),
         ] {
             if !s.is_empty() {
-                match Period::parse(s) {
+                match Period::parse_bound(s, name == "period_to") {
                     Ok(p) => *out = Some(p),
                     Err(e) => fail(name.into(), e),
                 }

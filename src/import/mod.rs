@@ -234,13 +234,14 @@ async fn send(
     records: &std::sync::Arc<Vec<TradeRecord>>,
     batch: usize,
     bar: &indicatif::ProgressBar,
-) -> std::result::Result<crate::pb::IngestSummary, tonic::Status> {
+) -> std::result::Result<crate::pb::IngestRecordsResponse, tonic::Status> {
     let (records, sent) = (records.clone(), bar.clone());
     let messages = tokio_stream::iter((0..records.len().div_ceil(batch)).map(move |i| {
         let chunk = &records[i * batch..((i + 1) * batch).min(records.len())];
         sent.inc(chunk.len() as u64);
-        crate::pb::PutRecordsRequest {
+        crate::pb::IngestRecordsRequest {
             records: chunk.iter().map(crate::api::trade_record_to_pb).collect(),
+            request_id: String::new(),
         }
     }));
     Ok(client.ingest_records(messages).await?.into_inner())
@@ -281,7 +282,7 @@ pub async fn store_records(store: &Store, records: Vec<TradeRecord>) -> Result<I
     while records.peek().is_some() || !queued.is_empty() {
         if records.peek().is_some() && queued.len() < IN_FLIGHT {
             let batch: Vec<TradeRecord> = records.by_ref().take(BATCH).collect();
-            queued.push_back(store.queue_records(batch).await?);
+            queued.push_back(store.queue_records(batch, None).await?);
             continue;
         }
         let Some(stored) = queued.pop_front() else { break };

@@ -344,7 +344,8 @@ fn period_range(from: Option<Period>, to: Option<Period>, frequency: Frequency) 
                 return Err(invalid(
                     &format!("selector.{field}"),
                     format!(
-                        "{} is a month, but annual data is summed; give a year",
+                        "{field} {} is part of a year, but annual data is summed; give a year \
+                         (or sum FREQUENCY_MONTHLY data)",
                         p.map(|p| p.to_string()).unwrap_or_default()
                     ),
                 ));

@@ -1,6 +1,7 @@
 //! Questions about stored records: selector resolution, listing, aggregates.
 
 pub mod aggregate;
+pub mod availability;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -4,6 +4,7 @@ mod codec;
 mod disk;
 mod facts;
 mod keys;
+mod requests;
 mod rollup;
 mod scan;
 mod series_cache;
@@ -21,8 +22,8 @@ use prost_types::Timestamp;
 use tokio::sync::watch;
 
 use crate::domain::{
-    CountryCode, GroupName, PartnerGroup, RecordKey, StoredRecord, TradeRecord, WatchDef, WatchId,
-    WriteOutcome,
+    CountryCode, GroupName, PartnerGroup, RecordKey, RequestTag, StoredRecord, TradeRecord, WatchDef,
+    WatchId, WriteOutcome,
 };
 use crate::error::{Error, Result};
 pub use codec::{EventKind, EventValue, MilestoneValue, RecordStoredValue, RecordValue, decode_amount};
@@ -30,6 +31,7 @@ pub use codec::{EventKind, EventValue, MilestoneValue, RecordStoredValue, Record
 /// A stored record value inside an event, if there is one.
 pub type RecordValueRef<'a> = Option<&'a RecordValue>;
 pub use facts::{Fact, FactScan, FactSource};
+pub use requests::{GroupWritten, RecordDeleted, WatchWritten};
 pub use rollup::Tally;
 use series_cache::SeriesCache;
 use writer::{Change, Pending, Prefetch, Writer, WriterHandle};
@@ -56,7 +58,7 @@ pub struct PutOutcome {
 /// A page of records and where the next one starts.
 pub struct RecordPage {
     pub records: Vec<StoredRecord>,
-    /// Encoded key of the last record returned, when more may follow.
+    /// Encoded key of the last record returned, exactly when more follow.
     pub resume_after: Option<Vec<u8>>,
 }
 
@@ -232,7 +234,7 @@ impl Store {
     }
 
     /// Records matching `plan` in key order, strictly after `after`, at
-    /// most `limit`.
+    /// most `limit` (at least 1).
     pub fn list_records(
         &self,
         plan: &ScanPlan<'_>,
@@ -263,10 +265,14 @@ impl Store {
                     continue;
                 }
                 records.push(codec::decode_record(&k, &v)?);
-                if records.len() == limit {
+                if records.len() > limit {
+                    // One more than asked for: the page ends before it, and
+                    // the caller knows more follow.
+                    records.pop();
+                    let resume_after = records.last().map(|r| keys::record_key(&r.record.key).to_vec());
                     return Ok(RecordPage {
                         records,
-                        resume_after: Some(k.to_vec()),
+                        resume_after,
                     });
                 }
             }
@@ -297,9 +303,14 @@ impl Store {
     }
 
     /// Creates or revises records in one atomic, durable batch. The records
-    /// must have distinct keys.
-    pub async fn put_records(&self, records: Vec<TradeRecord>) -> Result<PutOutcome> {
-        self.queue_records(records).await?.await
+    /// must have distinct keys. A request tag makes the write idempotent:
+    /// made once, its outcome answers every retry (see [`requests`]).
+    pub async fn put_records(
+        &self,
+        records: Vec<TradeRecord>,
+        request: Option<RequestTag>,
+    ) -> Result<PutOutcome> {
+        self.queue_records(records, request).await?.await
     }
 
     /// Queues a batch like [`Store::put_records`] and returns once it is
@@ -309,6 +320,7 @@ impl Store {
     pub async fn queue_records(
         &self,
         records: Vec<TradeRecord>,
+        request: Option<RequestTag>,
     ) -> Result<impl std::future::Future<Output = Result<PutOutcome>> + use<>> {
         // A large batch reads what it will change before it reaches the
         // writer, on another thread, so the writer only confirms the reads.
@@ -323,7 +335,7 @@ impl Store {
             );
         }
         self.writer
-            .enqueue(move |w| {
+            .enqueue(request, move |w| {
                 let now = now();
                 let mut changes = Vec::new();
                 let mut results = Vec::with_capacity(records.len());
@@ -352,16 +364,18 @@ impl Store {
                         changes.push(Change { key, before, after });
                     }
                 }
-                let sequences = w.commit(&changes, pending, now)?;
-                Ok(PutOutcome { results, sequences })
+                w.commit(&changes, pending, now, |sequences| PutOutcome {
+                    results,
+                    sequences,
+                })
             })
             .await
     }
 
     /// Deletes a record; returns it as it was and the event's sequence.
-    pub async fn delete_record(&self, key: RecordKey) -> Result<(StoredRecord, u64)> {
+    pub async fn delete_record(&self, key: RecordKey, request: Option<RequestTag>) -> Result<RecordDeleted> {
         self.writer
-            .submit(move |w| {
+            .submit(request, move |w| {
                 let k = keys::record_key(&key);
                 let Some(before) = w.get(&k)?.map(|v| codec::decode_record(&k, &v)).transpose()? else {
                     return Err(Error::NotFound(format!("no record {key}")));
@@ -371,9 +385,11 @@ impl Store {
                     before: Some(before.clone()),
                     after: None,
                 };
-                let range = w.commit(&[change], Pending::default(), now())?;
                 // The deletion's own event comes first; milestones follow it.
-                Ok((before, range.map_or(0, |r| r.first)))
+                w.commit(&[change], Pending::default(), now(), |range| RecordDeleted {
+                    record: before,
+                    sequence: range.map_or(0, |r| r.first),
+                })
             })
             .await
     }
@@ -416,12 +432,9 @@ impl Store {
 
     /// Creates or replaces a group; the watches that name it follow the new
     /// members at once (their milestones cause GROUP_CHANGE).
-    pub async fn put_group(
-        &self,
-        group: PartnerGroup,
-    ) -> Result<(PartnerGroup, Timestamp, Option<SequenceRange>)> {
+    pub async fn put_group(&self, group: PartnerGroup, request: Option<RequestTag>) -> Result<GroupWritten> {
         self.writer
-            .submit(move |w| {
+            .submit(request, move |w| {
                 let now = now();
                 let mut pending = Pending::default();
                 pending.batch.insert(
@@ -455,19 +468,22 @@ impl Store {
                         &updates,
                         crate::milestones::Cause::GroupChange,
                     );
-                    w.stage_watch(&def, series, &reached, &[], &mut pending);
+                    w.stage_watch(&def, series, &reached, &[], &mut pending)?;
                 }
-                let sequences = w.commit(&[], pending, now)?;
-                Ok((group, now, sequences))
+                w.commit(&[], pending, now, |sequences| GroupWritten {
+                    group,
+                    updated_at: now,
+                    sequences,
+                })
             })
             .await
     }
 
     /// Deletes a group; returns it as it was. A group a watch names cannot
     /// be deleted (FAILED_PRECONDITION): delete or redefine the watch first.
-    pub async fn delete_group(&self, name: GroupName) -> Result<(PartnerGroup, Timestamp)> {
+    pub async fn delete_group(&self, name: GroupName, request: Option<RequestTag>) -> Result<GroupWritten> {
         self.writer
-            .submit(move |w| {
+            .submit(request, move |w| {
                 let k = keys::group_key(&name);
                 let Some(old) = w.get(&k)?.map(|v| codec::decode_group(&k, &v)).transpose()? else {
                     return Err(Error::NotFound(format!("no group {name}")));
@@ -480,13 +496,18 @@ impl Store {
                 }
                 let mut pending = Pending::default();
                 pending.batch.remove(k);
-                w.commit(&[], pending, now())?;
-                Ok(old)
+                let (group, updated_at) = old;
+                w.commit(&[], pending, now(), |sequences| GroupWritten {
+                    group,
+                    updated_at,
+                    sequences,
+                })
             })
             .await
     }
 
-    /// Creates a watch (assigning an id when it has none) and arms it from
+    /// Creates a watch (assigning an id when it has none, refusing one past
+    /// `max_watches`) and arms it from
     /// the data already stored; with `backfill`, also stores the milestones
     /// that data implies. Returns the watch, its creation time and the
     /// sequences of any backfilled events.
@@ -495,9 +516,18 @@ impl Store {
         id: Option<WatchId>,
         make: impl FnOnce(WatchId) -> WatchDef + Send + 'static,
         backfill: bool,
-    ) -> Result<(WatchDef, Timestamp, Option<SequenceRange>)> {
+        max_watches: usize,
+        request: Option<RequestTag>,
+    ) -> Result<WatchWritten> {
         self.writer
-            .submit(move |w| {
+            .submit(request, move |w| {
+                let count = w.watches.len();
+                if count >= max_watches {
+                    return Err(Error::ResourceExhausted(format!(
+                        "there are {count} watches, the limit is {max_watches} (max_watches, --max-watches); \
+                         delete one before creating another"
+                    )));
+                }
                 let now = now();
                 let mut pending = Pending::default();
                 let id = match id {
@@ -533,26 +563,37 @@ impl Store {
                     watches::watch_key(&def.id),
                     watches::encode_watch(&def, now).encode_to_vec(),
                 );
-                w.stage_watch(&def, series, &reached, &[], &mut pending);
-                let sequences = w.commit(&[], pending, now)?;
-                Ok((def, now, sequences))
+                w.stage_watch(&def, series, &reached, &[], &mut pending)?;
+                w.commit(&[], pending, now, |sequences| WatchWritten {
+                    def,
+                    created_at: now,
+                    sequences,
+                })
             })
             .await
     }
 
     /// Deletes a watch; returns it as it was.
-    pub async fn delete_watch(&self, id: WatchId) -> Result<WatchDef> {
+    pub async fn delete_watch(&self, id: WatchId, request: Option<RequestTag>) -> Result<WatchWritten> {
         self.writer
-            .submit(move |w| {
+            .submit(request, move |w| {
                 let Some(runtime) = w.watches.get(&id).cloned() else {
                     return Err(Error::NotFound(format!("no watch {id}")));
                 };
+                let key = watches::watch_key(&id);
+                let created_at = match w.get(&key)? {
+                    Some(v) => watches::decode_watch_entry(&key, &v, &w.groups()?)?.1,
+                    None => Timestamp::default(),
+                };
                 let mut pending = Pending::default();
-                pending.batch.remove(watches::watch_key(&id));
+                pending.batch.remove(key);
                 pending.batch.remove(watches::state_key(&id));
                 pending.watches.push((id, None));
-                w.commit(&[], pending, now())?;
-                Ok(runtime.def)
+                w.commit(&[], pending, now(), |sequences| WatchWritten {
+                    def: runtime.def,
+                    created_at,
+                    sequences,
+                })
             })
             .await
     }
@@ -628,7 +669,7 @@ pub fn decode_record_key(bytes: &[u8]) -> Result<RecordKey> {
     keys::decode_record_key(bytes)
 }
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     Timestamp::from(SystemTime::now())
 }
 
@@ -702,9 +743,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = open(tmp.path(), 0);
         // 600 events: blocks of 256, 256, 88; then blocks of one.
-        store.put_records(records(600, 1)).await.unwrap();
+        store.put_records(records(600, 1), None).await.unwrap();
         for units in 2..5 {
-            store.put_records(records(1, units)).await.unwrap();
+            store.put_records(records(1, units), None).await.unwrap();
         }
         let all: Vec<u64> = (1..=603).collect();
         assert_eq!(sequences(&store, 0, usize::MAX), all);
@@ -736,7 +777,7 @@ mod tests {
     async fn retention_removes_whole_blocks_and_reads_from_the_oldest_kept() {
         let tmp = tempfile::tempdir().unwrap();
         let store = open(tmp.path(), 100);
-        store.put_records(records(600, 1)).await.unwrap();
+        store.put_records(records(600, 1), None).await.unwrap();
         // The log keeps the newest 100: 501..=600. Entries below are
         // removed by the writes that follow, a block straddling the cut
         // stays on disk but is not read from below it.
@@ -745,7 +786,7 @@ mod tests {
             sequences(&store, 501, usize::MAX),
             (501..=600).collect::<Vec<_>>()
         );
-        store.put_records(records(600, 2)).await.unwrap();
+        store.put_records(records(600, 2), None).await.unwrap();
         assert_eq!(store.oldest_sequence(), 1101);
         assert_eq!(
             sequences(&store, 1101, usize::MAX),
@@ -764,7 +805,7 @@ mod tests {
     async fn a_format_1_store_with_one_event_per_key_is_upgraded_and_read() {
         let tmp = tempfile::tempdir().unwrap();
         let store = open(tmp.path(), 0);
-        store.put_records(records(300, 1)).await.unwrap();
+        store.put_records(records(300, 1), None).await.unwrap();
         let before = store.events(1, usize::MAX).unwrap();
         store.close().await;
         drop(store);
@@ -793,7 +834,7 @@ mod tests {
         let version = store.db.get(keys::META_FORMAT_VERSION).unwrap().unwrap();
         assert_eq!(version.as_ref(), &FORMAT_VERSION.to_be_bytes());
         // New writes go into blocks after the old entries.
-        store.put_records(records(2, 5)).await.unwrap();
+        store.put_records(records(2, 5), None).await.unwrap();
         assert_eq!(sequences(&store, 299, 10), vec![299, 300, 301, 302]);
         store.close().await;
     }

@@ -14,10 +14,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, EventBlock, EventKind, EventValue, RecordStoredValue, SeriesValue};
 use super::disk::Disk;
+use super::requests::{self, Replay};
 use super::rollup::{ChangeEffect, RollupDeltas, Tally};
 use super::series_cache::SeriesCache;
-use super::{keys, watches};
-use crate::domain::{Bucket, Flow, GroupName, PartnerGroup, RecordKey, StoredRecord, WatchDef, WatchId};
+use super::{keys, now, watches};
+use crate::domain::{
+    Bucket, Flow, GroupName, PartnerGroup, RecordKey, RequestTag, StoredRecord, WatchDef, WatchId,
+};
 use crate::error::{Error, Result};
 use crate::metrics::{EventLabel, Metrics, WriteTally};
 use crate::milestones::{self, Cause, Series};
@@ -74,6 +77,9 @@ pub struct Writer {
     last_write: FastMap<RecordKey, u64>,
     /// Series readers keep decoded; each write drops the ones it changes.
     series: Arc<SeriesCache>,
+    /// The id of the job running now, if its caller named it: its commit
+    /// stores the outcome under it (see [`super::requests`]).
+    request: Option<RequestTag>,
 }
 
 /// What the writer shares with the store's readers.
@@ -117,21 +123,27 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    /// Runs `f` on the writer and answers once its effect is on disk.
-    pub async fn submit<T, F>(&self, f: F) -> Result<T>
+    /// Runs `f` on the writer and answers once its effect is on disk. With
+    /// a request tag, a write already made under that id is answered with
+    /// its stored outcome instead, and `f` does not run.
+    pub async fn submit<T, F>(&self, request: Option<RequestTag>, f: F) -> Result<T>
     where
-        T: Send + 'static,
+        T: Replay + Send + 'static,
         F: FnOnce(&mut Writer) -> Result<T> + Send + 'static,
     {
-        self.enqueue(f).await?.await
+        self.enqueue(request, f).await?.await
     }
 
     /// Queues `f` behind the jobs already queued and returns at once; the
     /// future it gives answers once the effect is on disk. Jobs queued one
     /// after another run in that order, and can share one flush.
-    pub async fn enqueue<T, F>(&self, f: F) -> Result<impl Future<Output = Result<T>> + use<T, F>>
+    pub async fn enqueue<T, F>(
+        &self,
+        request: Option<RequestTag>,
+        f: F,
+    ) -> Result<impl Future<Output = Result<T>> + use<T, F>>
     where
-        T: Send + 'static,
+        T: Replay + Send + 'static,
         F: FnOnce(&mut Writer) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
@@ -139,7 +151,9 @@ impl WriterHandle {
         let job: Job = Box::new(move |writer| {
             let outcome = match writer.disk.refused() {
                 Some(refused) => Err(refused),
-                None => f(writer).map_err(|e| writer.disk.job_failed(&writer.db, e)),
+                None => writer
+                    .run_job(request, f)
+                    .map_err(|e| writer.disk.job_failed(&writer.db, e)),
             };
             let metrics = writer.metrics.clone();
             Box::new(move |flushed| {
@@ -206,6 +220,7 @@ impl Writer {
             last_write: FastMap::default(),
             series,
             disk,
+            request: None,
         };
         let thread = std::thread::Builder::new()
             .name("tradewatch-writer".into())
@@ -236,6 +251,23 @@ impl Writer {
             }
         }
         tracing::debug!("writer stopped");
+    }
+
+    /// Runs one job; see [`WriterHandle::submit`].
+    fn run_job<T: Replay>(
+        &mut self,
+        request: Option<RequestTag>,
+        f: impl FnOnce(&mut Writer) -> Result<T>,
+    ) -> Result<T> {
+        if let Some(tag) = &request
+            && let Some(outcome) = requests::replay(self, tag, now())?
+        {
+            return Ok(outcome);
+        }
+        self.request = request;
+        let outcome = f(self);
+        self.request = None;
+        outcome
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>> {
@@ -281,14 +313,17 @@ impl Writer {
     /// Writes record changes with their events, the rollups and watch
     /// states they move and the milestones they reach, together with
     /// `pending` (e.g. a group and the events its edit caused), in one
-    /// atomic batch. Returns the sequence numbers assigned, if any event was
-    /// produced.
-    pub fn commit(
+    /// atomic batch. `outcome` makes the write's outcome from the sequence
+    /// numbers assigned (`None` when no event was produced); when the job's
+    /// caller named the request, the outcome is stored with it in the same
+    /// batch.
+    pub fn commit<T: Replay>(
         &mut self,
         changes: &[Change],
         mut pending: Pending,
         now: Timestamp,
-    ) -> Result<Option<SequenceRange>> {
+        outcome: impl FnOnce(Option<SequenceRange>) -> T,
+    ) -> Result<T> {
         let mut rollups = RollupDeltas::default();
         // Records as this write leaves them so far, for sums that look at a
         // record's siblings.
@@ -358,6 +393,11 @@ impl Writer {
         if last >= first {
             batch.insert(keys::META_HEAD_SEQUENCE, &last.to_be_bytes());
         }
+        let sequences = (last >= first).then_some(SequenceRange { first, last });
+        let outcome = outcome(sequences);
+        if let Some(tag) = self.request.take() {
+            requests::stage(self, &mut batch, &tag, &outcome, now)?;
+        }
         let oldest = self.trim_events(last, &mut batch)?;
         self.disk.room_for(changes.len() + (last + 1 - first) as usize)?;
         let applied = self.db.apply_batch(batch);
@@ -374,7 +414,7 @@ impl Writer {
                 None => self.watches.remove(&id),
             };
         }
-        Ok((last >= first).then_some(SequenceRange { first, last }))
+        Ok(outcome)
     }
 
     /// Counts an applied commit and remembers the record keys it wrote, for
@@ -487,12 +527,15 @@ impl Writer {
                 Cause::NewData
             };
             let (series, reached) = milestones::evaluate(&watch.def.rules, &watch.series, &updates, cause);
-            self.stage_watch(&watch.def, series, &reached, &touch.keys, pending);
+            self.stage_watch(&watch.def, series, &reached, &touch.keys, pending)?;
         }
         Ok(())
     }
 
     /// Adds a watch's new state and the milestones it reached to `pending`.
+    /// `OUT_OF_RANGE` when a period's value would not fit `Money` (int64
+    /// units): an event must never show a clamped amount, so the write that
+    /// would cause one is refused whole.
     pub fn stage_watch(
         &self,
         def: &WatchDef,
@@ -500,7 +543,20 @@ impl Writer {
         reached: &[milestones::Milestone],
         caused_by: &[RecordKey],
         pending: &mut Pending,
-    ) {
+    ) -> Result<()> {
+        for (bucket, (nanos, _)) in &series.values {
+            let value = crate::domain::Money::new(def.spec.currency, *nanos);
+            if value.to_parts().is_none() {
+                return Err(Error::OutOfRange(format!(
+                    "this write would take the value of watch {} ({}) for {} to {value}, \
+                     more than an amount can hold ({} units); nothing was stored",
+                    def.id,
+                    def.name,
+                    bucket.label(),
+                    i64::MAX
+                )));
+            }
+        }
         for milestone in reached {
             let (is_record_high, value) = watches::milestone_event(def, milestone, caused_by);
             pending.events.push(if is_record_high {
@@ -520,6 +576,7 @@ impl Writer {
                 series,
             }),
         ));
+        Ok(())
     }
 }
 

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::Status;
+use tonic::codegen::{Body, Bytes, StdError};
 use tonic::transport::Channel;
 use tradewatch::pb::{self, trade_service_client::TradeServiceClient};
 use tradewatch::{Application, Config};
@@ -157,7 +159,78 @@ pub fn content(r: &pb::TradeRecord) -> pb::TradeRecord {
 }
 
 pub fn put(records: Vec<pb::TradeRecord>) -> pb::PutRecordsRequest {
-    pb::PutRecordsRequest { records }
+    pb::PutRecordsRequest {
+        records,
+        ..Default::default()
+    }
+}
+
+/// One IngestRecords message, without a request id.
+pub fn ingest(records: Vec<pb::TradeRecord>) -> pb::IngestRecordsRequest {
+    pb::IngestRecordsRequest {
+        records,
+        ..Default::default()
+    }
+}
+
+pub fn get(key: pb::RecordKey) -> pb::GetRecordRequest {
+    pb::GetRecordRequest { key: Some(key) }
+}
+
+pub fn delete(key: pb::RecordKey) -> pb::DeleteRecordRequest {
+    pb::DeleteRecordRequest {
+        key: Some(key),
+        ..Default::default()
+    }
+}
+
+/// GetRecord over any client (with or without an interceptor): the record,
+/// or the call's status.
+pub async fn get_record<T>(
+    client: &mut TradeServiceClient<T>,
+    key: pb::RecordKey,
+) -> Result<pb::TradeRecord, Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<StdError>,
+    T::ResponseBody: Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as Body>::Error: Into<StdError> + Send,
+{
+    client
+        .get_record(get(key))
+        .await?
+        .into_inner()
+        .record
+        .ok_or_else(|| Status::internal("GetRecord answered without a record"))
+}
+
+pub fn put_group(group: pb::PartnerGroup) -> pb::PutGroupRequest {
+    pb::PutGroupRequest {
+        group: Some(group),
+        ..Default::default()
+    }
+}
+
+pub fn delete_group(name: &str) -> pb::DeleteGroupRequest {
+    pb::DeleteGroupRequest {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+/// CreateWatch of `watch`, without backfill or a request id.
+pub fn create(watch: pb::Watch) -> pb::CreateWatchRequest {
+    pb::CreateWatchRequest {
+        watch: Some(watch),
+        ..Default::default()
+    }
+}
+
+pub fn delete_watch(id: &str) -> pb::DeleteWatchRequest {
+    pb::DeleteWatchRequest {
+        id: id.into(),
+        ..Default::default()
+    }
 }
 
 /// The real binary, serving on a free port; killed with SIGKILL when

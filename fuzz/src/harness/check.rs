@@ -101,6 +101,7 @@ pub async fn list_all(
     let mut records = Vec::new();
     let mut token = String::new();
     for _ in 0..100_000 {
+        let first = token.is_empty();
         let page = client
             .list_records(pb::ListRecordsRequest {
                 selector: selector.clone(),
@@ -114,6 +115,11 @@ pub async fn list_all(
             page.records.len() <= limit,
             "a page of {} records for page_size {page_size}",
             page.records.len()
+        );
+        // A token is given exactly when records follow.
+        assert!(
+            first || !page.records.is_empty(),
+            "a next_page_token led to an empty page (page_size {page_size})"
         );
         records.extend(page.records);
         if page.next_page_token.is_empty() {
@@ -293,10 +299,16 @@ pub async fn check_store(channel: &Channel) -> Snapshot {
                 .unwrap_or_default(),
         };
         let got = trade
-            .get_record(key.clone())
+            .get_record(pb::GetRecordRequest {
+                key: Some(key.clone()),
+            })
             .await
             .unwrap_or_else(|s| panic!("GetRecord {key:?}: {s}"));
-        assert_eq!(&got.into_inner(), r, "GetRecord differs from ListRecords");
+        assert_eq!(
+            got.into_inner().record.as_ref(),
+            Some(r),
+            "GetRecord differs from ListRecords"
+        );
     }
 
     // Aggregates against brute force, per currency, frequency and commodity level.
@@ -477,18 +489,41 @@ pub async fn check_store(channel: &Channel) -> Snapshot {
         next - 1
     );
 
-    let groups = trade
-        .list_groups(pb::ListGroupsRequest {})
-        .await
-        .expect("ListGroups")
-        .into_inner()
-        .groups;
-    let watches = milestones
-        .list_watches(pb::ListWatchesRequest {})
-        .await
-        .expect("ListWatches")
-        .into_inner()
-        .watches;
+    // Groups and watches in small pages, so that their tokens are used too.
+    let mut groups = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = trade
+            .list_groups(pb::ListGroupsRequest {
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .expect("ListGroups")
+            .into_inner();
+        groups.extend(page.groups);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut watches = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = milestones
+            .list_watches(pb::ListWatchesRequest {
+                page_size: 7,
+                page_token: token,
+            })
+            .await
+            .expect("ListWatches")
+            .into_inner();
+        watches.extend(page.watches);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
     Snapshot {
         records,
         head_sequence: head,

@@ -63,8 +63,6 @@ const RPCS: [Rpc; 16] = [
     Rpc::ListEvents,
 ];
 
-const KEY_FIELDS: &[&str] = &["reporter", "partner", "flow", "period", "commodity", "currency"];
-
 impl Rpc {
     fn path(self) -> &'static str {
         match self {
@@ -90,46 +88,45 @@ impl Rpc {
     /// Top-level fields of the request message, which violations must name.
     fn fields(self) -> &'static [&'static str] {
         match self {
-            Rpc::PutRecords | Rpc::IngestRecords => &["records"],
-            Rpc::GetRecord | Rpc::DeleteRecord => KEY_FIELDS,
+            Rpc::PutRecords | Rpc::IngestRecords => &["records", "request_id"],
+            Rpc::GetRecord => &["key"],
+            Rpc::DeleteRecord => &["key", "request_id"],
             Rpc::ListRecords => &["selector", "page_size", "page_token"],
             Rpc::Aggregate => &["selector", "group_by", "granularity", "order_by", "limit"],
-            Rpc::PutGroup => &["group"],
-            Rpc::GetGroup | Rpc::DeleteGroup => &["name"],
-            Rpc::ListGroups | Rpc::ListWatches => &[],
-            Rpc::CreateWatch => &[
-                "id",
-                "name",
-                "selector",
-                "granularity",
-                "thresholds",
-                "record_high",
-                "backfill",
-            ],
-            Rpc::GetWatch | Rpc::DeleteWatch => &["id"],
+            Rpc::PutGroup => &["group", "request_id"],
+            Rpc::GetGroup => &["name"],
+            Rpc::DeleteGroup => &["name", "request_id"],
+            Rpc::ListGroups | Rpc::ListWatches => &["page_size", "page_token"],
+            Rpc::CreateWatch => &["watch", "backfill", "request_id"],
+            Rpc::GetWatch => &["id"],
+            Rpc::DeleteWatch => &["id", "request_id"],
             Rpc::Subscribe => &["from_sequence", "kinds", "watch_ids"],
             Rpc::ListEvents => &["from_sequence", "limit", "kinds", "watch_ids"],
         }
     }
 
-    /// Statuses a decodable request may get besides OK.
+    /// Statuses a decodable request may get besides OK. A write may get
+    /// ALREADY_EXISTS for a request id used before with another request.
     fn allowed(self) -> &'static [Code] {
         use Code::*;
         match self {
-            Rpc::PutRecords => &[InvalidArgument, ResourceExhausted],
-            // Bad messages are counted in the summary, not answered with a status.
-            Rpc::IngestRecords => &[ResourceExhausted],
+            Rpc::PutRecords => &[InvalidArgument, ResourceExhausted, AlreadyExists],
+            // Bad messages are counted in the summary, not answered with a
+            // status; a reused request id ends the stream.
+            Rpc::IngestRecords => &[ResourceExhausted, AlreadyExists],
             Rpc::GetRecord => &[InvalidArgument, NotFound],
-            Rpc::DeleteRecord => &[InvalidArgument, NotFound],
+            Rpc::DeleteRecord => &[InvalidArgument, NotFound, AlreadyExists],
             Rpc::ListRecords => &[InvalidArgument],
             // A total beyond int64 units does not fit google.type.Money.
             Rpc::Aggregate => &[InvalidArgument, OutOfRange],
-            Rpc::PutGroup => &[InvalidArgument, FailedPrecondition],
+            Rpc::PutGroup => &[InvalidArgument, FailedPrecondition, AlreadyExists],
             Rpc::GetGroup => &[InvalidArgument, NotFound],
-            Rpc::ListGroups | Rpc::ListWatches => &[],
-            Rpc::DeleteGroup => &[InvalidArgument, NotFound, FailedPrecondition],
+            // Only a page token the server never issued is refused.
+            Rpc::ListGroups | Rpc::ListWatches => &[InvalidArgument],
+            Rpc::DeleteGroup => &[InvalidArgument, NotFound, FailedPrecondition, AlreadyExists],
             Rpc::CreateWatch => &[InvalidArgument, AlreadyExists, OutOfRange, ResourceExhausted],
-            Rpc::GetWatch | Rpc::DeleteWatch => &[InvalidArgument, NotFound],
+            Rpc::GetWatch => &[InvalidArgument, NotFound],
+            Rpc::DeleteWatch => &[InvalidArgument, NotFound, AlreadyExists],
             Rpc::Subscribe | Rpc::ListEvents => &[InvalidArgument, OutOfRange, ResourceExhausted],
         }
     }
@@ -150,8 +147,21 @@ impl Rpc {
     /// A generated request, encoded.
     fn generate(self, inp: &mut Input, valid: bool) -> Vec<u8> {
         match self {
-            Rpc::PutRecords | Rpc::IngestRecords => put_request(inp, valid).encode_to_vec(),
-            Rpc::GetRecord | Rpc::DeleteRecord => make::key(inp, valid).encode_to_vec(),
+            Rpc::PutRecords => put_request(inp, valid).encode_to_vec(),
+            Rpc::IngestRecords => {
+                let put = put_request(inp, valid);
+                pb::IngestRecordsRequest {
+                    records: put.records,
+                    request_id: put.request_id,
+                }
+                .encode_to_vec()
+            }
+            Rpc::GetRecord => pb::GetRecordRequest { key: key(inp, valid) }.encode_to_vec(),
+            Rpc::DeleteRecord => pb::DeleteRecordRequest {
+                key: key(inp, valid),
+                request_id: make::request_id(inp, valid),
+            }
+            .encode_to_vec(),
             Rpc::ListRecords => make::list_records(inp, valid).encode_to_vec(),
             Rpc::Aggregate => make::aggregate(inp, valid).encode_to_vec(),
             Rpc::PutGroup => pb::PutGroupRequest {
@@ -160,24 +170,45 @@ impl Rpc {
                 } else {
                     None
                 },
+                request_id: make::request_id(inp, valid),
             }
             .encode_to_vec(),
-            Rpc::GetGroup | Rpc::DeleteGroup => pb::GetGroupRequest {
-                name: if valid {
-                    inp.pick(make::GROUPS).to_owned()
-                } else {
-                    inp.text(make::GROUPS, make::BAD_GROUPS)
-                },
+            Rpc::GetGroup => pb::GetGroupRequest {
+                name: group_name(inp, valid),
             }
             .encode_to_vec(),
-            Rpc::ListGroups | Rpc::ListWatches => Vec::new(),
-            Rpc::CreateWatch => make::watch(inp, valid).encode_to_vec(),
-            Rpc::GetWatch | Rpc::DeleteWatch => pb::GetWatchRequest {
-                id: if valid {
-                    inp.pick(make::WATCH_IDS).to_owned()
+            Rpc::DeleteGroup => pb::DeleteGroupRequest {
+                name: group_name(inp, valid),
+                request_id: make::request_id(inp, valid),
+            }
+            .encode_to_vec(),
+            Rpc::ListGroups => pb::ListGroupsRequest {
+                page_size: page_size(inp),
+                page_token: make::page_token(inp),
+            }
+            .encode_to_vec(),
+            Rpc::ListWatches => pb::ListWatchesRequest {
+                page_size: page_size(inp),
+                page_token: make::page_token(inp),
+            }
+            .encode_to_vec(),
+            Rpc::CreateWatch => pb::CreateWatchRequest {
+                watch: if valid || inp.chance(240) {
+                    Some(make::watch(inp, valid))
                 } else {
-                    inp.text(make::WATCH_IDS, make::BAD_WATCH_IDS)
+                    None
                 },
+                backfill: inp.chance(128),
+                request_id: make::request_id(inp, valid),
+            }
+            .encode_to_vec(),
+            Rpc::GetWatch => pb::GetWatchRequest {
+                id: watch_id(inp, valid),
+            }
+            .encode_to_vec(),
+            Rpc::DeleteWatch => pb::DeleteWatchRequest {
+                id: watch_id(inp, valid),
+                request_id: make::request_id(inp, valid),
             }
             .encode_to_vec(),
             Rpc::Subscribe => pb::SubscribeRequest {
@@ -199,15 +230,17 @@ impl Rpc {
     /// Whether `body` is a valid encoding of the request message.
     fn decodes(self, body: &[u8]) -> bool {
         match self {
-            Rpc::PutRecords | Rpc::IngestRecords => pb::PutRecordsRequest::decode(body).is_ok(),
-            Rpc::GetRecord | Rpc::DeleteRecord => pb::RecordKey::decode(body).is_ok(),
+            Rpc::PutRecords => pb::PutRecordsRequest::decode(body).is_ok(),
+            Rpc::IngestRecords => pb::IngestRecordsRequest::decode(body).is_ok(),
+            Rpc::GetRecord => pb::GetRecordRequest::decode(body).is_ok(),
+            Rpc::DeleteRecord => pb::DeleteRecordRequest::decode(body).is_ok(),
             Rpc::ListRecords => pb::ListRecordsRequest::decode(body).is_ok(),
             Rpc::Aggregate => pb::AggregateRequest::decode(body).is_ok(),
             Rpc::PutGroup => pb::PutGroupRequest::decode(body).is_ok(),
             Rpc::GetGroup => pb::GetGroupRequest::decode(body).is_ok(),
             Rpc::DeleteGroup => pb::DeleteGroupRequest::decode(body).is_ok(),
             Rpc::ListGroups => pb::ListGroupsRequest::decode(body).is_ok(),
-            Rpc::CreateWatch => pb::Watch::decode(body).is_ok(),
+            Rpc::CreateWatch => pb::CreateWatchRequest::decode(body).is_ok(),
             Rpc::GetWatch => pb::GetWatchRequest::decode(body).is_ok(),
             Rpc::DeleteWatch => pb::DeleteWatchRequest::decode(body).is_ok(),
             Rpc::ListWatches => pb::ListWatchesRequest::decode(body).is_ok(),
@@ -250,9 +283,9 @@ impl Rpc {
             Rpc::IngestRecords => {
                 let records: u64 = bodies
                     .iter()
-                    .map(|b| pb::PutRecordsRequest::decode(&b[..]).unwrap().records.len() as u64)
+                    .map(|b| pb::IngestRecordsRequest::decode(&b[..]).unwrap().records.len() as u64)
                     .sum();
-                let s: pb::IngestSummary = decode(&context, response);
+                let s: pb::IngestRecordsResponse = decode(&context, response);
                 assert_eq!(s.messages, bodies.len() as u64, "{context}: messages counted");
                 assert_eq!(
                     s.created + s.revised + s.unchanged + s.rejected,
@@ -261,7 +294,8 @@ impl Rpc {
                 );
             }
             Rpc::GetRecord => {
-                let _: pb::TradeRecord = decode(&context, response);
+                let r: pb::GetRecordResponse = decode(&context, response);
+                assert!(r.record.is_some(), "{context}: an answer without the record");
             }
             Rpc::ListRecords => {
                 let _: pb::ListRecordsResponse = decode(&context, response);
@@ -278,8 +312,17 @@ impl Rpc {
                         .all(|row| row.total.as_ref().is_some_and(|t| t.currency_code == r.currency))
                 );
             }
-            Rpc::PutGroup | Rpc::GetGroup => {
-                let _: pb::PartnerGroup = decode(&context, response);
+            Rpc::PutGroup => {
+                let r: pb::PutGroupResponse = decode(&context, response);
+                assert!(r.group.is_some(), "{context}: an answer without the group");
+                assert!(
+                    r.first_sequence <= r.last_sequence && (r.first_sequence == 0) == (r.last_sequence == 0),
+                    "{context}: event sequences {r:?}"
+                );
+            }
+            Rpc::GetGroup => {
+                let r: pb::GetGroupResponse = decode(&context, response);
+                assert!(r.group.is_some(), "{context}: an answer without the group");
             }
             Rpc::ListGroups => {
                 let _: pb::ListGroupsResponse = decode(&context, response);
@@ -287,8 +330,23 @@ impl Rpc {
             Rpc::DeleteGroup => {
                 let _: pb::DeleteGroupResponse = decode(&context, response);
             }
-            Rpc::CreateWatch | Rpc::GetWatch => {
-                let w: pb::Watch = decode(&context, response);
+            Rpc::CreateWatch => {
+                let r: pb::CreateWatchResponse = decode(&context, response);
+                let w = r
+                    .watch
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{context}: an answer without the watch"));
+                assert!(!w.id.is_empty(), "{context}: a watch without an id");
+                assert!(
+                    r.first_sequence <= r.last_sequence && (r.first_sequence == 0) == (r.last_sequence == 0),
+                    "{context}: event sequences {r:?}"
+                );
+            }
+            Rpc::GetWatch => {
+                let r: pb::GetWatchResponse = decode(&context, response);
+                let w = r
+                    .watch
+                    .unwrap_or_else(|| panic!("{context}: an answer without the watch"));
                 assert!(!w.id.is_empty(), "{context}: a watch without an id");
             }
             Rpc::ListWatches => {
@@ -320,7 +378,36 @@ fn put_request(inp: &mut Input, valid: bool) -> pb::PutRecordsRequest {
     if valid && records.is_empty() {
         records.push(make::record(inp, true));
     }
-    pb::PutRecordsRequest { records }
+    pb::PutRecordsRequest {
+        records,
+        request_id: make::request_id(inp, valid),
+    }
+}
+
+/// The key of GetRecord and DeleteRecord; now and then none.
+fn key(inp: &mut Input, valid: bool) -> Option<pb::RecordKey> {
+    (valid || inp.chance(240)).then(|| make::key(inp, valid))
+}
+
+fn group_name(inp: &mut Input, valid: bool) -> String {
+    if valid {
+        inp.pick(make::GROUPS).to_owned()
+    } else {
+        inp.text(make::GROUPS, make::BAD_GROUPS)
+    }
+}
+
+fn watch_id(inp: &mut Input, valid: bool) -> String {
+    if valid {
+        inp.pick(make::WATCH_IDS).to_owned()
+    } else {
+        inp.text(make::WATCH_IDS, make::BAD_WATCH_IDS)
+    }
+}
+
+/// Mostly the default; else any size (one above the maximum is lowered).
+fn page_size(inp: &mut Input) -> u32 {
+    if inp.chance(128) { inp.u32() } else { 0 }
 }
 
 /// The store grows until one of these, then is checked, restarted, checked

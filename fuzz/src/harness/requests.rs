@@ -55,6 +55,12 @@ pub const WATCH_IDS: &[&str] = &["w1", "w2", "fuzz", "a-b_c"];
 pub const BAD_WATCH_IDS: &[&str] = &["", "W1", "-a", "_a", "a b", "é", "a/b"];
 pub const PREFIXES: &[&str] = &["", "2", "27", "2701", "5"];
 pub const BAD_PREFIXES: &[&str] = &["27011234", "x", "-", "TOTAL", " 2"];
+/// A small pool, so that ids recur: a retry of the same request (answered
+/// with the first outcome) or the same id with another request
+/// (ALREADY_EXISTS).
+pub const REQUEST_IDS: &[&str] = &["7f1c1f0e-8d1c-4c43-9d1e-1b9f0e2f4a11", "retry-1", "r"];
+/// 65 bytes, one more than a request id may have.
+pub const BAD_REQUEST_IDS: &[&str] = &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0"];
 
 /// A country code, or when `group` a group name now and then.
 fn party(inp: &mut Input, valid: bool, codes: &[&str], group: bool) -> String {
@@ -268,11 +274,22 @@ pub fn aggregate(inp: &mut Input, valid: bool) -> pb::AggregateRequest {
     }
 }
 
+/// The optional idempotency key of a write: mostly none.
+pub fn request_id(inp: &mut Input, valid: bool) -> String {
+    if !inp.chance(32) {
+        return String::new();
+    }
+    text(inp, valid, REQUEST_IDS, BAD_REQUEST_IDS)
+}
+
+/// A page token; never one the server issued (those carry a MAC), so any
+/// but the empty one is refused.
 pub fn page_token(inp: &mut Input) -> String {
     match inp.byte() % 8 {
         0..=3 => String::new(),
         4 => {
-            // The hex of something shaped like a record key.
+            // The hex of something shaped like a record key (what tokens
+            // were before they were signed).
             let key: Vec<u8> = [b'r']
                 .iter()
                 .copied()
@@ -357,7 +374,6 @@ pub fn watch(inp: &mut Input, valid: bool) -> pb::Watch {
         },
         thresholds: inp.list(3, |i| money(i, valid, currency.as_deref())),
         record_high: inp.chance(128),
-        backfill: inp.chance(128),
         created_at: if inp.chance(16) {
             timestamp(inp, false)
         } else {
