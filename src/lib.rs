@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod collections;
 mod connection;
+pub mod core;
 pub mod domain;
 pub mod error;
 mod guard;

@@ -4,8 +4,9 @@
 use std::collections::BTreeSet;
 
 use crate::domain::{
-    CommodityLevel, CountryCode, FieldError, Frequency, GroupName, PartnerGroup, RawKey, RawRecord,
-    RawSelector, RecordKey, Selector, StoredRecord, TradeRecord, WriteOutcome,
+    Cause, CommodityLevel, CountryCode, Direction, Event, EventKind, FieldError, Frequency, GroupName,
+    PartnerGroup, RawKey, RawRecord, RawSelector, RecordKey, Selector, StoredRecord, TradeRecord,
+    WriteOutcome,
 };
 use crate::error::{Error, Result, Violation};
 use crate::pb;
@@ -454,10 +455,8 @@ pub fn frequency_to_pb(frequency: Frequency) -> pb::Frequency {
 /// An amount of an event. The writer refuses writes whose series values
 /// would not fit `Money`, so one that does not is a corrupt store, never
 /// shown clamped.
-fn amount_to_pb(nanos: Option<i128>, currency: &str) -> Result<Option<pb::Money>> {
+fn amount_to_pb(nanos: Option<i128>, currency: crate::domain::CurrencyCode) -> Result<Option<pb::Money>> {
     let Some(nanos) = nanos else { return Ok(None) };
-    let currency = crate::domain::CurrencyCode::parse(currency)
-        .map_err(|e| Error::Corrupt(format!("event currency: {e}")))?;
     let money = crate::domain::Money::new(currency, nanos);
     let (units, nanos) = money
         .to_parts()
@@ -469,73 +468,72 @@ fn amount_to_pb(nanos: Option<i128>, currency: &str) -> Result<Option<pb::Money>
     }))
 }
 
-fn stored_value_to_pb(v: &crate::store::RecordValueRef<'_>, currency: &str) -> Result<Option<pb::Money>> {
-    amount_to_pb(
-        v.map(|r| i128::from(r.units) * 1_000_000_000 + i128::from(r.nanos)),
-        currency,
-    )
-}
-
 /// A stored event as the API shows it.
-pub fn event_kind_to_pb(kind: &crate::store::EventKind) -> Result<pb::event::Kind> {
-    use crate::store::{EventKind, decode_amount, decode_record_key};
-    let keys = |caused_by: &[Vec<u8>]| -> Result<Vec<pb::RecordKey>> {
-        caused_by
-            .iter()
-            .map(|k| decode_record_key(k).map(|k| key_to_pb(&k)))
-            .collect()
-    };
-    Ok(match kind {
-        EventKind::RecordStored(v) => {
-            let key = decode_record_key(&v.key)?;
-            let currency = key.currency.to_string();
-            let change = match (&v.before, &v.after) {
+pub fn event_to_pb(event: &Event) -> Result<pb::Event> {
+    let keys = |caused_by: &[RecordKey]| caused_by.iter().map(key_to_pb).collect();
+    let kind = match &event.kind {
+        EventKind::RecordStored(r) => {
+            let change = match (&r.before, &r.after) {
                 (None, _) => pb::RecordChange::Created,
                 (_, None) => pb::RecordChange::Deleted,
                 _ => pb::RecordChange::Revised,
             };
-            let revision = v.after.as_ref().or(v.before.as_ref()).map_or(0, |r| r.revision);
+            let revision = r.after.as_ref().or(r.before.as_ref()).map_or(0, |s| s.revision);
             pb::event::Kind::RecordStored(pb::RecordStored {
-                key: Some(key_to_pb(&key)),
+                key: Some(key_to_pb(&r.key)),
                 change: change.into(),
-                old_value: stored_value_to_pb(&v.before.as_ref(), &currency)?,
-                new_value: stored_value_to_pb(&v.after.as_ref(), &currency)?,
+                old_value: r.before.as_ref().map(|s| money_to_pb(s.record.value())),
+                new_value: r.after.as_ref().map(|s| money_to_pb(s.record.value())),
                 revision,
             })
         }
-        EventKind::ThresholdCrossed(m) => pb::event::Kind::ThresholdCrossed(pb::ThresholdCrossed {
-            watch_id: m.watch_id.clone(),
-            watch_name: m.watch_name.clone(),
-            period: m.period.clone(),
-            threshold: amount_to_pb(decode_amount(&m.threshold), &m.currency)?,
-            direction: if m.up {
-                pb::Direction::Up
-            } else {
-                pb::Direction::Down
-            }
-            .into(),
-            value_before: amount_to_pb(decode_amount(&m.before), &m.currency)?,
-            value_after: amount_to_pb(decode_amount(&m.after), &m.currency)?,
-            caused_by: keys(&m.caused_by)?,
-            headline: m.headline.clone(),
-        }),
-        EventKind::RecordHigh(m) => pb::event::Kind::RecordHigh(pb::RecordHigh {
-            watch_id: m.watch_id.clone(),
-            watch_name: m.watch_name.clone(),
-            period: m.period.clone(),
-            value_before: amount_to_pb(decode_amount(&m.before), &m.currency)?,
-            value_after: amount_to_pb(decode_amount(&m.after), &m.currency)?,
-            previous_period: m.previous_period.clone(),
-            previous_value: amount_to_pb(decode_amount(&m.previous_value), &m.currency)?,
-            cause: match m.cause {
-                1 => pb::Cause::NewData,
-                2 => pb::Cause::Revision,
-                3 => pb::Cause::GroupChange,
-                _ => pb::Cause::Unspecified,
-            }
-            .into(),
-            caused_by: keys(&m.caused_by)?,
-            headline: m.headline.clone(),
-        }),
+        EventKind::ThresholdCrossed(m) => {
+            let amount = |nanos| amount_to_pb(nanos, m.watch.currency);
+            pb::event::Kind::ThresholdCrossed(pb::ThresholdCrossed {
+                watch_id: m.watch.id.to_string(),
+                watch_name: m.watch.name.clone(),
+                period: m.period.clone(),
+                threshold: amount(Some(m.threshold))?,
+                direction: match m.direction {
+                    Direction::Up => pb::Direction::Up,
+                    Direction::Down => pb::Direction::Down,
+                }
+                .into(),
+                value_before: amount(m.before)?,
+                value_after: amount(m.after)?,
+                caused_by: keys(&m.caused_by),
+                headline: m.headline.clone(),
+            })
+        }
+        EventKind::RecordHigh(m) => {
+            let amount = |nanos| amount_to_pb(nanos, m.watch.currency);
+            pb::event::Kind::RecordHigh(pb::RecordHigh {
+                watch_id: m.watch.id.to_string(),
+                watch_name: m.watch.name.clone(),
+                period: m.period.clone(),
+                value_before: amount(m.before)?,
+                value_after: amount(Some(m.after))?,
+                previous_period: m.previous.as_ref().map(|(p, _)| p.clone()).unwrap_or_default(),
+                previous_value: m
+                    .previous
+                    .as_ref()
+                    .map(|(_, v)| amount(*v))
+                    .transpose()?
+                    .flatten(),
+                cause: match m.cause {
+                    Cause::NewData => pb::Cause::NewData,
+                    Cause::Revision => pb::Cause::Revision,
+                    Cause::GroupChange => pb::Cause::GroupChange,
+                }
+                .into(),
+                caused_by: keys(&m.caused_by),
+                headline: m.headline.clone(),
+            })
+        }
+    };
+    Ok(pb::Event {
+        sequence: event.sequence,
+        time: Some(event.time),
+        kind: Some(kind),
     })
 }

@@ -13,11 +13,12 @@ use tonic::{Request, Response, Status};
 use super::paging::Page;
 use super::{convert, request_id};
 use crate::domain::{CurrencyCode, Granularity, Money, Party, Period, WatchDef, WatchId, WatchRules};
+use crate::domain::{Event, EventKind, NewWatch, WatchWritten};
 use crate::error::{Error, Result, Violation};
 use crate::limits::Limits;
 use crate::pb::{self, milestone_service_server::MilestoneService};
 use crate::query::ResolvedSelector;
-use crate::store::{EventKind, EventValue, Store, WatchWritten};
+use crate::store::Store;
 use crate::stream::{self, Message};
 
 const DEFAULT_EVENTS_PAGE: usize = 100;
@@ -142,17 +143,17 @@ impl MilestoneApi {
             thresholds,
             record_high: watch.record_high,
         };
-        let make = move |id| WatchDef {
+        let watch = NewWatch {
             id,
             name,
             reporters,
             partners,
             spec,
             rules,
+            backfill,
+            max_watches: self.limits.max_watches,
         };
-        self.store
-            .create_watch(id, make, backfill, self.limits.max_watches, tag)
-            .await
+        self.store.create_watch(watch, tag).await
     }
 
     fn list_events(&self, request: &pb::ListEventsRequest) -> Result<pb::ListEventsResponse> {
@@ -177,13 +178,13 @@ impl MilestoneApi {
             if chunk.is_empty() {
                 break;
             }
-            for (sequence, event) in chunk {
-                if sequence > head || events.len() == limit {
+            for event in chunk {
+                if event.sequence > head || events.len() == limit {
                     break;
                 }
-                next = sequence + 1;
+                next = event.sequence + 1;
                 if wanted.matches(&event) {
-                    events.push(event_to_pb(sequence, &event)?);
+                    events.push(convert::event_to_pb(&event)?);
                 }
             }
         }
@@ -328,24 +329,16 @@ impl EventFilter {
         })
     }
 
-    fn matches(&self, event: &EventValue) -> bool {
-        let (kind, watch) = match &event.kind {
-            Some(EventKind::RecordStored(_)) => (pb::EventKind::RecordStored, None),
-            Some(EventKind::ThresholdCrossed(m)) => (pb::EventKind::ThresholdCrossed, Some(&m.watch_id)),
-            Some(EventKind::RecordHigh(m)) => (pb::EventKind::RecordHigh, Some(&m.watch_id)),
-            None => return false,
+    fn matches(&self, event: &Event) -> bool {
+        let kind = match &event.kind {
+            EventKind::RecordStored(_) => pb::EventKind::RecordStored,
+            EventKind::ThresholdCrossed(_) => pb::EventKind::ThresholdCrossed,
+            EventKind::RecordHigh(_) => pb::EventKind::RecordHigh,
         };
+        let watch = event.kind.watch_id();
         (self.kinds.is_empty() || self.kinds.contains(&(kind as i32)))
-            && (self.watch_ids.is_empty() || watch.is_some_and(|w| self.watch_ids.contains(w)))
+            && (self.watch_ids.is_empty() || watch.is_some_and(|w| self.watch_ids.contains(w.as_str())))
     }
-}
-
-fn event_to_pb(sequence: u64, event: &EventValue) -> Result<pb::Event> {
-    Ok(pb::Event {
-        sequence,
-        time: event.time,
-        kind: event.kind.as_ref().map(convert::event_kind_to_pb).transpose()?,
-    })
 }
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
@@ -432,8 +425,8 @@ impl MilestoneService for MilestoneApi {
         )?;
         let responses = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |message| {
             let message = match message? {
-                Message::Event(sequence, event) => {
-                    pb::subscribe_response::Message::Event(event_to_pb(sequence, &event)?)
+                Message::Event(event) => {
+                    pb::subscribe_response::Message::Event(convert::event_to_pb(&event)?)
                 }
                 Message::CaughtUp { head } => {
                     pb::subscribe_response::Message::CaughtUp(pb::CaughtUp { head_sequence: head })

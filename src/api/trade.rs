@@ -7,11 +7,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::paging::Page;
 use super::{convert, request_id};
+use crate::domain::{GroupWritten, PutOutcome};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::pb::{self, trade_service_server::TradeService};
 use crate::query::ResolvedSelector;
-use crate::store::{GroupWritten, PutOutcome, Store};
+use crate::store::Store;
 /// Rejections an ingest summary lists in full.
 const MAX_LISTED_REJECTIONS: usize = 100;
 /// IngestRecords messages queued but not yet on disk, per stream.

@@ -2,7 +2,9 @@
 //! request into these once; nothing below it checks again.
 
 mod code;
+mod command;
 mod commodity;
+mod event;
 mod group;
 mod money;
 mod period;
@@ -13,7 +15,11 @@ mod series;
 mod watch;
 
 pub use code::{CountryCode, CurrencyCode, Party};
+pub use command::{
+    Action, Command, GroupWritten, NewWatch, Outcome, PutOutcome, RecordDeleted, SequenceRange, WatchWritten,
+};
 pub use commodity::{Commodity, CommodityLevel};
+pub use event::{Cause, Direction, Event, EventKind, RecordHigh, RecordStored, ThresholdCrossed, WatchRef};
 pub use group::{GroupName, PartnerGroup};
 pub use money::Money;
 pub use period::{Frequency, Period};

@@ -19,11 +19,11 @@ use std::rc::Rc;
 
 use indicatif::ProgressBar;
 
+use crate::collections::FastMap;
 use crate::domain::{
     Commodity, CountryCode, CurrencyCode, FieldError, Flow, Period, RawKey, RawRecord, RecordKey, TradeRecord,
 };
 use crate::error::{Error, Result};
-use crate::store::FastMap;
 
 /// A row that could not be imported, by its line in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]

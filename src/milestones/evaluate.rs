@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::domain::{Bucket, WatchRules};
+pub use crate::domain::{Cause, Direction};
 
 /// The state of a watched series: each period's value and how many records
 /// it sums (periods without records are absent), and the period holding the
@@ -17,23 +18,6 @@ impl Series {
     pub fn value(&self, bucket: &Bucket) -> Option<i128> {
         self.values.get(bucket).map(|(v, _)| *v)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Up,
-    Down,
-}
-
-/// Why a series changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// Only new records.
-    NewData,
-    /// Revised or deleted records.
-    Revision,
-    /// A partner group the watch uses was redefined.
-    GroupChange,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,10 @@ use prost::Message;
 use prost_types::Timestamp;
 
 use super::keys;
-use crate::domain::{CountryCode, GroupName, PartnerGroup, RecordKey, StoredRecord, TradeRecord};
+use crate::domain::{
+    Cause, CountryCode, CurrencyCode, Direction, Event, GroupName, PartnerGroup, RecordHigh, RecordKey,
+    RecordStored, StoredRecord, ThresholdCrossed, TradeRecord, WatchId, WatchRef,
+};
 use crate::error::{Error, Result};
 
 #[derive(Clone, PartialEq, Message)]
@@ -259,9 +262,8 @@ pub fn decode_group(key_bytes: &[u8], value_bytes: &[u8]) -> Result<(PartnerGrou
     Ok((group, value.updated_at.unwrap_or_default()))
 }
 
-/// The events of one log entry with their sequences: a block, or (format 1)
-/// a single event.
-pub fn decode_event_entry(key_bytes: &[u8], value_bytes: &[u8]) -> Result<Vec<(u64, EventValue)>> {
+/// The events of one log entry: a block, or (format 1) a single event.
+pub fn decode_event_entry(key_bytes: &[u8], value_bytes: &[u8]) -> Result<Vec<Event>> {
     let (first, last) = keys::decode_event_block_key(key_bytes)?;
     let corrupt = |e: prost::DecodeError| Error::Corrupt(format!("events {first}..={last}: {e}"));
     let events = if key_bytes.len() == 9 {
@@ -275,5 +277,110 @@ pub fn decode_event_entry(key_bytes: &[u8], value_bytes: &[u8]) -> Result<Vec<(u
             events.len()
         )));
     }
-    Ok((first..).zip(events).collect())
+    (first..)
+        .zip(events)
+        .map(|(sequence, value)| decode_event(sequence, value))
+        .collect()
+}
+
+pub fn encode_event(event: &Event) -> EventValue {
+    let milestone =
+        |watch: &WatchRef, period: &str, caused_by: &[RecordKey], headline: &str| MilestoneValue {
+            watch_id: watch.id.to_string(),
+            watch_name: watch.name.clone(),
+            period: period.to_owned(),
+            currency: watch.currency.to_string(),
+            caused_by: caused_by.iter().map(|k| keys::record_key(k).to_vec()).collect(),
+            headline: headline.to_owned(),
+            ..Default::default()
+        };
+    let kind = match &event.kind {
+        crate::domain::EventKind::RecordStored(r) => EventKind::RecordStored(RecordStoredValue {
+            key: keys::record_key(&r.key).to_vec(),
+            before: r.before.as_ref().map(encode_record),
+            after: r.after.as_ref().map(encode_record),
+        }),
+        crate::domain::EventKind::ThresholdCrossed(t) => EventKind::ThresholdCrossed(MilestoneValue {
+            before: encode_amount(t.before),
+            after: encode_amount(t.after),
+            threshold: encode_amount(Some(t.threshold)),
+            up: t.direction == Direction::Up,
+            ..milestone(&t.watch, &t.period, &t.caused_by, &t.headline)
+        }),
+        crate::domain::EventKind::RecordHigh(h) => EventKind::RecordHigh(MilestoneValue {
+            before: encode_amount(h.before),
+            after: encode_amount(Some(h.after)),
+            previous_period: h.previous.as_ref().map(|(p, _)| p.clone()).unwrap_or_default(),
+            previous_value: h
+                .previous
+                .as_ref()
+                .map(|(_, v)| encode_amount(*v))
+                .unwrap_or_default(),
+            cause: match h.cause {
+                Cause::NewData => 1,
+                Cause::Revision => 2,
+                Cause::GroupChange => 3,
+            },
+            ..milestone(&h.watch, &h.period, &h.caused_by, &h.headline)
+        }),
+    };
+    EventValue {
+        time: Some(event.time),
+        kind: Some(kind),
+    }
+}
+
+fn decode_event(sequence: u64, value: EventValue) -> Result<Event> {
+    let corrupt = |what: &str| Error::Corrupt(format!("event {sequence}: {what}"));
+    let watch = |m: &MilestoneValue| -> Result<WatchRef> {
+        Ok(WatchRef {
+            id: WatchId::parse(&m.watch_id).map_err(|_| corrupt("watch id"))?,
+            name: m.watch_name.clone(),
+            currency: CurrencyCode::parse(&m.currency).map_err(|_| corrupt("currency"))?,
+        })
+    };
+    let caused_by = |m: &MilestoneValue| -> Result<Vec<RecordKey>> {
+        m.caused_by.iter().map(|k| keys::decode_record_key(k)).collect()
+    };
+    let kind = match value.kind.ok_or_else(|| corrupt("no kind"))? {
+        EventKind::RecordStored(r) => {
+            let key = keys::decode_record_key(&r.key)?;
+            crate::domain::EventKind::RecordStored(RecordStored {
+                key,
+                before: r.before.map(|v| record_from_value(key, v)),
+                after: r.after.map(|v| record_from_value(key, v)),
+            })
+        }
+        EventKind::ThresholdCrossed(m) => crate::domain::EventKind::ThresholdCrossed(ThresholdCrossed {
+            watch: watch(&m)?,
+            period: m.period.clone(),
+            threshold: decode_amount(&m.threshold).ok_or_else(|| corrupt("threshold"))?,
+            direction: if m.up { Direction::Up } else { Direction::Down },
+            before: decode_amount(&m.before),
+            after: decode_amount(&m.after),
+            caused_by: caused_by(&m)?,
+            headline: m.headline,
+        }),
+        EventKind::RecordHigh(m) => crate::domain::EventKind::RecordHigh(RecordHigh {
+            watch: watch(&m)?,
+            period: m.period.clone(),
+            before: decode_amount(&m.before),
+            after: decode_amount(&m.after).ok_or_else(|| corrupt("record value"))?,
+            previous: (!m.previous_period.is_empty())
+                .then(|| (m.previous_period.clone(), decode_amount(&m.previous_value))),
+            cause: match m.cause {
+                1 => Cause::NewData,
+                2 => Cause::Revision,
+                3 => Cause::GroupChange,
+                _ => return Err(corrupt("cause")),
+            },
+            caused_by: caused_by(&m)?,
+            headline: m.headline,
+        }),
+    };
+    Ok(Event {
+        sequence,
+        time: value.time.unwrap_or_default(),
+        kind,
+    })
 }

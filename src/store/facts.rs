@@ -7,9 +7,10 @@ use prost::Message;
 
 use super::codec;
 use super::keys::{self, record_offsets as at};
-use super::rollup::{Tally, volume};
+use super::rollup::Tally;
 use super::scan::{Component, skip_scan};
 use super::series_cache::{SERIES_PREFIX_LEN, SeriesCache, SeriesPrefix};
+use crate::core::volume::volume;
 use crate::domain::{Commodity, CommodityFilter, CountryCode, Flow, Measure, Period, SeriesSpec};
 use crate::error::{Error, Result};
 
@@ -289,7 +290,7 @@ fn rollup_fact(
         flow,
         commodity: keys::decode_commodity(&k[commodity_at..commodity_at + 7]).ok_or_else(|| corrupt(k))?,
         period: keys::decode_period(&k[period_at..period_at + 4]).ok_or_else(|| corrupt(k))?,
-        tally: Tally::decode(v).ok_or_else(|| corrupt(k))?,
+        tally: super::rollup::decode_tally(v).ok_or_else(|| corrupt(k))?,
     });
     Ok(())
 }

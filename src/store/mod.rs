@@ -1,41 +1,38 @@
 //! Everything that knows sled: key layout, atomic apply, recovery.
 
 mod codec;
+mod commit;
 mod disk;
 mod facts;
 mod keys;
+mod prefetch;
 mod requests;
 mod rollup;
 mod scan;
 mod series_cache;
+mod view;
 mod watches;
 mod writer;
 
+use prost::Message;
+use prost_types::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
-
-use prost::Message;
-use prost_types::Timestamp;
 use tokio::sync::watch;
 
 use crate::domain::{
-    CountryCode, GroupName, PartnerGroup, RecordKey, RequestTag, StoredRecord, TradeRecord, WatchDef,
-    WatchId, WriteOutcome,
+    Action, Command, CountryCode, Event, GroupName, GroupWritten, NewWatch, Outcome, PartnerGroup,
+    PutOutcome, RecordDeleted, RecordKey, RequestTag, StoredRecord, TradeRecord, WatchDef, WatchId,
+    WatchWritten,
 };
 use crate::error::{Error, Result};
-pub use codec::{EventKind, EventValue, MilestoneValue, RecordStoredValue, RecordValue, decode_amount};
-
-/// A stored record value inside an event, if there is one.
-pub type RecordValueRef<'a> = Option<&'a RecordValue>;
 pub use facts::{Fact, FactScan, FactSource};
-pub use requests::{GroupWritten, RecordDeleted, WatchWritten};
+use prefetch::Prefetch;
 pub use rollup::Tally;
 use series_cache::SeriesCache;
-use writer::{Change, Pending, Prefetch, Writer, WriterHandle};
-pub use writer::{FastMap, SequenceRange};
+use writer::{Writer, WriterHandle};
 
 /// Batches of at least this many records read ahead of the writer.
 const PREFETCH_MIN_RECORDS: usize = 64;
@@ -46,14 +43,6 @@ pub const FORMAT_VERSION: u32 = 2;
 /// Older versions this build reads, and upgrades on open: format 1 stored
 /// one event per key, which format 2 still reads (it writes blocks).
 const UPGRADABLE_FORMATS: &[u32] = &[1];
-
-/// The outcome of a batch of record writes.
-#[derive(Debug, Clone)]
-pub struct PutOutcome {
-    /// Per record, in request order: what happened and the revision after.
-    pub results: Vec<(RecordKey, WriteOutcome, i64)>,
-    pub sequences: Option<SequenceRange>,
-}
 
 /// A page of records and where the next one starts.
 pub struct RecordPage {
@@ -201,7 +190,8 @@ impl Store {
                 let central_asia = PartnerGroup::central_asia();
                 batch.insert(
                     keys::group_key(&central_asia.name),
-                    codec::encode_group(&central_asia, now()).encode_to_vec(),
+                    codec::encode_group(&central_asia, Timestamp::from(std::time::SystemTime::now()))
+                        .encode_to_vec(),
                 );
                 db.apply_batch(batch)?;
                 db.flush()?;
@@ -302,30 +292,27 @@ impl Store {
         }
     }
 
-    /// Creates or revises records in one atomic, durable batch. The records
-    /// must have distinct keys. A request tag makes the write idempotent:
-    /// made once, its outcome answers every retry (see [`requests`]).
-    pub async fn put_records(
-        &self,
-        records: Vec<TradeRecord>,
-        request: Option<RequestTag>,
-    ) -> Result<PutOutcome> {
-        self.queue_records(records, request).await?.await
+    /// Applies a command (see [`crate::core`]) and answers once its effect
+    /// is on disk. A command carrying a request id already applied is
+    /// answered with the first outcome and changes nothing.
+    pub async fn apply(&self, command: Command) -> Result<Outcome> {
+        self.queue(command).await?.await
     }
 
-    /// Queues a batch like [`Store::put_records`] and returns once it is
-    /// queued; the future answers once it is on disk. Batches queued one
+    /// Queues a command like [`Store::apply`] and returns once it is
+    /// queued; the future answers once it is on disk. Commands queued one
     /// after another are applied in that order and can share a flush, so a
     /// bulk load can keep several in flight.
-    pub async fn queue_records(
+    pub async fn queue(
         &self,
-        records: Vec<TradeRecord>,
-        request: Option<RequestTag>,
-    ) -> Result<impl std::future::Future<Output = Result<PutOutcome>> + use<>> {
+        command: Command,
+    ) -> Result<impl std::future::Future<Output = Result<Outcome>> + use<>> {
         // A large batch reads what it will change before it reaches the
         // writer, on another thread, so the writer only confirms the reads.
         let mut prefetch: Option<Prefetch> = None;
-        if records.len() >= PREFETCH_MIN_RECORDS {
+        if let Action::PutRecords(records) = &command.action
+            && records.len() >= PREFETCH_MIN_RECORDS
+        {
             let (db, applied) = (self.db.clone(), self.applied.clone());
             let keys: Vec<RecordKey> = records.iter().map(|r| r.key).collect();
             let read = tokio::task::spawn_blocking(move || Prefetch::read(&db, &applied, &keys));
@@ -334,64 +321,45 @@ impl Store {
                     .map_err(|e| Error::Unavailable(format!("reading the batch's records: {e}")))??,
             );
         }
-        self.writer
-            .enqueue(request, move |w| {
-                let now = now();
-                let mut changes = Vec::new();
-                let mut results = Vec::with_capacity(records.len());
-                let mut pending = Pending::default();
-                for (i, record) in records.into_iter().enumerate() {
-                    let key = record.key;
-                    let before = match &mut prefetch {
-                        Some(p) if w.still_fresh(&key, p.as_of) => {
-                            p.copy_values(&key, &mut pending.stored_values);
-                            p.stored[i].take()
-                        }
-                        _ => w.read_with_siblings(&key, &mut pending.stored_values)?,
-                    };
-                    let (outcome, revision) = match &before {
-                        None => (WriteOutcome::Created, 1),
-                        Some(old) if old.record == record => (WriteOutcome::Unchanged, old.revision),
-                        Some(old) => (WriteOutcome::Revised, old.revision + 1),
-                    };
-                    results.push((key, outcome, revision));
-                    if outcome != WriteOutcome::Unchanged {
-                        let after = Some(StoredRecord {
-                            record,
-                            revision,
-                            updated_at: now,
-                        });
-                        changes.push(Change { key, before, after });
-                    }
-                }
-                w.commit(&changes, pending, now, |sequences| PutOutcome {
-                    results,
-                    sequences,
-                })
-            })
-            .await
+        self.writer.enqueue(command, prefetch).await
+    }
+
+    /// Creates or revises records in one atomic, durable batch, accepted
+    /// now. The records must have distinct keys.
+    pub async fn put_records(
+        &self,
+        records: Vec<TradeRecord>,
+        request: Option<RequestTag>,
+    ) -> Result<PutOutcome> {
+        self.queue_records(records, request).await?.await
+    }
+
+    /// Queues a batch like [`Store::put_records`] (see [`Store::queue`]).
+    pub async fn queue_records(
+        &self,
+        records: Vec<TradeRecord>,
+        request: Option<RequestTag>,
+    ) -> Result<impl std::future::Future<Output = Result<PutOutcome>> + use<>> {
+        let queued = self
+            .queue(Command::new(Action::PutRecords(records), request))
+            .await?;
+        Ok(async move {
+            match queued.await? {
+                Outcome::Put(put) => Ok(put),
+                other => Err(unexpected(&other)),
+            }
+        })
     }
 
     /// Deletes a record; returns it as it was and the event's sequence.
     pub async fn delete_record(&self, key: RecordKey, request: Option<RequestTag>) -> Result<RecordDeleted> {
-        self.writer
-            .submit(request, move |w| {
-                let k = keys::record_key(&key);
-                let Some(before) = w.get(&k)?.map(|v| codec::decode_record(&k, &v)).transpose()? else {
-                    return Err(Error::NotFound(format!("no record {key}")));
-                };
-                let change = Change {
-                    key,
-                    before: Some(before.clone()),
-                    after: None,
-                };
-                // The deletion's own event comes first; milestones follow it.
-                w.commit(&[change], Pending::default(), now(), |range| RecordDeleted {
-                    record: before,
-                    sequence: range.map_or(0, |r| r.first),
-                })
-            })
-            .await
+        match self
+            .apply(Command::new(Action::DeleteRecord(key), request))
+            .await?
+        {
+            Outcome::RecordDeleted(deleted) => Ok(deleted),
+            other => Err(unexpected(&other)),
+        }
     }
 
     pub fn get_group(&self, name: &GroupName) -> Result<Option<(PartnerGroup, Timestamp)>> {
@@ -425,7 +393,7 @@ impl Store {
         {
             return Ok(groups.clone());
         }
-        let groups = Arc::new(writer::read_groups(&self.db)?);
+        let groups = Arc::new(view::read_groups(&self.db)?);
         *lock() = Some((generation, groups.clone()));
         Ok(groups)
     }
@@ -433,173 +401,47 @@ impl Store {
     /// Creates or replaces a group; the watches that name it follow the new
     /// members at once (their milestones cause GROUP_CHANGE).
     pub async fn put_group(&self, group: PartnerGroup, request: Option<RequestTag>) -> Result<GroupWritten> {
-        self.writer
-            .submit(request, move |w| {
-                let now = now();
-                let mut pending = Pending::default();
-                pending.batch.insert(
-                    keys::group_key(&group.name),
-                    codec::encode_group(&group, now).encode_to_vec(),
-                );
-                let mut groups = w.groups()?;
-                groups.insert(group.name.clone(), group.clone());
-                let users: Vec<_> = w
-                    .watches
-                    .values()
-                    .filter(|r| r.def.uses_group(&group.name))
-                    .cloned()
-                    .collect();
-                for runtime in users {
-                    let mut def = runtime.def;
-                    def.spec = def
-                        .respecify(&groups)
-                        .ok_or_else(|| Error::Corrupt(format!("watch {} names a missing group", def.id)))?;
-                    let values = watches::series_values(&w.db, &def.spec)?;
-                    let updates = runtime
-                        .series
-                        .values
-                        .keys()
-                        .chain(values.keys())
-                        .map(|b| (*b, values.get(b).copied()))
-                        .collect();
-                    let (series, reached) = crate::milestones::evaluate(
-                        &def.rules,
-                        &runtime.series,
-                        &updates,
-                        crate::milestones::Cause::GroupChange,
-                    );
-                    w.stage_watch(&def, series, &reached, &[], &mut pending)?;
-                }
-                w.commit(&[], pending, now, |sequences| GroupWritten {
-                    group,
-                    updated_at: now,
-                    sequences,
-                })
-            })
-            .await
+        match self.apply(Command::new(Action::PutGroup(group), request)).await? {
+            Outcome::Group(written) => Ok(written),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Deletes a group; returns it as it was. A group a watch names cannot
     /// be deleted (FAILED_PRECONDITION): delete or redefine the watch first.
     pub async fn delete_group(&self, name: GroupName, request: Option<RequestTag>) -> Result<GroupWritten> {
-        self.writer
-            .submit(request, move |w| {
-                let k = keys::group_key(&name);
-                let Some(old) = w.get(&k)?.map(|v| codec::decode_group(&k, &v)).transpose()? else {
-                    return Err(Error::NotFound(format!("no group {name}")));
-                };
-                if let Some(user) = w.watches.values().find(|r| r.def.uses_group(&name)) {
-                    return Err(Error::FailedPrecondition(format!(
-                        "group {name} is used by watch {} ({}); delete the watch first",
-                        user.def.id, user.def.name
-                    )));
-                }
-                let mut pending = Pending::default();
-                pending.batch.remove(k);
-                let (group, updated_at) = old;
-                w.commit(&[], pending, now(), |sequences| GroupWritten {
-                    group,
-                    updated_at,
-                    sequences,
-                })
-            })
-            .await
+        match self
+            .apply(Command::new(Action::DeleteGroup(name), request))
+            .await?
+        {
+            Outcome::Group(written) => Ok(written),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Creates a watch (assigning an id when it has none, refusing one past
-    /// `max_watches`) and arms it from
-    /// the data already stored; with `backfill`, also stores the milestones
-    /// that data implies. Returns the watch, its creation time and the
-    /// sequences of any backfilled events.
-    pub async fn create_watch(
-        &self,
-        id: Option<WatchId>,
-        make: impl FnOnce(WatchId) -> WatchDef + Send + 'static,
-        backfill: bool,
-        max_watches: usize,
-        request: Option<RequestTag>,
-    ) -> Result<WatchWritten> {
-        self.writer
-            .submit(request, move |w| {
-                let count = w.watches.len();
-                if count >= max_watches {
-                    return Err(Error::ResourceExhausted(format!(
-                        "there are {count} watches, the limit is {max_watches} (max_watches, --max-watches); \
-                         delete one before creating another"
-                    )));
-                }
-                let now = now();
-                let mut pending = Pending::default();
-                let id = match id {
-                    Some(id) => {
-                        if w.watches.contains_key(&id) {
-                            return Err(Error::AlreadyExists(format!("a watch with id {id} exists")));
-                        }
-                        id
-                    }
-                    None => {
-                        let mut n = w
-                            .get(watches::META_NEXT_WATCH)?
-                            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                            .map_or(1, u64::from_be_bytes);
-                        while w.watches.contains_key(&WatchId::assigned(n)) {
-                            n += 1;
-                        }
-                        pending
-                            .batch
-                            .insert(watches::META_NEXT_WATCH, &(n + 1).to_be_bytes());
-                        WatchId::assigned(n)
-                    }
-                };
-                let def = make(id);
-                let values = watches::series_values(&w.db, &def.spec)?;
-
-                let (series, reached) = if backfill {
-                    crate::milestones::backfill(&def.rules, &values)
-                } else {
-                    (crate::milestones::arm(values), Vec::new())
-                };
-                pending.batch.insert(
-                    watches::watch_key(&def.id),
-                    watches::encode_watch(&def, now).encode_to_vec(),
-                );
-                w.stage_watch(&def, series, &reached, &[], &mut pending)?;
-                w.commit(&[], pending, now, |sequences| WatchWritten {
-                    def,
-                    created_at: now,
-                    sequences,
-                })
-            })
-            .await
+    /// its `max_watches`) and arms it from the data already stored; with
+    /// `backfill`, also stores the milestones that data implies.
+    pub async fn create_watch(&self, watch: NewWatch, request: Option<RequestTag>) -> Result<WatchWritten> {
+        match self
+            .apply(Command::new(Action::CreateWatch(Box::new(watch)), request))
+            .await?
+        {
+            Outcome::Watch(written) => Ok(written),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Deletes a watch; returns it as it was.
     pub async fn delete_watch(&self, id: WatchId, request: Option<RequestTag>) -> Result<WatchWritten> {
-        self.writer
-            .submit(request, move |w| {
-                let Some(runtime) = w.watches.get(&id).cloned() else {
-                    return Err(Error::NotFound(format!("no watch {id}")));
-                };
-                let key = watches::watch_key(&id);
-                let created_at = match w.get(&key)? {
-                    Some(v) => watches::decode_watch_entry(&key, &v, &w.groups()?)?.1,
-                    None => Timestamp::default(),
-                };
-                let mut pending = Pending::default();
-                pending.batch.remove(key);
-                pending.batch.remove(watches::state_key(&id));
-                pending.watches.push((id, None));
-                w.commit(&[], pending, now(), |sequences| WatchWritten {
-                    def: runtime.def,
-                    created_at,
-                    sequences,
-                })
-            })
-            .await
+        match self.apply(Command::new(Action::DeleteWatch(id), request)).await? {
+            Outcome::Watch(written) => Ok(written),
+            other => Err(unexpected(&other)),
+        }
     }
 
     pub fn get_watch(&self, id: &WatchId) -> Result<Option<(WatchDef, Timestamp)>> {
-        let groups = writer::read_groups(&self.db)?;
+        let groups = view::read_groups(&self.db)?;
         let key = watches::watch_key(id);
         self.db
             .get(&key)?
@@ -608,7 +450,7 @@ impl Store {
     }
 
     pub fn list_watches(&self) -> Result<Vec<(WatchDef, Timestamp)>> {
-        let groups = writer::read_groups(&self.db)?;
+        let groups = view::read_groups(&self.db)?;
         self.db
             .scan_prefix([watches::NS_WATCH])
             .map(|entry| {
@@ -619,7 +461,7 @@ impl Store {
     }
 
     /// Stored events from `from` on, at most `limit`, in order.
-    pub fn events(&self, from: u64, limit: usize) -> Result<Vec<(u64, EventValue)>> {
+    pub fn events(&self, from: u64, limit: usize) -> Result<Vec<Event>> {
         let from = from.max(1);
         // The entry holding `from` is the last one starting at or before it.
         let probe = keys::event_block_probe(from);
@@ -641,7 +483,7 @@ impl Store {
             out.extend(
                 events
                     .into_iter()
-                    .filter(|(s, _)| *s >= from)
+                    .filter(|e| e.sequence >= from)
                     .take(limit - out.len()),
             );
         }
@@ -664,13 +506,12 @@ impl Store {
     }
 }
 
-/// Decodes a record key as stored in events.
-pub fn decode_record_key(bytes: &[u8]) -> Result<RecordKey> {
-    keys::decode_record_key(bytes)
-}
-
-pub(crate) fn now() -> Timestamp {
-    Timestamp::from(SystemTime::now())
+/// An outcome of another kind than the command's: a bug, never a caller's
+/// mistake.
+fn unexpected(outcome: &Outcome) -> Error {
+    Error::Corrupt(format!(
+        "a command answered with an outcome of another kind: {outcome:?}"
+    ))
 }
 
 #[cfg(test)]
@@ -705,7 +546,7 @@ mod tests {
             .events(from, limit)
             .unwrap()
             .into_iter()
-            .map(|(s, _)| s)
+            .map(|e| e.sequence)
             .collect()
     }
 
@@ -817,10 +658,10 @@ mod tests {
             for entry in db.scan_prefix([keys::NS_EVENT]) {
                 let (k, v) = entry.unwrap();
                 batch.remove(k.clone());
-                for (sequence, event) in codec::decode_event_entry(&k, &v).unwrap() {
+                for event in codec::decode_event_entry(&k, &v).unwrap() {
                     let mut key = vec![keys::NS_EVENT];
-                    key.extend_from_slice(&sequence.to_be_bytes());
-                    batch.insert(key, event.encode_to_vec());
+                    key.extend_from_slice(&event.sequence.to_be_bytes());
+                    batch.insert(key, codec::encode_event(&event).encode_to_vec());
                 }
             }
             batch.insert(keys::META_FORMAT_VERSION, &1u32.to_be_bytes());

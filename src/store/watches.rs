@@ -6,17 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use prost::Message;
 use prost_types::Timestamp;
 
-use super::codec::{
-    BucketValue, MilestoneValue, PeriodTally, SeriesValue, WatchValue, decode_amount, encode_amount,
-};
+use super::codec::{BucketValue, PeriodTally, SeriesValue, WatchValue, decode_amount, encode_amount};
 use super::facts::{Fact, FactScan, FactSource, scan_facts};
-use super::keys;
 use crate::domain::{
     Bucket, Commodity, CommodityFilter, CommodityLevel, CurrencyCode, Flow, Granularity, GroupName, Measure,
-    PartnerGroup, Party, Period, RecordKey, SeriesSpec, WatchDef, WatchId, WatchRules,
+    PartnerGroup, Party, Period, SeriesSpec, WatchDef, WatchId, WatchRules,
 };
 use crate::error::{Error, Result};
-use crate::milestones::{Cause, Direction, Milestone, Series, headline};
+use crate::milestones::Series;
 
 pub const NS_WATCH: u8 = b'W';
 pub const NS_WATCH_STATE: u8 = b'S';
@@ -199,6 +196,13 @@ pub fn decode_series(value: &SeriesValue, granularity: Granularity) -> Result<Se
     })
 }
 
+/// A watch's series state as stored under its `S` key.
+pub fn decode_series_bytes(bytes: &[u8], def: &WatchDef) -> Result<Series> {
+    let value =
+        SeriesValue::decode(bytes).map_err(|e| Error::Corrupt(format!("watch {} state: {e}", def.id)))?;
+    decode_series(&value, def.spec.granularity)
+}
+
 /// Where a series is read from: the coarsest source that still tells its
 /// reporters and partners apart.
 pub fn source_for(spec: &SeriesSpec) -> FactSource {
@@ -225,60 +229,6 @@ pub fn series_values(db: &sled::Db, spec: &SeriesSpec) -> Result<BTreeMap<Bucket
         v.1 += fact.tally.count;
     })?;
     Ok(values)
-}
-
-/// A milestone as a stored event: `(is_record_high, value)`.
-pub fn milestone_event(
-    def: &WatchDef,
-    milestone: &Milestone,
-    caused_by: &[RecordKey],
-) -> (bool, MilestoneValue) {
-    let text = headline(&def.name, &def.describe(), def.spec.currency, milestone);
-    let mut value = MilestoneValue {
-        watch_id: def.id.to_string(),
-        watch_name: def.name.clone(),
-        currency: def.spec.currency.to_string(),
-        caused_by: caused_by.iter().map(|k| keys::record_key(k).to_vec()).collect(),
-        headline: text,
-        ..Default::default()
-    };
-    match milestone {
-        Milestone::ThresholdCrossed {
-            period,
-            threshold,
-            direction,
-            before,
-            after,
-        } => {
-            value.period = period.label();
-            value.before = encode_amount(*before);
-            value.after = encode_amount(*after);
-            value.threshold = encode_amount(Some(*threshold));
-            value.up = *direction == Direction::Up;
-            (false, value)
-        }
-        Milestone::RecordHigh {
-            period,
-            before,
-            after,
-            previous,
-            cause,
-        } => {
-            value.period = period.label();
-            value.before = encode_amount(*before);
-            value.after = encode_amount(Some(*after));
-            if let Some((p, v)) = previous {
-                value.previous_period = p.label();
-                value.previous_value = encode_amount(*v);
-            }
-            value.cause = match cause {
-                Cause::NewData => 1,
-                Cause::Revision => 2,
-                Cause::GroupChange => 3,
-            };
-            (true, value)
-        }
-    }
 }
 
 pub fn decode_watch_entry(

@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::Event;
 use crate::error::{Error, Result};
-use crate::store::{EventValue, Store};
+use crate::store::Store;
 
 /// How often an idle subscriber hears the head sequence.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -25,7 +26,7 @@ const OUTGOING_BUFFER: usize = 64;
 /// What a subscription sends, in order.
 #[derive(Debug, Clone)]
 pub enum Message {
-    Event(u64, Box<EventValue>),
+    Event(Box<Event>),
     CaughtUp { head: u64 },
     Progress { head: u64, next: u64 },
 }
@@ -38,7 +39,7 @@ pub enum Message {
 pub fn subscribe(
     store: Arc<Store>,
     from: u64,
-    wanted: impl Fn(&EventValue) -> bool + Send + 'static,
+    wanted: impl Fn(&Event) -> bool + Send + 'static,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<Result<Message>>> {
     let mut head_rx = store.subscribe_head();
@@ -83,23 +84,24 @@ pub fn subscribe(
                 if chunk.is_empty() {
                     break;
                 }
-                if let Some((first, _)) = chunk.first()
-                    && *first > next
+                if let Some(first) = chunk.first().map(|e| e.sequence)
+                    && first > next
                 {
                     // Retention trimmed events this subscriber had not read
                     // yet: say so rather than skip them.
                     let _ = tx.try_send(Err(Error::EventsTrimmed {
                         requested: next,
-                        oldest: *first,
+                        oldest: first,
                     }));
                     return;
                 }
-                for (sequence, event) in chunk {
+                for event in chunk {
+                    let sequence = event.sequence;
                     if sequence > head {
                         break;
                     }
                     next = sequence + 1;
-                    if wanted(&event) && !send(Message::Event(sequence, Box::new(event))).await {
+                    if wanted(&event) && !send(Message::Event(Box::new(event))).await {
                         return;
                     }
                     position.delivered(sequence);

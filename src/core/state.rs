@@ -1,0 +1,42 @@
+//! What applying a command may read: the store's state before it.
+
+use std::collections::BTreeMap;
+
+use prost_types::Timestamp;
+
+use super::Watches;
+use crate::domain::{
+    Bucket, GroupName, Outcome, PartnerGroup, RecordKey, RequestId, SeriesSpec, StoredRecord, WatchId,
+};
+use crate::error::Result;
+
+/// A request id as stored with the outcome of its write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRequest {
+    pub fingerprint: [u8; 16],
+    pub written_at: Timestamp,
+    pub outcome: Outcome,
+}
+
+/// The state a command is applied to. Reads only: [`super::apply`] never
+/// changes it.
+pub trait State {
+    /// The last event sequence assigned.
+    fn head(&self) -> u64;
+    /// A stored record.
+    fn record(&self, key: &RecordKey) -> Result<Option<StoredRecord>>;
+    /// A stored record's value in nanos (its trade-volume siblings are asked
+    /// for right after the record itself).
+    fn value(&self, key: &RecordKey) -> Result<Option<i128>>;
+    fn group(&self, name: &GroupName) -> Result<Option<(PartnerGroup, Timestamp)>>;
+    fn groups(&self) -> Result<BTreeMap<GroupName, PartnerGroup>>;
+    /// Every watch with the state of its series.
+    fn watches(&self) -> &Watches;
+    fn watch_created_at(&self, id: &WatchId) -> Result<Option<Timestamp>>;
+    /// Every period of a series, summed from the stored records.
+    fn series_values(&self, spec: &SeriesSpec) -> Result<BTreeMap<Bucket, (i128, i64)>>;
+    /// Where the search for the next free `w<n>` starts.
+    fn next_watch_number(&self) -> Result<u64>;
+    /// The write made under a request id, if it is remembered.
+    fn request(&self, id: &RequestId) -> Result<Option<StoredRequest>>;
+}

@@ -1,0 +1,171 @@
+//! The store's state as the write core reads it: sled, the writer's watches,
+//! and reads made ahead of the writer.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use prost_types::Timestamp;
+
+use super::prefetch::{Freshness, Prefetch};
+use super::{codec, keys, requests, watches};
+use crate::collections::FastMap;
+use crate::core::volume::{shares_volume, volume_siblings};
+use crate::core::{State, StoredRequest, Watches};
+use crate::domain::{
+    Action, Bucket, GroupName, PartnerGroup, RecordKey, RequestId, SeriesSpec, StoredRecord, WatchId,
+};
+use crate::error::Result;
+
+pub struct View<'a> {
+    pub db: &'a sled::Db,
+    pub head: u64,
+    pub watches: &'a Watches,
+    /// The command being applied: a stored request's outcome is read as its
+    /// kind.
+    pub action: &'a Action,
+    pub fingerprint: Option<[u8; 16]>,
+    pub prefetch: Option<(&'a Prefetch, &'a Freshness)>,
+    /// Values of records read so far with their siblings, so that working
+    /// out trade volume does not read them again.
+    values: RefCell<FastMap<RecordKey, Option<i128>>>,
+}
+
+impl<'a> View<'a> {
+    pub fn new(db: &'a sled::Db, head: u64, watches: &'a Watches, action: &'a Action) -> View<'a> {
+        View {
+            db,
+            head,
+            watches,
+            action,
+            fingerprint: None,
+            prefetch: None,
+            values: RefCell::default(),
+        }
+    }
+}
+
+impl State for View<'_> {
+    fn head(&self) -> u64 {
+        self.head
+    }
+
+    fn record(&self, key: &RecordKey) -> Result<Option<StoredRecord>> {
+        let mut values = self.values.borrow_mut();
+        if let Some((prefetch, freshness)) = self.prefetch
+            && let Some(stored) = prefetch.stored.get(key)
+            && freshness.still_fresh(key, prefetch.as_of)
+        {
+            prefetch.copy_values(key, &mut values);
+            return Ok(stored.clone());
+        }
+        read_with_siblings(self.db, key, &mut values)
+    }
+
+    fn value(&self, key: &RecordKey) -> Result<Option<i128>> {
+        if let Some(v) = self.values.borrow().get(key) {
+            return Ok(*v);
+        }
+        let k = keys::record_key(key);
+        self.db
+            .get(k)?
+            .map(|v| codec::decode_record(&k, &v).map(|r| r.record.value().nanos()))
+            .transpose()
+    }
+
+    fn group(&self, name: &GroupName) -> Result<Option<(PartnerGroup, Timestamp)>> {
+        let k = keys::group_key(name);
+        self.db.get(&k)?.map(|v| codec::decode_group(&k, &v)).transpose()
+    }
+
+    fn groups(&self) -> Result<BTreeMap<GroupName, PartnerGroup>> {
+        read_groups(self.db)
+    }
+
+    fn watches(&self) -> &Watches {
+        self.watches
+    }
+
+    fn watch_created_at(&self, id: &WatchId) -> Result<Option<Timestamp>> {
+        let key = watches::watch_key(id);
+        match self.db.get(&key)? {
+            Some(v) => Ok(Some(watches::decode_watch_entry(&key, &v, &self.groups()?)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    fn series_values(&self, spec: &SeriesSpec) -> Result<BTreeMap<Bucket, (i128, i64)>> {
+        watches::series_values(self.db, spec)
+    }
+
+    fn next_watch_number(&self) -> Result<u64> {
+        Ok(self
+            .db
+            .get(watches::META_NEXT_WATCH)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(1, u64::from_be_bytes))
+    }
+
+    fn request(&self, id: &RequestId) -> Result<Option<StoredRequest>> {
+        let fingerprint = self.fingerprint.unwrap_or_default();
+        requests::lookup(self.db, id, &fingerprint, self.action, || self.groups())
+    }
+}
+
+pub fn read_groups(db: &sled::Db) -> Result<BTreeMap<GroupName, PartnerGroup>> {
+    db.scan_prefix([keys::NS_GROUP])
+        .map(|entry| {
+            let (k, v) = entry?;
+            let (group, _) = codec::decode_group(&k, &v)?;
+            Ok((group.name.clone(), group))
+        })
+        .collect()
+}
+
+/// The stored record under `key`, in one scan with the records that share
+/// its trade volume, whose values (or their absence) go into `values`.
+pub fn read_with_siblings(
+    db: &sled::Db,
+    key: &RecordKey,
+    values: &mut FastMap<RecordKey, Option<i128>>,
+) -> Result<Option<StoredRecord>> {
+    let k = keys::record_key(key);
+    if !shares_volume(key.flow) {
+        return db.get(k)?.map(|v| codec::decode_record(&k, &v)).transpose();
+    }
+    values.insert(*key, None);
+    for sibling in volume_siblings(key) {
+        values.insert(sibling, None);
+    }
+    let mut found = None;
+    // Every flow and currency of the key's reporter, partner, commodity and
+    // period.
+    for entry in db.scan_prefix(&k[..keys::RECORD_KEY_LEN - 4]) {
+        let (sk, v) = entry?;
+        let sibling = keys::decode_record_key(&sk)?;
+        if sibling.currency != key.currency || !shares_volume(sibling.flow) {
+            continue;
+        }
+        let stored = codec::decode_record(&sk, &v)?;
+        values.insert(sibling, Some(stored.record.value().nanos()));
+        if sibling == *key {
+            found = Some(stored);
+        }
+    }
+    Ok(found)
+}
+
+/// Every watch with the state of its series, as stored.
+pub fn load_watches(db: &sled::Db) -> Result<Watches> {
+    let groups = read_groups(db)?;
+    let mut out = BTreeMap::new();
+    for entry in db.scan_prefix([watches::NS_WATCH]) {
+        let (k, v) = entry?;
+        let (def, _) = watches::decode_watch_entry(&k, &v, &groups)?;
+        let series = match db.get(watches::state_key(&def.id))? {
+            Some(state) => watches::decode_series_bytes(&state, &def)?,
+            None => Default::default(),
+        };
+        out.insert(def.id.clone(), crate::core::WatchRuntime { def, series });
+    }
+    Ok(out)
+}
