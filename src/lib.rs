@@ -37,6 +37,8 @@ pub use security::{AuthToken, TlsFiles};
 pub mod pb {
     tonic::include_proto!("tradewatch.v1");
 
+    mod from_domain;
+
     /// Descriptors of the API and of the `google.rpc` error details, for
     /// server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tradewatch_descriptor");

@@ -55,6 +55,7 @@
 //! `cargo test --test crash_suite` runs the short form (5 rounds);
 //! `TRADEWATCH_CRASH_ROUNDS=100 cargo test --release --test crash_suite --
 //! --ignored` the long form. See docs/crash-suite.md.
+#![allow(clippy::disallowed_methods)] // jitter from the clock; no write time
 
 mod common;
 

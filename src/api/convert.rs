@@ -97,49 +97,15 @@ fn parse_record(r: &pb::TradeRecord) -> Result<TradeRecord, Vec<FieldError>> {
 }
 
 pub fn record_to_pb(stored: &StoredRecord) -> pb::TradeRecord {
-    pb::TradeRecord {
-        revision: stored.revision,
-        updated_at: Some(stored.updated_at),
-        ..trade_record_to_pb(&stored.record)
-    }
-}
-
-/// A record's content as the API carries it (no server-set fields).
-pub fn trade_record_to_pb(r: &TradeRecord) -> pb::TradeRecord {
-    pb::TradeRecord {
-        reporter: r.key.reporter.to_string(),
-        partner: r.key.partner.to_string(),
-        flow: i32::from(r.key.flow.code()),
-        period: r.key.period.to_string(),
-        commodity: r.key.commodity.to_string(),
-        value: Some(money_to_pb(r.value())),
-        net_weight_kg: r.net_weight_kg(),
-        source: r.source().to_owned(),
-        released_at: r.released_at(),
-        revision: 0,
-        updated_at: None,
-    }
+    stored.into()
 }
 
 pub fn money_to_pb(m: crate::domain::Money) -> pb::Money {
-    // Record values always fit: they were given as an i64 of units.
-    let (units, nanos) = m.to_parts().unwrap_or((i64::MAX, 0));
-    pb::Money {
-        currency_code: m.currency().to_string(),
-        units,
-        nanos,
-    }
+    m.into()
 }
 
 pub fn key_to_pb(key: &RecordKey) -> pb::RecordKey {
-    pb::RecordKey {
-        reporter: key.reporter.to_string(),
-        partner: key.partner.to_string(),
-        flow: i32::from(key.flow.code()),
-        period: key.period.to_string(),
-        commodity: key.commodity.to_string(),
-        currency: key.currency.to_string(),
-    }
+    key.into()
 }
 
 pub fn outcome_to_pb(outcome: WriteOutcome) -> pb::WriteOutcome {
@@ -361,11 +327,7 @@ pub fn aggregate_to_pb(answer: &aggregate::AggregateAnswer) -> Result<pb::Aggreg
         grand_total: Some(money(answer.grand_total)?),
         record_count: answer.record_count,
         currency: answer.currency.to_string(),
-        frequency: match answer.frequency {
-            Frequency::Annual => pb::Frequency::Annual,
-            Frequency::Monthly => pb::Frequency::Monthly,
-        }
-        .into(),
+        frequency: frequency_to_pb(answer.frequency).into(),
     })
 }
 

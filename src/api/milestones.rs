@@ -174,12 +174,12 @@ impl MilestoneApi {
         let mut next = request.from_sequence.max(oldest);
         let mut events = Vec::new();
         while events.len() < limit && next <= head {
-            let chunk = self.store.events(next, limit)?;
+            let chunk = self.store.read_log(next, head, limit)?;
             if chunk.is_empty() {
                 break;
             }
             for event in chunk {
-                if event.sequence > head || events.len() == limit {
+                if events.len() == limit {
                     break;
                 }
                 next = event.sequence + 1;
@@ -243,12 +243,7 @@ fn watch_to_pb(def: &WatchDef, created_at: prost_types::Timestamp) -> pb::Watch 
         }
         crate::domain::CommodityFilter::Level(level, prefix) => (
             Vec::new(),
-            match level {
-                crate::domain::CommodityLevel::Total => pb::CommodityLevel::Total,
-                crate::domain::CommodityLevel::Hs2 => pb::CommodityLevel::Hs2,
-                crate::domain::CommodityLevel::Hs4 => pb::CommodityLevel::Hs4,
-                crate::domain::CommodityLevel::Hs6 => pb::CommodityLevel::Hs6,
-            } as i32,
+            convert::commodity_level_to_pb(*level) as i32,
             prefix.clone(),
         ),
     };

@@ -6,6 +6,5 @@ mod paging;
 mod request_id;
 mod trade;
 
-pub use convert::trade_record_to_pb;
 pub use milestones::MilestoneApi;
 pub use trade::TradeApi;

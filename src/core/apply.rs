@@ -443,3 +443,474 @@ fn milestone_event(def: &WatchDef, milestone: &Milestone, caused_by: &[RecordKey
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The decisions, against a state held in memory: no sled.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use prost_types::Timestamp;
+
+    use super::*;
+    use crate::core::volume::volume;
+    use crate::core::{StoredRequest, Watches};
+    use crate::domain::{
+        CommodityFilter, CountryCode, CurrencyCode, Direction, Flow, Frequency, Granularity, Measure, Party,
+        Period, RawKey, RawRecord, RequestId, RequestTag, SeriesSpec, WatchRules,
+    };
+
+    /// A store's state as plain maps, changed by applying effects the way
+    /// the engine writes them.
+    #[derive(Default)]
+    struct Memory {
+        head: u64,
+        records: BTreeMap<RecordKey, StoredRecord>,
+        groups: BTreeMap<GroupName, (PartnerGroup, Timestamp)>,
+        watches: Watches,
+        created: BTreeMap<WatchId, Timestamp>,
+        next_watch: u64,
+        requests: BTreeMap<RequestId, StoredRequest>,
+    }
+
+    impl State for Memory {
+        fn head(&self) -> u64 {
+            self.head
+        }
+        fn record(&self, key: &RecordKey) -> Result<Option<StoredRecord>> {
+            Ok(self.records.get(key).cloned())
+        }
+        fn value(&self, key: &RecordKey) -> Result<Option<i128>> {
+            Ok(self.records.get(key).map(|r| r.record.value().nanos()))
+        }
+        fn group(&self, name: &GroupName) -> Result<Option<(PartnerGroup, Timestamp)>> {
+            Ok(self.groups.get(name).cloned())
+        }
+        fn groups(&self) -> Result<BTreeMap<GroupName, PartnerGroup>> {
+            Ok(self
+                .groups
+                .iter()
+                .map(|(n, (g, _))| (n.clone(), g.clone()))
+                .collect())
+        }
+        fn watches(&self) -> &Watches {
+            &self.watches
+        }
+        fn watch_created_at(&self, id: &WatchId) -> Result<Option<Timestamp>> {
+            Ok(self.created.get(id).copied())
+        }
+        /// Brute force: every record the series selects, volume per key.
+        fn series_values(&self, spec: &SeriesSpec) -> Result<BTreeMap<Bucket, (i128, i64)>> {
+            let mut by_key: BTreeMap<RecordKey, [Option<i128>; 3]> = BTreeMap::new();
+            let mut out: BTreeMap<Bucket, (i128, i64)> = BTreeMap::new();
+            for (key, stored) in &self.records {
+                if !spec.selects(key) {
+                    continue;
+                }
+                let value = stored.record.value().nanos();
+                match &spec.measure {
+                    Measure::Flows(flows) if flows.contains(&key.flow) => {
+                        let v = out.entry(spec.bucket(key.period)).or_default();
+                        v.0 += value;
+                        v.1 += 1;
+                    }
+                    Measure::Flows(_) => {}
+                    Measure::Volume => {
+                        let slot = match key.flow {
+                            Flow::Turnover => 0,
+                            Flow::Export => 1,
+                            Flow::Import => 2,
+                            _ => continue,
+                        };
+                        by_key
+                            .entry(RecordKey {
+                                flow: Flow::Turnover,
+                                ..*key
+                            })
+                            .or_default()[slot] = Some(value);
+                    }
+                }
+            }
+            for (key, [t, x, m]) in by_key {
+                let tally = volume(t, x, m);
+                let v = out.entry(spec.bucket(key.period)).or_default();
+                v.0 += tally.nanos;
+                v.1 += tally.count;
+            }
+            Ok(out)
+        }
+        fn next_watch_number(&self) -> Result<u64> {
+            Ok(self.next_watch.max(1))
+        }
+        fn request(&self, id: &RequestId) -> Result<Option<StoredRequest>> {
+            Ok(self.requests.get(id).cloned())
+        }
+    }
+
+    impl Memory {
+        fn new() -> Memory {
+            let central_asia = PartnerGroup::central_asia();
+            let mut memory = Memory::default();
+            memory
+                .groups
+                .insert(central_asia.name.clone(), (central_asia, Timestamp::default()));
+            memory
+        }
+
+        /// Applies `command` and takes on its effect.
+        fn run(&mut self, command: &Command) -> Result<Effect> {
+            let effect = apply(self, command)?;
+            if effect.replayed {
+                return Ok(effect);
+            }
+            for change in &effect.changes {
+                match &change.after {
+                    Some(after) => self.records.insert(change.key, after.clone()),
+                    None => self.records.remove(&change.key),
+                };
+            }
+            for (name, group) in &effect.groups {
+                match group {
+                    Some(g) => self.groups.insert(name.clone(), g.clone()),
+                    None => self.groups.remove(name),
+                };
+            }
+            for edit in &effect.watches {
+                match edit {
+                    WatchEdit::Created(runtime, at) => {
+                        self.created.insert(runtime.def.id.clone(), *at);
+                        self.watches.insert(runtime.def.id.clone(), runtime.clone());
+                    }
+                    WatchEdit::Followed(runtime) => {
+                        self.watches.insert(runtime.def.id.clone(), runtime.clone());
+                    }
+                    WatchEdit::Deleted(id) => {
+                        self.watches.remove(id);
+                    }
+                }
+            }
+            if let Some(n) = effect.next_watch_number {
+                self.next_watch = n;
+            }
+            if let Some(last) = effect.events.last() {
+                self.head = last.sequence;
+            }
+            if let Some(tag) = &command.request {
+                self.requests.insert(
+                    tag.id.clone(),
+                    StoredRequest {
+                        fingerprint: tag.fingerprint,
+                        written_at: command.time,
+                        outcome: effect.outcome.clone(),
+                    },
+                );
+            }
+            Ok(effect)
+        }
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp { seconds, nanos: 0 }
+    }
+
+    fn record(partner: &str, flow: Flow, period: &str, units: i64) -> TradeRecord {
+        TradeRecord::parse(&RawRecord {
+            key: RawKey {
+                reporter: "CHN",
+                partner,
+                flow: i32::from(flow.code()),
+                period,
+                commodity: "TOTAL",
+                currency: "USD",
+            },
+            units,
+            ..Default::default()
+        })
+        .expect("valid record")
+    }
+
+    fn put(seconds: i64, records: Vec<TradeRecord>) -> Command {
+        Command::at(at(seconds), Action::PutRecords(records), None)
+    }
+
+    fn tag(id: &str, fingerprint: u8) -> Option<RequestTag> {
+        Some(RequestTag {
+            id: RequestId::parse(id).unwrap().unwrap(),
+            fingerprint: [fingerprint; 16],
+        })
+    }
+
+    /// CHN's trade volume with CENTRAL_ASIA per year: a threshold of 100
+    /// and record highs.
+    fn seed_watch(id: Option<&str>, backfill: bool) -> Command {
+        let watch = NewWatch {
+            id: id.map(|i| WatchId::parse(i).unwrap()),
+            name: "China–Central Asia trade".into(),
+            reporters: vec![Party::parse("CHN").unwrap()],
+            partners: vec![Party::parse("CENTRAL_ASIA").unwrap()],
+            spec: SeriesSpec {
+                reporters: None,
+                partners: None,
+                measure: Measure::Volume,
+                commodities: CommodityFilter::Exact(BTreeSet::from([crate::domain::Commodity::TOTAL])),
+                currency: CurrencyCode::USD,
+                frequency: Frequency::Annual,
+                granularity: Granularity::Year,
+                from: Period::parse("1900").unwrap(),
+                to: Period::parse("2100").unwrap(),
+            },
+            rules: WatchRules {
+                thresholds: vec![100_000_000_000],
+                record_high: true,
+            },
+            backfill,
+            max_watches: 3,
+        };
+        Command::at(at(50), Action::CreateWatch(Box::new(watch)), None)
+    }
+
+    fn put_outcomes(effect: &Effect) -> Vec<WriteOutcome> {
+        match &effect.outcome {
+            Outcome::Put(p) => p.results.iter().map(|(_, o, _)| *o).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_put_creates_revises_or_leaves_unchanged_and_numbers_its_events_on() {
+        let mut state = Memory::new();
+        state.head = 41;
+        let first = state
+            .run(&put(1, vec![record("KAZ", Flow::Turnover, "2025", 10)]))
+            .unwrap();
+        assert_eq!(put_outcomes(&first), vec![WriteOutcome::Created]);
+        assert_eq!(
+            first.events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            vec![42]
+        );
+        assert_eq!(
+            first.changes[0].after.as_ref().unwrap().updated_at,
+            at(1),
+            "the command's time"
+        );
+
+        let again = state
+            .run(&put(
+                2,
+                vec![
+                    record("KAZ", Flow::Turnover, "2025", 10),
+                    record("KGZ", Flow::Turnover, "2025", 5),
+                ],
+            ))
+            .unwrap();
+        assert_eq!(
+            put_outcomes(&again),
+            vec![WriteOutcome::Unchanged, WriteOutcome::Created]
+        );
+        assert_eq!(again.events.len(), 1, "an unchanged record writes nothing");
+
+        let revised = state
+            .run(&put(3, vec![record("KAZ", Flow::Turnover, "2025", 11)]))
+            .unwrap();
+        assert_eq!(put_outcomes(&revised), vec![WriteOutcome::Revised]);
+        let Outcome::Put(p) = &revised.outcome else {
+            unreachable!()
+        };
+        assert_eq!(p.results[0].2, 2);
+        assert_eq!(p.sequences, Some(SequenceRange { first: 44, last: 44 }));
+    }
+
+    #[test]
+    fn a_published_turnover_hides_exports_and_imports_from_trade_volume() {
+        let mut state = Memory::new();
+        let exports = state
+            .run(&put(1, vec![record("KAZ", Flow::Export, "2025", 7)]))
+            .unwrap();
+        assert_eq!(exports.effects[0].volume.unwrap().nanos, 7_000_000_000);
+        let turnover = state
+            .run(&put(2, vec![record("KAZ", Flow::Turnover, "2025", 10)]))
+            .unwrap();
+        // Volume goes from exports (7) to the turnover (10): +3, and one
+        // record counted instead of one.
+        let volume = turnover.effects[0].volume.unwrap();
+        assert_eq!((volume.nanos, volume.count), (3_000_000_000, 0));
+        // Within one command, a later record sees the earlier one.
+        let both = state
+            .run(&put(
+                3,
+                vec![
+                    record("KGZ", Flow::Import, "2025", 4),
+                    record("KGZ", Flow::Turnover, "2025", 9),
+                ],
+            ))
+            .unwrap();
+        assert_eq!(both.effects[1].volume.unwrap().nanos, 5_000_000_000);
+    }
+
+    #[test]
+    fn a_watch_follows_its_series_and_reaches_milestones_in_the_write_that_causes_them() {
+        let mut state = Memory::new();
+        state.run(&seed_watch(None, false)).unwrap();
+        let first_year = state
+            .run(&put(1, vec![record("UZB", Flow::Turnover, "2024", 80)]))
+            .unwrap();
+        assert_eq!(first_year.events.len(), 1, "a first period is no record yet");
+        let crossed = state
+            .run(&put(
+                2,
+                vec![
+                    record("KAZ", Flow::Turnover, "2025", 60),
+                    record("KGZ", Flow::Turnover, "2025", 45),
+                ],
+            ))
+            .unwrap();
+        let kinds: Vec<_> = crossed.events.iter().map(|e| &e.kind).collect();
+        assert!(matches!(kinds[0], EventKind::RecordStored(_)));
+        assert!(matches!(kinds[1], EventKind::RecordStored(_)));
+        let EventKind::ThresholdCrossed(t) = kinds[2] else {
+            panic!("{kinds:?}")
+        };
+        assert_eq!((t.direction, t.after), (Direction::Up, Some(105_000_000_000)));
+        assert_eq!(t.caused_by.len(), 2);
+        assert!(t.headline.contains("crossing 100"), "{}", t.headline);
+        let EventKind::RecordHigh(h) = kinds[3] else {
+            panic!("{kinds:?}")
+        };
+        assert_eq!(h.previous, Some(("2024".to_owned(), Some(80_000_000_000))));
+        assert_eq!(h.cause, Cause::NewData);
+        // A revision down crosses back.
+        let down = state
+            .run(&put(3, vec![record("KGZ", Flow::Turnover, "2025", 30)]))
+            .unwrap();
+        let EventKind::ThresholdCrossed(t) = &down.events[1].kind else {
+            panic!()
+        };
+        assert_eq!(t.direction, Direction::Down);
+    }
+
+    #[test]
+    fn watch_ids_are_assigned_past_taken_ones_and_the_limit_comes_from_the_command() {
+        let mut state = Memory::new();
+        state.run(&seed_watch(Some("w1"), false)).unwrap();
+        let second = state.run(&seed_watch(None, false)).unwrap();
+        let Outcome::Watch(w) = &second.outcome else {
+            panic!()
+        };
+        assert_eq!(w.def.id.as_str(), "w2");
+        assert_eq!(second.next_watch_number, Some(3));
+        let taken = state.run(&seed_watch(Some("w1"), false)).unwrap_err();
+        assert!(matches!(taken, Error::AlreadyExists(_)), "{taken}");
+        state.run(&seed_watch(None, false)).unwrap();
+        let full = state.run(&seed_watch(None, false)).unwrap_err();
+        assert!(matches!(full, Error::ResourceExhausted(_)), "{full}");
+    }
+
+    #[test]
+    fn backfill_replays_the_stored_periods_and_a_group_edit_reevaluates() {
+        let mut state = Memory::new();
+        state
+            .run(&put(
+                1,
+                vec![
+                    record("KAZ", Flow::Turnover, "2024", 90),
+                    record("KAZ", Flow::Turnover, "2025", 120),
+                ],
+            ))
+            .unwrap();
+        let armed = state.run(&seed_watch(Some("quiet"), false)).unwrap();
+        assert!(armed.events.is_empty(), "arming is silent");
+        let backfilled = state.run(&seed_watch(Some("loud"), true)).unwrap();
+        assert!(!backfilled.events.is_empty());
+        assert!(backfilled.events.iter().all(|e| matches!(&e.kind,
+            EventKind::ThresholdCrossed(t) if t.caused_by.is_empty())
+            || matches!(&e.kind, EventKind::RecordHigh(h) if h.cause == Cause::NewData)));
+
+        // Without KAZ, CENTRAL_ASIA has no trade: 2025 falls below 100.
+        let mut group = PartnerGroup::central_asia();
+        group.members.remove(&CountryCode::parse("KAZ").unwrap());
+        let edit = state
+            .run(&Command::at(at(60), Action::PutGroup(group.clone()), None))
+            .unwrap();
+        let downs = edit
+            .events
+            .iter()
+            .filter(|e| matches!(&e.kind, EventKind::ThresholdCrossed(t) if t.direction == Direction::Down))
+            .count();
+        assert_eq!(downs, 2, "one per watch");
+        let in_use = state
+            .run(&Command::at(
+                at(61),
+                Action::DeleteGroup(group.name.clone()),
+                None,
+            ))
+            .unwrap_err();
+        assert!(matches!(in_use, Error::FailedPrecondition(_)), "{in_use}");
+    }
+
+    #[test]
+    fn a_request_id_answers_its_retries_until_it_expires() {
+        let mut state = Memory::new();
+        let command = |seconds, fingerprint| Command {
+            request: tag("retry-me", fingerprint),
+            ..put(seconds, vec![record("KAZ", Flow::Turnover, "2025", 10)])
+        };
+        let first = state.run(&command(1, 7)).unwrap();
+        let retry = state.run(&command(100, 7)).unwrap();
+        assert!(retry.replayed);
+        assert_eq!(retry.outcome, first.outcome);
+        assert!(retry.events.is_empty() && retry.changes.is_empty());
+        let reused = state.run(&command(100, 8)).unwrap_err();
+        assert!(matches!(reused, Error::AlreadyExists(_)), "{reused}");
+        // A day later the id is free again: the write is applied afresh.
+        let later = state.run(&command(1 + REQUEST_RETAIN_SECS, 8)).unwrap();
+        assert!(!later.replayed);
+        assert_eq!(put_outcomes(&later), vec![WriteOutcome::Unchanged]);
+    }
+
+    #[test]
+    fn a_value_money_cannot_hold_refuses_the_write_whole() {
+        let mut state = Memory::new();
+        state.run(&seed_watch(None, false)).unwrap();
+        state
+            .run(&put(1, vec![record("KAZ", Flow::Turnover, "2025", i64::MAX)]))
+            .unwrap();
+        let err = state
+            .run(&put(2, vec![record("KGZ", Flow::Turnover, "2025", 1)]))
+            .unwrap_err();
+        assert!(matches!(err, Error::OutOfRange(_)), "{err}");
+        assert!(
+            !state
+                .records
+                .contains_key(&record("KGZ", Flow::Turnover, "2025", 1).key)
+        );
+    }
+
+    #[test]
+    fn the_same_command_on_the_same_state_has_the_same_effect() {
+        let build = || {
+            let mut state = Memory::new();
+            state.run(&seed_watch(None, true)).unwrap();
+            state
+                .run(&put(
+                    1,
+                    vec![
+                        record("UZB", Flow::Export, "2024", 70),
+                        record("TJK", Flow::Import, "2025", 120),
+                    ],
+                ))
+                .unwrap();
+            state
+        };
+        let command = put(
+            9,
+            vec![
+                record("UZB", Flow::Import, "2024", 50),
+                record("TJK", Flow::Export, "2025", 1),
+            ],
+        );
+        assert_eq!(
+            apply(&build(), &command).unwrap(),
+            apply(&build(), &command).unwrap()
+        );
+    }
+}

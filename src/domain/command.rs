@@ -23,7 +23,8 @@ pub struct Command {
 }
 
 impl Command {
-    /// A command accepted now.
+    /// A command accepted now: the one place a write's time is read.
+    #[allow(clippy::disallowed_methods)]
     pub fn new(action: Action, request: Option<RequestTag>) -> Command {
         Command::at(Timestamp::from(SystemTime::now()), action, request)
     }

@@ -46,7 +46,12 @@ impl Money {
                 Invalid(format!("nanos {nanos} must have the same sign as units {units}")),
             ));
         }
-        Ok(i128::from(units) * NANOS_PER_UNIT + i128::from(nanos))
+        Ok(Self::join(units, nanos))
+    }
+
+    /// Nanos from units and nanos already checked (as stored).
+    pub fn join(units: i64, nanos: i32) -> i128 {
+        i128::from(units) * NANOS_PER_UNIT + i128::from(nanos)
     }
 
     pub fn currency(&self) -> CurrencyCode {

@@ -6,7 +6,7 @@ use std::fmt;
 use super::Invalid;
 
 /// A client's name for one write: a UUID or any string of 1 to 64 bytes.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(String);
 
 impl RequestId {

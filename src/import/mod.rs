@@ -240,7 +240,7 @@ async fn send(
         let chunk = &records[i * batch..((i + 1) * batch).min(records.len())];
         sent.inc(chunk.len() as u64);
         crate::pb::IngestRecordsRequest {
-            records: chunk.iter().map(crate::api::trade_record_to_pb).collect(),
+            records: chunk.iter().map(crate::pb::TradeRecord::from).collect(),
             request_id: String::new(),
         }
     }));

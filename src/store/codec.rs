@@ -42,7 +42,7 @@ pub struct RecordAmount {
 
 impl RecordAmount {
     pub fn nanos(&self) -> i128 {
-        i128::from(self.units) * 1_000_000_000 + i128::from(self.nanos)
+        crate::domain::Money::join(self.units, self.nanos)
     }
 }
 
@@ -230,7 +230,7 @@ pub fn decode_record(key_bytes: &[u8], value_bytes: &[u8]) -> Result<StoredRecor
 }
 
 pub fn record_from_value(key: RecordKey, value: RecordValue) -> StoredRecord {
-    let amount = i128::from(value.units) * 1_000_000_000 + i128::from(value.nanos);
+    let amount = crate::domain::Money::join(value.units, value.nanos);
     StoredRecord {
         record: TradeRecord::from_stored(key, amount, value.net_weight_kg, value.source, value.released_at),
         revision: value.revision,

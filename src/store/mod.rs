@@ -163,6 +163,7 @@ impl Store {
 
     /// Checks the format version; a new, empty store gets the current version
     /// and the built-in groups. Returns the head sequence.
+    #[allow(clippy::disallowed_methods)] // the built-in group's time is the store's creation
     fn check_or_init(db: &sled::Db, dir: &Path) -> Result<u64> {
         match db.get(keys::META_FORMAT_VERSION)? {
             Some(v) => {
@@ -488,6 +489,27 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// The events from `next` through `head` (at most `limit`), for a
+    /// reader that has considered every event before `next`:
+    /// `OUT_OF_RANGE` when retention has removed `next` meanwhile, rather
+    /// than a silent gap.
+    pub fn read_log(&self, next: u64, head: u64, limit: usize) -> Result<Vec<Event>> {
+        if next > head {
+            return Ok(Vec::new());
+        }
+        let mut events = self.events(next, limit)?;
+        if let Some(first) = events.first().map(|e| e.sequence)
+            && first > next
+        {
+            return Err(Error::EventsTrimmed {
+                requested: next,
+                oldest: first,
+            });
+        }
+        events.retain(|e| e.sequence <= head);
+        Ok(events)
     }
 
     /// The oldest event sequence the log retains.

@@ -74,7 +74,9 @@ pub fn subscribe(
         loop {
             let head = *head_rx.borrow_and_update();
             while next <= head {
-                let chunk = match store.events(next, READ_CHUNK) {
+                // Retention may have trimmed events this subscriber had not
+                // read yet: it is told so rather than skip them.
+                let chunk = match store.read_log(next, head, READ_CHUNK) {
                     Ok(chunk) => chunk,
                     Err(e) => {
                         let _ = tx.try_send(Err(e));
@@ -84,22 +86,8 @@ pub fn subscribe(
                 if chunk.is_empty() {
                     break;
                 }
-                if let Some(first) = chunk.first().map(|e| e.sequence)
-                    && first > next
-                {
-                    // Retention trimmed events this subscriber had not read
-                    // yet: say so rather than skip them.
-                    let _ = tx.try_send(Err(Error::EventsTrimmed {
-                        requested: next,
-                        oldest: first,
-                    }));
-                    return;
-                }
                 for event in chunk {
                     let sequence = event.sequence;
-                    if sequence > head {
-                        break;
-                    }
                     next = sequence + 1;
                     if wanted(&event) && !send(Message::Event(Box::new(event))).await {
                         return;
