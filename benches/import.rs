@@ -28,7 +28,7 @@ mod dataset;
 use dataset::Dataset;
 #[path = "common/server.rs"]
 mod server;
-use server::{BIN, Server};
+use server::Server;
 
 fn bench_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data/import")
@@ -65,17 +65,18 @@ fn write_csv(data: &Dataset, by_partner: bool, path: &Path) -> anyhow::Result<us
     Ok(rows.len())
 }
 
-/// Starts the release binary on a fresh store.
-fn start_server(data_dir: &Path) -> anyhow::Result<Server> {
+/// Starts `bin` on a fresh store.
+fn start_server(bin: &str, data_dir: &Path) -> anyhow::Result<Server> {
     let _ = std::fs::remove_dir_all(data_dir);
-    Server::start(data_dir, &[])
+    Server::start_bin(bin, data_dir, &[])
 }
 
-/// One `import --server` run into a fresh server; its wall-clock time.
-fn run_once(file: &Path, rows: usize) -> anyhow::Result<Duration> {
-    let server = start_server(&bench_dir().join("store"))?;
+/// One `import --server` run of `bin` (client and server) into a fresh
+/// server; its wall-clock time.
+fn run_once(bin: &str, file: &Path, rows: usize) -> anyhow::Result<Duration> {
+    let server = start_server(bin, &bench_dir().join("store"))?;
     let started = Instant::now();
-    let output = Command::new(BIN)
+    let output = Command::new(bin)
         .args(["import", "--server", &server.addr])
         .arg(file)
         .stderr(Stdio::inherit())
@@ -98,15 +99,21 @@ fn median(mut xs: Vec<Duration>) -> Duration {
 
 fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(3);
+    // With TRADEWATCH_BENCH_COMPARE=OTHER_BINARY, runs alternate between
+    // that binary and this build's, side by side.
+    let mut binaries = vec![("this build".to_owned(), server::bin())];
+    if let Ok(other) = std::env::var("TRADEWATCH_BENCH_COMPARE") {
+        binaries.insert(0, (other.clone(), other));
+    }
     std::fs::create_dir_all(bench_dir())?;
     let data = Dataset::new("1m", 5);
     println!(
-        "import --server of {} rows, {runs} runs per file order, fresh store each run",
+        "import --server of {} rows, {runs} runs per file order and binary, fresh store each run",
         data.len()
     );
     println!();
-    println!("| file order | runs (s) | median (s) | records/s (median) |");
-    println!("|---|---|---|---|");
+    println!("| file order | binary | runs (s) | median (s) | records/s (median) |");
+    println!("|---|---|---|---|---|");
     for (name, by_partner) in [("by commodity", false), ("by partner", true)] {
         let file = bench_dir().join(if by_partner {
             "by-partner.csv"
@@ -114,21 +121,26 @@ fn main() -> anyhow::Result<()> {
             "by-commodity.csv"
         });
         let rows = write_csv(&data, by_partner, &file)?;
-        // Runs alternate with nothing else: each starts its own server.
-        let times: Vec<Duration> = (0..runs)
-            .map(|_| run_once(&file, rows))
-            .collect::<anyhow::Result<_>>()?;
-        let m = median(times.clone());
-        println!(
-            "| {name} | {} | {:.2} | {:.0} |",
-            times
-                .iter()
-                .map(|t| format!("{:.2}", t.as_secs_f64()))
-                .collect::<Vec<_>>()
-                .join(", "),
-            m.as_secs_f64(),
-            rows as f64 / m.as_secs_f64()
-        );
+        // Runs alternate between the binaries; each starts its own server.
+        let mut times = vec![Vec::new(); binaries.len()];
+        for _ in 0..runs {
+            for (i, (_, bin)) in binaries.iter().enumerate() {
+                times[i].push(run_once(bin, &file, rows)?);
+            }
+        }
+        for ((label, _), times) in binaries.iter().zip(times) {
+            let m = median(times.clone());
+            println!(
+                "| {name} | {label} | {} | {:.2} | {:.0} |",
+                times
+                    .iter()
+                    .map(|t| format!("{:.2}", t.as_secs_f64()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                m.as_secs_f64(),
+                rows as f64 / m.as_secs_f64()
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(bench_dir().join("store"));
     Ok(())

@@ -1,11 +1,18 @@
 //! The release binary serving a store in a process of its own, as users run
 //! it; killed when dropped.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tradewatch");
+
+/// The binary to measure: this build's, or another one's given in
+/// `TRADEWATCH_BENCH_BIN` (to compare two builds on the same data).
+pub fn bin() -> String {
+    std::env::var("TRADEWATCH_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
 
 pub struct Server {
     child: Child,
@@ -16,7 +23,12 @@ impl Server {
     /// `tradewatch serve` on `data_dir` (plus `extra` arguments) on a free
     /// loopback port; returns once it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
-        let mut child = Command::new(BIN)
+        Server::start_bin(&bin(), data_dir, extra)
+    }
+
+    /// [`Server::start`] of the binary at `bin`.
+    pub fn start_bin(bin: &str, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)

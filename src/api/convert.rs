@@ -4,9 +4,8 @@
 use std::collections::BTreeSet;
 
 use crate::domain::{
-    Cause, CommodityLevel, CountryCode, Direction, Event, EventKind, FieldError, Frequency, GroupName,
-    PartnerGroup, RawKey, RawRecord, RawSelector, RecordKey, Selector, StoredRecord, TradeRecord,
-    WriteOutcome,
+    Cause, CommodityLevel, Direction, Event, EventKind, FieldError, Frequency, GroupName, PartnerGroup,
+    RawKey, RawRecord, RawSelector, RecordKey, Selector, StoredRecord, TradeRecord, WriteOutcome,
 };
 use crate::error::{Error, Result, Violation};
 use crate::pb;
@@ -178,42 +177,8 @@ pub fn parse_group(group: Option<&pb::PartnerGroup>) -> Result<PartnerGroup> {
     let Some(g) = group else {
         return Err(Error::invalid("group", "group is required"));
     };
-    let mut violations = Vec::new();
-    let name = GroupName::parse(&g.name).map_err(|e| violations.push(Violation::new("group.name", e.0)));
-    let mut members = BTreeSet::new();
-    if g.members.is_empty() {
-        violations.push(Violation::new(
-            "group.members",
-            "a group needs at least one member",
-        ));
-    }
-    for (i, m) in g.members.iter().enumerate() {
-        match CountryCode::parse_country(m) {
-            Ok(c) if !members.insert(c) => violations.push(Violation::new(
-                format!("group.members[{i}]"),
-                format!("{m} is listed twice"),
-            )),
-            Ok(_) => {}
-            Err(e) => violations.push(Violation::new(format!("group.members[{i}]"), e.0)),
-        }
-    }
-    if g.description.chars().count() > PartnerGroup::MAX_DESCRIPTION_CHARS {
-        violations.push(Violation::new(
-            "group.description",
-            format!(
-                "description is longer than {} characters",
-                PartnerGroup::MAX_DESCRIPTION_CHARS
-            ),
-        ));
-    }
-    match name {
-        Ok(name) if violations.is_empty() => Ok(PartnerGroup {
-            name,
-            members,
-            description: g.description.clone(),
-        }),
-        _ => Err(Error::InvalidArgument(violations)),
-    }
+    PartnerGroup::parse(&g.name, &g.members, &g.description)
+        .map_err(|errors| Error::InvalidArgument(Violation::under("group", errors)))
 }
 
 pub fn group_to_pb(group: &PartnerGroup, updated_at: prost_types::Timestamp) -> pb::PartnerGroup {

@@ -96,15 +96,9 @@ impl MilestoneApi {
                 .map_err(|e| violations.push(Violation::new("id", e.0)))
                 .ok()
         };
-        let name = watch.name.trim().to_owned();
-        if name.is_empty() {
-            violations.push(Violation::new("name", "a watch needs a name"));
-        } else if name.chars().count() > WatchDef::MAX_NAME_CHARS {
-            violations.push(Violation::new(
-                "name",
-                format!("longer than {} characters", WatchDef::MAX_NAME_CHARS),
-            ));
-        }
+        let name = WatchDef::parse_name(&watch.name)
+            .map_err(|e| violations.push(Violation::new("name", e.0)))
+            .unwrap_or_default();
         let granularity = convert::parse_granularity(watch.granularity, "granularity")
             .map_err(|e| violations.extend(violations_of(e)))
             .ok()

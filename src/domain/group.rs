@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use super::{CountryCode, Invalid};
+use super::{CountryCode, FieldError, Invalid};
 
 /// `[A-Z][A-Z0-9_]{3,63}`: never three letters, so it cannot collide with a
 /// country code.
@@ -56,6 +56,47 @@ pub struct PartnerGroup {
 impl PartnerGroup {
     pub const MAX_DESCRIPTION_CHARS: usize = 500;
 
+    /// A group from its parts as a caller gives them, reporting every bad
+    /// field (`name`, `members[2]`, `description`).
+    pub fn parse(name: &str, members: &[String], description: &str) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut fail = |field: String, reason: Invalid| errors.push(FieldError { field, reason });
+        let name = GroupName::parse(name).map_err(|e| fail("name".into(), e)).ok();
+        if members.is_empty() {
+            fail(
+                "members".into(),
+                Invalid::new("a group needs at least one member"),
+            );
+        }
+        let mut set = BTreeSet::new();
+        for (i, m) in members.iter().enumerate() {
+            match CountryCode::parse_country(m) {
+                Ok(c) if !set.insert(c) => {
+                    fail(format!("members[{i}]"), Invalid(format!("{m} is listed twice")))
+                }
+                Ok(_) => {}
+                Err(e) => fail(format!("members[{i}]"), e),
+            }
+        }
+        if description.chars().count() > Self::MAX_DESCRIPTION_CHARS {
+            fail(
+                "description".into(),
+                Invalid(format!(
+                    "description is longer than {} characters",
+                    Self::MAX_DESCRIPTION_CHARS
+                )),
+            );
+        }
+        match name {
+            Some(name) if errors.is_empty() => Ok(PartnerGroup {
+                name,
+                members: set,
+                description: description.to_owned(),
+            }),
+            _ => Err(errors),
+        }
+    }
+
     /// The group built in on first start.
     pub fn central_asia() -> Self {
         let members = ["KAZ", "KGZ", "TJK", "TKM", "UZB"]
@@ -91,6 +132,20 @@ mod tests {
         ] {
             assert!(GroupName::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_group_reports_every_bad_part() {
+        let members = ["KAZ", "XX", "KAZ", "WLD"].map(String::from);
+        let errors = PartnerGroup::parse("asia", &members, &"x".repeat(501)).unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["name", "members[1]", "members[2]", "members[3]", "description"]
+        );
+        assert!(PartnerGroup::parse("CASPIAN", &[], "").is_err());
+        let ok = PartnerGroup::parse("CASPIAN", &["TKM".into(), "KAZ".into()], "").unwrap();
+        assert_eq!(ok.members.len(), 2);
     }
 
     #[test]

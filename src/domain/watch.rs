@@ -71,6 +71,22 @@ pub struct WatchDef {
 impl WatchDef {
     pub const MAX_NAME_CHARS: usize = 200;
 
+    /// A watch's name for people: trimmed, not empty, at most
+    /// [`Self::MAX_NAME_CHARS`] characters.
+    pub fn parse_name(name: &str) -> Result<String, Invalid> {
+        let name = name.trim();
+        if name.is_empty() {
+            Err(Invalid::new("a watch needs a name"))
+        } else if name.chars().count() > Self::MAX_NAME_CHARS {
+            Err(Invalid(format!(
+                "longer than {} characters",
+                Self::MAX_NAME_CHARS
+            )))
+        } else {
+            Ok(name.to_owned())
+        }
+    }
+
     /// Whether the watch names this group.
     pub fn uses_group(&self, name: &GroupName) -> bool {
         self.reporters

@@ -38,6 +38,36 @@ pub const KEEP_FREE_BYTES: u64 = 16 << 20;
 /// that.
 const BYTES_PER_ENTRY: u64 = 2 << 10;
 
+/// Test-only: turns the syncs of this module off, to show that the
+/// power-loss suite (`tests/power_loss.rs`) notices. `commit` skips those
+/// after each group of writes (sled's flush alone decides what is
+/// durable), `all` also those at open. Never set it on a real store.
+pub const SKIP_SYNCS_ENV: &str = "TRADEWATCH_TEST_ONLY_SKIP_SYNCS";
+
+/// Which syncs [`SKIP_SYNCS_ENV`] turns off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SkipSyncs {
+    None,
+    Commit,
+    All,
+}
+
+impl SkipSyncs {
+    fn from_env() -> SkipSyncs {
+        let skip = match std::env::var(SKIP_SYNCS_ENV).as_deref() {
+            Ok("commit") => SkipSyncs::Commit,
+            Ok("all") => SkipSyncs::All,
+            _ => SkipSyncs::None,
+        };
+        if skip != SkipSyncs::None {
+            tracing::warn!(
+                "{SKIP_SYNCS_ENV} is set: {skip:?} syncs are skipped, so acknowledged writes can be lost in a power cut"
+            );
+        }
+        skip
+    }
+}
+
 pub struct Disk {
     dir: PathBuf,
     /// The data dir itself, whose modification time is set before each
@@ -59,12 +89,18 @@ pub struct Disk {
     /// Set once sled has failed a write: every later job gets it.
     stopped: Option<Error>,
     nudger: Nudger,
+    skip_syncs: SkipSyncs,
 }
 
 impl Disk {
-    /// The disk of the store in `dir`, which `db` has open. Syncs sled's
-    /// configuration file and the directory once: sled writes them without.
+    /// The disk of the store in `dir`, which `db` has open. Syncs once what
+    /// sled writes without syncing: its configuration file, the data dir
+    /// (the entries of its files, and of the snapshot sled renames into
+    /// place at every start), and the directories above it (the data dir's
+    /// own entry, which the store has just created with its parents when it
+    /// was new: an entry is durable only once its directory is synced).
     pub fn open(dir: &Path, db: &sled::Db) -> Disk {
+        let skip_syncs = SkipSyncs::from_env();
         let open = |path: &Path| {
             File::open(path)
                 .map_err(
@@ -73,13 +109,16 @@ impl Disk {
                 .ok()
         };
         let dir_handle = open(dir);
-        for file in [open(&dir.join("conf")).as_ref(), dir_handle.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            if let Err(e) = file.sync_all() {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the store's files");
+        if skip_syncs < SkipSyncs::All {
+            for file in [open(&dir.join("conf")).as_ref(), dir_handle.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                if let Err(e) = file.sync_all() {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the store's files");
+                }
             }
+            sync_parents(dir);
         }
         let mut disk = Disk {
             dir: dir.to_owned(),
@@ -89,7 +128,11 @@ impl Disk {
             refused: None,
             stopped: None,
             nudger: Nudger::start(db.clone()),
+            skip_syncs,
         };
+        if skip_syncs >= SkipSyncs::All {
+            return disk;
+        }
         if let Err(e) = disk.sync_blobs() {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the store's blobs");
         }
@@ -189,6 +232,9 @@ impl Disk {
         let flushed = db.flush();
         self.nudger.flushing(false);
         let synced = flushed.and_then(|_| {
+            if self.skip_syncs >= SkipSyncs::Commit {
+                return Ok(());
+            }
             self.sync_blobs()?;
             if let Some(log) = &self.log {
                 log.sync_data()?;
@@ -242,6 +288,24 @@ impl Disk {
             std::mem::forget(db.clone());
         }
         answer
+    }
+}
+
+/// Syncs every directory above `dir`, so that the entry naming each (the
+/// data dir's own, and those of the parents `create_dir_all` made with it)
+/// is durable. A parent that cannot be synced is left, said once for the
+/// data dir's own parent: the data dir then survives a power cut only if
+/// its entry was made durable before.
+fn sync_parents(dir: &Path) {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    for (n, parent) in dir.ancestors().skip(1).enumerate() {
+        if let Err(e) = File::open(parent).and_then(|f| f.sync_all()) {
+            if n == 0 {
+                tracing::warn!(dir = %parent.display(), error = %e, "cannot sync the data dir's parent");
+            } else {
+                tracing::debug!(dir = %parent.display(), error = %e, "cannot sync a parent of the data dir");
+            }
+        }
     }
 }
 
