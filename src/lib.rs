@@ -44,6 +44,15 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tradewatch_descriptor");
 }
 
+/// Descriptors of every service the server runs: the API, health checking
+/// and reflection.
+pub const SERVED_DESCRIPTORS: &[&[u8]] = &[
+    pb::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
 /// Accepted connections, with Nagle's algorithm off: small responses must
 /// not wait for the client's delayed ACK.
 /// Each can be cut when shutdown's grace runs out.
@@ -140,7 +149,7 @@ impl Application {
         if config.auth_token.is_some() && tls.is_none() && !listen.ip().is_loopback() {
             tracing::warn!(%listen, "an auth token without TLS: callers send it in plaintext");
         }
-        let metrics = Arc::new(metrics::Metrics::new());
+        let metrics = Arc::new(metrics::Metrics::serving(SERVED_DESCRIPTORS));
         let store = store::Store::open_with_metrics(
             &config.data_dir,
             config.cache_mb * 1024 * 1024,

@@ -140,6 +140,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics of a server running the services of `descriptor_sets`
+    /// (encoded `FileDescriptorSet`s): calls to any other path are counted
+    /// as `method="unknown"`.
+    pub fn serving(descriptor_sets: &[&[u8]]) -> Metrics {
+        Metrics {
+            known_methods: served_methods(descriptor_sets),
+            ..Metrics::new()
+        }
+    }
+
+    /// Metrics that know no service (a store on its own).
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let grpc_requests = Family::<RequestLabels, Counter>::default();
@@ -193,7 +204,7 @@ impl Metrics {
         }
         Metrics {
             registry,
-            known_methods: served_methods(),
+            known_methods: HashSet::new(),
             unknown_method: Arc::from(UNKNOWN_METHOD),
             grpc_requests,
             grpc_duration,
@@ -262,16 +273,10 @@ impl Metrics {
 }
 
 /// Full method names (`/tradewatch.v1.TradeService/PutRecords`) of every
-/// service the server runs, from their descriptor sets.
-fn served_methods() -> HashSet<Arc<str>> {
-    let sets = [
-        crate::pb::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ];
+/// service of the descriptor sets.
+fn served_methods(sets: &[&[u8]]) -> HashSet<Arc<str>> {
     let mut methods = HashSet::new();
-    for set in sets {
+    for &set in sets {
         // Compiled-in descriptors: one that does not decode only leaves its
         // methods labelled "unknown".
         let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
@@ -702,7 +707,7 @@ mod tests {
 
     #[test]
     fn every_served_rpc_is_a_known_method() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::serving(crate::SERVED_DESCRIPTORS);
         for path in [
             "/tradewatch.v1.TradeService/PutRecords",
             "/tradewatch.v1.MilestoneService/Subscribe",
