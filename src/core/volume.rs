@@ -13,10 +13,12 @@ pub struct Tally {
 }
 
 impl Tally {
+    #[inline]
     fn of(value: Option<i128>) -> Tally {
         value.map_or(Tally::default(), |nanos| Tally { nanos, count: 1 })
     }
 
+    #[inline]
     pub fn minus(self, other: Tally) -> Tally {
         Tally {
             nanos: self.nanos - other.nanos,
@@ -24,6 +26,7 @@ impl Tally {
         }
     }
 
+    #[inline]
     pub fn add(&mut self, other: Tally) {
         self.nanos += other.nanos;
         self.count += other.count;
@@ -31,6 +34,7 @@ impl Tally {
 }
 
 /// Whether a flow's records make up trade volume.
+#[inline]
 pub fn shares_volume(flow: Flow) -> bool {
     matches!(flow, Flow::Turnover | Flow::Export | Flow::Import)
 }
@@ -53,6 +57,7 @@ pub fn volume_siblings(key: &RecordKey) -> impl Iterator<Item = RecordKey> + use
 
 /// Trade volume of one reporter–partner–period–commodity–currency from its
 /// turnover, export and import values.
+#[inline]
 pub fn volume(turnover: Option<i128>, exports: Option<i128>, imports: Option<i128>) -> Tally {
     match turnover {
         Some(_) => Tally::of(turnover),

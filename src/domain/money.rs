@@ -50,6 +50,7 @@ impl Money {
     }
 
     /// Nanos from units and nanos already checked (as stored).
+    #[inline]
     pub fn join(units: i64, nanos: i32) -> i128 {
         i128::from(units) * NANOS_PER_UNIT + i128::from(nanos)
     }

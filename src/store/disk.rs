@@ -18,6 +18,7 @@
 //! a refused write stores nothing, reads keep working, and writes resume
 //! by themselves once the disk is usable again.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +38,20 @@ pub const KEEP_FREE_BYTES: u64 = 16 << 20;
 /// 200-character sources, node rewrites included; this is more than twice
 /// that.
 const BYTES_PER_ENTRY: u64 = 2 << 10;
+
+/// How long a blob file's length must be seen to stay the same before
+/// [`Disk::sync_blobs`] stops looking at it: sled writes a blob in one go,
+/// so one that has not grown for this long is whole.
+const BLOB_SETTLED: Duration = Duration::from_secs(2);
+
+/// A blob file as last synced.
+struct BlobSynced {
+    len: u64,
+    /// When it was synced at this length.
+    synced: Instant,
+    /// Seen at the same length again, [`BLOB_SETTLED`] after that.
+    settled: bool,
+}
 
 /// Test-only: turns the syncs of this module off, to show that the
 /// power-loss suite (`tests/power_loss.rs`) notices. `commit` skips those
@@ -78,12 +93,13 @@ pub struct Disk {
     /// calls `sync_file_range`, which does not make a grown file's new
     /// size and blocks durable (sled leaves that to a periodic fsync).
     log: Option<File>,
-    /// Highest id of the files in sled's `blobs` directory synced so far.
-    /// sled keeps a value too large for its log (over about 128 KiB: a
-    /// block of large events) in a file of its own, named by log
-    /// sequence, which it never syncs; a log entry whose blob is missing
-    /// after a crash ends what sled recovers.
-    blobs_synced: Option<u64>,
+    /// The files in sled's `blobs` directory synced so far, with their
+    /// length when synced (see [`Disk::sync_blobs`]). sled keeps a node too large for its log
+    /// (over about 128 KiB: a leaf of large event blocks) in a file of its
+    /// own, named by log sequence, which it never syncs; a log entry whose
+    /// blob is torn after a power cut ends what sled recovers, and every
+    /// write after it is lost.
+    blobs: HashMap<u64, BlobSynced>,
     /// Why writes are refused now (see [`Disk::check`]).
     refused: Option<Error>,
     /// Set once sled has failed a write: every later job gets it.
@@ -124,7 +140,7 @@ impl Disk {
             dir: dir.to_owned(),
             dir_handle,
             log: open(&dir.join("db")),
-            blobs_synced: None,
+            blobs: HashMap::new(),
             refused: None,
             stopped: None,
             nudger: Nudger::start(db.clone()),
@@ -216,8 +232,18 @@ impl Disk {
     }
 
     /// Makes a group of jobs durable: flushes sled, then syncs what it
-    /// leaves unsynced. The answer for each job of the group that did not
-    /// fail by itself.
+    /// leaves unsynced — the blob files written or grown since the last
+    /// commit and their directory, then the log. The answer for each job of
+    /// the group that did not fail by itself.
+    ///
+    /// The blobs go first: a log entry made durable before the blob it
+    /// names is skipped by sled's recovery when the blob is missing, which
+    /// brings a batch back torn (its records without its event block), and
+    /// ends the recovery when the blob is there but torn. sled's flush has
+    /// waited for every blob of the jobs flushed, so each is whole here.
+    /// (A blob another thread is still writing belongs to a log entry after
+    /// them; it is synced again by the commit after, before that one
+    /// answers.)
     pub fn commit(&mut self, db: &sled::Db) -> Result<(), Error> {
         if let Some(stopped) = &self.stopped {
             // Not even a flush: one may never return (see `stop`).
@@ -244,33 +270,70 @@ impl Disk {
         synced.map_err(|e| self.stop(db, &e))
     }
 
-    /// Syncs the blob files written since the last call, and their
-    /// directory.
+    /// Syncs the blob files that are new or have changed since the last
+    /// call, then, if there were any, their directory.
+    ///
+    /// Not only the newest: sled writes a blob from whichever thread needs
+    /// the node (a read that splits a node on its way writes one too, and
+    /// so does its background cleaning), so a blob can appear, or still be
+    /// being written, after one with a higher number was synced: the
+    /// power-loss suite found one synced empty and never again, and after
+    /// the cut sled's recovery stopped at it, losing acknowledged writes. A blob
+    /// seen here half written is synced again once its length has changed;
+    /// each one's length is looked at until it is seen unchanged
+    /// [`BLOB_SETTLED`] after it was synced, so that a commit does not stat
+    /// every blob.
     fn sync_blobs(&mut self) -> std::io::Result<()> {
         let dir = self.dir.join("blobs");
         let entries = match std::fs::read_dir(&dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             entries => entries?,
         };
-        let mut newest = self.blobs_synced;
+        let now = Instant::now();
+        let mut present = Vec::new();
+        let mut synced_any = false;
         for entry in entries {
             let entry = entry?;
             let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
             };
-            if self.blobs_synced.is_some_and(|synced| id <= synced) {
+            present.push(id);
+            let known = self.blobs.get_mut(&id);
+            if known.as_ref().is_some_and(|b| b.settled) {
+                continue;
+            }
+            let len = match entry.metadata() {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(b) = known
+                && b.len == len
+            {
+                b.settled = now.duration_since(b.synced) >= BLOB_SETTLED;
                 continue;
             }
             match File::open(entry.path()).and_then(|f| f.sync_data()) {
                 // Removed by sled meanwhile: no longer needed.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 synced => synced?,
             }
-            newest = newest.max(Some(id));
+            self.blobs.insert(
+                id,
+                BlobSynced {
+                    len,
+                    synced: now,
+                    settled: false,
+                },
+            );
+            synced_any = true;
         }
-        if newest != self.blobs_synced {
+        if self.blobs.len() != present.len() {
+            let present: std::collections::HashSet<u64> = present.into_iter().collect();
+            self.blobs.retain(|id, _| present.contains(id));
+        }
+        if synced_any {
             File::open(&dir)?.sync_all()?;
-            self.blobs_synced = newest;
         }
         Ok(())
     }

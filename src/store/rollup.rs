@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 /// How a tally is stored: i128 nanos and i64 count, big-endian.
 pub const TALLY_LEN: usize = 24;
 
+#[inline]
 pub fn encode_tally(tally: &Tally) -> [u8; TALLY_LEN] {
     let mut out = [0u8; TALLY_LEN];
     out[..16].copy_from_slice(&tally.nanos.to_be_bytes());
@@ -27,6 +28,7 @@ pub fn encode_tally(tally: &Tally) -> [u8; TALLY_LEN] {
     out
 }
 
+#[inline]
 pub fn decode_tally(bytes: &[u8]) -> Option<Tally> {
     let nanos = i128::from_be_bytes(bytes.get(..16)?.try_into().ok()?);
     let count = i64::from_be_bytes(bytes.get(16..24)?.try_into().ok()?);
