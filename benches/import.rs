@@ -142,6 +142,72 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    write_latency(&binaries, runs)?;
     let _ = std::fs::remove_dir_all(bench_dir().join("store"));
+    Ok(())
+}
+
+/// Single-record writes, one after another from one client over one
+/// connection, each acknowledged once durable: p50 and p99 of
+/// [`LATENCY_WRITES`] writes per run into a fresh server, runs alternating
+/// between the binaries.
+fn write_latency(binaries: &[(String, String)], runs: usize) -> anyhow::Result<()> {
+    const LATENCY_WRITES: usize = 500;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut samples = vec![Vec::new(); binaries.len()];
+    for _ in 0..runs {
+        for (i, (_, bin)) in binaries.iter().enumerate() {
+            let server = start_server(bin, &bench_dir().join("store"))?;
+            samples[i].extend(runtime.block_on(async {
+                let mut client = tradewatch::pb::trade_service_client::TradeServiceClient::connect(format!(
+                    "http://{}",
+                    server.addr
+                ))
+                .await?;
+                let mut times = Vec::with_capacity(LATENCY_WRITES);
+                for n in 0..LATENCY_WRITES + 20 {
+                    let record = tradewatch::pb::TradeRecord {
+                        reporter: "CHN".into(),
+                        partner: "KAZ".into(),
+                        flow: tradewatch::pb::Flow::Export.into(),
+                        period: "2025".into(),
+                        commodity: format!("{:06}", 10_000 + n),
+                        value: Some(tradewatch::pb::Money {
+                            currency_code: "USD".into(),
+                            units: 1_000 + n as i64,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    };
+                    let started = Instant::now();
+                    client
+                        .put_records(tradewatch::pb::PutRecordsRequest {
+                            records: vec![record],
+                            ..Default::default()
+                        })
+                        .await?;
+                    if n >= 20 {
+                        times.push(started.elapsed());
+                    }
+                }
+                anyhow::Ok(times)
+            })?);
+            server.stop()?;
+        }
+    }
+    println!();
+    println!(
+        "Single-record PutRecords, one client, {LATENCY_WRITES} writes per run, {runs} runs per binary:"
+    );
+    println!();
+    println!("| binary | p50 ms | p99 ms |");
+    println!("|---|---|---|");
+    for ((label, _), mut times) in binaries.iter().zip(samples) {
+        times.sort();
+        let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+        println!("| {label} | {:.3} | {:.3} |", at(0.5), at(0.99));
+    }
     Ok(())
 }
