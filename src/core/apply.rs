@@ -29,7 +29,10 @@ pub fn apply(state: &impl State, command: &Command) -> Result<Effect> {
                 tag.id, stored.written_at,
             )));
         }
-        let mut effect = Effect::new(stored.outcome);
+        let outcome = stored
+            .outcome
+            .ok_or_else(|| Error::Corrupt(format!("request {}: no stored outcome", tag.id)))?;
+        let mut effect = Effect::new(outcome);
         effect.replayed = true;
         return Ok(effect);
     }
@@ -601,7 +604,7 @@ mod tests {
                     StoredRequest {
                         fingerprint: tag.fingerprint,
                         written_at: command.time,
-                        outcome: effect.outcome.clone(),
+                        outcome: Some(effect.outcome.clone()),
                     },
                 );
             }

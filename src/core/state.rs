@@ -15,7 +15,8 @@ use crate::error::Result;
 pub struct StoredRequest {
     pub fingerprint: [u8; 16],
     pub written_at: Timestamp,
-    pub outcome: Outcome,
+    /// The outcome, read only when the fingerprint is the command's.
+    pub outcome: Option<Outcome>,
 }
 
 /// The state a command is applied to. Reads only: [`super::apply`] never

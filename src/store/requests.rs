@@ -71,15 +71,9 @@ pub fn lookup(
         .try_into()
         .map_err(|_| Error::Corrupt(format!("request {id}: fingerprint")))?;
     let written_at = entry.written_at.unwrap_or_default();
-    let outcome = if &stored == fingerprint {
-        decode_outcome(&entry.outcome, action, groups)?
-    } else {
-        // Never answered with: say what was done, for nothing.
-        Outcome::Put(PutOutcome {
-            results: Vec::new(),
-            sequences: None,
-        })
-    };
+    let outcome = (&stored == fingerprint)
+        .then(|| decode_outcome(&entry.outcome, action, groups))
+        .transpose()?;
     Ok(Some(StoredRequest {
         fingerprint: stored,
         written_at,
