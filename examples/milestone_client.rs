@@ -94,6 +94,7 @@ async fn follow(server: &str, checkpoint: &Path) -> Result<std::convert::Infalli
             pb::EventKind::RecordHigh.into(),
         ],
         watch_ids: Vec::new(),
+        ..Default::default()
     };
     let mut stream = client.subscribe(request).await?.into_inner();
     eprintln!("subscribed from sequence {from}");

@@ -71,6 +71,9 @@ pub enum Error {
     /// The server is shutting down or cannot reach its store.
     #[error("{0}")]
     Unavailable(String),
+    /// A wait the caller asked for (`min_log_position`) ran out of time.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// sled failed: INTERNAL, but for an I/O error, which a read may meet
     /// once a write has failed (see [`Error::write_failed`]): the code of a
     /// full or read-only disk, else UNAVAILABLE.
@@ -98,6 +101,7 @@ impl Error {
             Error::ResourceExhausted(_) | Error::BatchTooLarge { .. } => Code::ResourceExhausted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Storage(e) => match e {
                 sled::Error::Io(io) => DiskFault::of(io).map_or(Code::Unavailable, DiskFault::code),
                 _ => Code::Internal,

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cluster;
 pub mod collections;
 mod connection;
 pub mod core;
@@ -18,6 +19,7 @@ pub mod query;
 pub mod security;
 pub mod store;
 pub mod stream;
+pub mod writes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -89,6 +91,9 @@ pub struct Config {
     /// Serve TLS with this certificate and key; `None`: plaintext.
     pub tls: Option<TlsFiles>,
     pub limits: Limits,
+    /// Cluster mode: writes go through this NATS JetStream command log;
+    /// `None`: a single node.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -105,6 +110,7 @@ impl Config {
             auth_reads: false,
             tls: None,
             limits: Limits::default(),
+            cluster: None,
         }
     }
 }
@@ -135,6 +141,8 @@ pub struct Application {
     tls: Option<tonic::transport::ServerTlsConfig>,
     auth: security::Auth,
     limits: Limits,
+    /// In cluster mode, this node of the cluster.
+    node: Option<Arc<cluster::Node>>,
 }
 
 impl Application {
@@ -149,13 +157,23 @@ impl Application {
         if config.auth_token.is_some() && tls.is_none() && !listen.ip().is_loopback() {
             tracing::warn!(%listen, "an auth token without TLS: callers send it in plaintext");
         }
+        if let Some(cluster) = &config.cluster {
+            cluster.validate()?;
+            if let Some(position) = cluster::Node::restore_into(&config.data_dir, cluster).await? {
+                tracing::info!(position, "data dir restored from a snapshot");
+            }
+        }
         let metrics = Arc::new(metrics::Metrics::serving(SERVED_DESCRIPTORS));
-        let store = store::Store::open_with_metrics(
+        let store = Arc::new(store::Store::open_with_metrics(
             &config.data_dir,
             config.cache_mb * 1024 * 1024,
             config.retain_events,
             metrics.clone(),
-        )?;
+        )?);
+        let node = match config.cluster {
+            Some(cluster) => Some(cluster::Node::connect(store.clone(), cluster).await?),
+            None => None,
+        };
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -165,7 +183,8 @@ impl Application {
         };
         Ok(Application {
             listener,
-            store: Arc::new(store),
+            store,
+            node,
             metrics,
             metrics_endpoint,
             tls,
@@ -187,11 +206,19 @@ impl Application {
     }
 
     /// Loads a native CSV file before serving (see [`import::import_file`]).
+    /// Not in cluster mode, where every write goes through the log: import
+    /// into a running node with `tradewatch import --server` instead.
     pub async fn import(
         &self,
         path: &std::path::Path,
         skip_bad_rows: bool,
     ) -> anyhow::Result<import::ImportSummary> {
+        if self.node.is_some() {
+            anyhow::bail!(
+                "--import writes the data dir directly, which a cluster node must not: \
+                 load the file with `tradewatch import --server` once the node serves"
+            );
+        }
         import::import_file(&self.store, path, skip_bad_rows).await
     }
 
@@ -202,10 +229,24 @@ impl Application {
         use pb::trade_service_server::TradeServiceServer;
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<TradeServiceServer<api::TradeApi>>().await;
-        health
-            .set_serving::<MilestoneServiceServer<api::MilestoneApi>>()
-            .await;
+        let stop = CancellationToken::new();
+        let writes = match &self.node {
+            Some(node) => writes::Writes::Cluster(node.clone()),
+            None => writes::Writes::Local(self.store.clone()),
+        };
+        // A cluster node serves once it has caught up with the log, and
+        // not while it is out of reach of it or cannot apply it.
+        let following = match &self.node {
+            Some(node) => {
+                let follower = node.follow(stop.clone());
+                let reporter = tokio::spawn(report_health(health.clone(), node.standing()));
+                Some((follower, reporter))
+            }
+            None => {
+                set_health(&health, true).await;
+                None
+            }
+        };
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -215,7 +256,6 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let stop = CancellationToken::new();
         let cut = CancellationToken::new();
         // Stops with the gRPC server (also when dropped on an error).
         let metrics_endpoint = self.metrics_endpoint.map(metrics::Endpoint::spawn);
@@ -235,13 +275,17 @@ impl Application {
                 .add_service(reflection_v1alpha)
                 .add_service(
                     TradeServiceServer::new(
-                        api::TradeApi::new(self.store.clone()).with_limits(self.limits.clone()),
+                        api::TradeApi::new(self.store.clone())
+                            .with_limits(self.limits.clone())
+                            .with_writes(writes.clone()),
                     )
                     .max_decoding_message_size(max_request_bytes),
                 )
                 .add_service(
                     MilestoneServiceServer::new(
-                        api::MilestoneApi::new(self.store.clone(), stop.clone()).with_limits(self.limits),
+                        api::MilestoneApi::new(self.store.clone(), stop.clone())
+                            .with_limits(self.limits)
+                            .with_writes(writes),
                     )
                     .max_decoding_message_size(max_request_bytes),
                 )
@@ -255,9 +299,8 @@ impl Application {
                 result = &mut server => result,
                 () = shutdown => {
                     tracing::info!("shutting down");
-                    health.set_not_serving::<TradeServiceServer<api::TradeApi>>().await;
-                    health.set_not_serving::<MilestoneServiceServer<api::MilestoneApi>>().await;
                     stop.cancel();
+                    set_health(&health, false).await;
                     match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                         Ok(result) => result,
                         Err(_) => {
@@ -274,15 +317,64 @@ impl Application {
         if let Some(endpoint) = metrics_endpoint {
             endpoint.stop().await;
         }
+        stop.cancel();
+        if let Some((follower, reporter)) = following {
+            reporter.abort();
+            let _ = follower.await;
+        }
         // Connection tasks drop their handles on the store a moment after the
         // server returns; wait for them, so that the data dir is free when
         // this returns (a restart in the same process can open it).
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while Arc::strong_count(&self.store) > 1 && tokio::time::Instant::now() < deadline {
+        let holders = 1 + usize::from(self.node.is_some());
+        while Arc::strong_count(&self.store) > holders && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.store.close().await;
         served?;
         Ok(())
+    }
+}
+
+/// Marks every service (and the server as a whole, `""`) as serving or
+/// not.
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    use pb::milestone_service_server::MilestoneServiceServer;
+    use pb::trade_service_server::TradeServiceServer;
+    use tonic_health::ServingStatus;
+
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    if serving {
+        health.set_serving::<TradeServiceServer<api::TradeApi>>().await;
+        health
+            .set_serving::<MilestoneServiceServer<api::MilestoneApi>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<TradeServiceServer<api::TradeApi>>()
+            .await;
+        health
+            .set_not_serving::<MilestoneServiceServer<api::MilestoneApi>>()
+            .await;
+    }
+}
+
+/// Keeps a cluster node's health as its standing with the log: serving
+/// only when it follows the log, caught up.
+async fn report_health(
+    health: tonic_health::server::HealthReporter,
+    mut standing: tokio::sync::watch::Receiver<cluster::Standing>,
+) {
+    loop {
+        let following = matches!(*standing.borrow_and_update(), cluster::Standing::Following);
+        set_health(&health, following).await;
+        if standing.changed().await.is_err() {
+            return;
+        }
     }
 }

@@ -14,6 +14,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the gRPC service.
@@ -27,6 +29,8 @@ enum Command {
         security: SecurityArgs,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Load this CSV file (native layout) before serving.
         #[arg(long, env = "TRADEWATCH_IMPORT")]
         import: Option<PathBuf>,
@@ -83,6 +87,60 @@ impl StoreArgs {
             cache_mb: self.cache_mb,
             retain_events: self.retain_events,
             ..tradewatch::Config::new(&self.data_dir)
+        }
+    }
+}
+
+/// Cluster mode (docs/cluster.md): several nodes over one NATS JetStream
+/// command log.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Run as a node of a cluster whose command log is on these NATS
+    /// servers (`nats://host:4222,nats://host2:4222`; `tls://` for TLS).
+    /// Off when not given: a single node.
+    #[arg(long, env = "TRADEWATCH_NATS", value_delimiter = ',', value_name = "URL")]
+    nats: Vec<String>,
+    /// The JetStream stream holding the command log; created if missing
+    /// (its snapshot bucket is `<stream>_snapshots`).
+    #[arg(long, env = "TRADEWATCH_NATS_STREAM", default_value = tradewatch::cluster::ClusterConfig::DEFAULT_STREAM)]
+    nats_stream: String,
+    /// Replicas of the stream and of the snapshot bucket when this node
+    /// creates them.
+    #[arg(long, env = "TRADEWATCH_NATS_REPLICAS", default_value_t = tradewatch::cluster::ClusterConfig::DEFAULT_REPLICAS)]
+    nats_replicas: usize,
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[arg(long, env = "TRADEWATCH_NATS_CREDS", value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
+    /// Trust this CA (PEM) for the NATS servers' certificates, and require TLS.
+    #[arg(long, env = "TRADEWATCH_NATS_TLS_CA", value_name = "PEM")]
+    nats_tls_ca: Option<PathBuf>,
+    /// Publish a snapshot of the store to the bucket every this many
+    /// commands, so that a new node need not replay the whole log (0: never).
+    #[arg(
+        long,
+        env = "TRADEWATCH_SNAPSHOT_EVERY",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    snapshot_every: u64,
+}
+
+impl ClusterArgs {
+    fn apply(self, config: tradewatch::Config) -> tradewatch::Config {
+        if self.nats.is_empty() {
+            return config;
+        }
+        let cluster = tradewatch::cluster::ClusterConfig {
+            stream: self.nats_stream,
+            replicas: self.nats_replicas,
+            snapshot_every: self.snapshot_every,
+            creds: self.nats_creds,
+            tls_ca: self.nats_tls_ca,
+            ..tradewatch::cluster::ClusterConfig::new(self.nats)
+        };
+        tradewatch::Config {
+            cluster: Some(cluster),
+            ..config
         }
     }
 }
@@ -224,6 +282,7 @@ async fn run() -> anyhow::Result<()> {
             store,
             security,
             limits,
+            cluster,
             import,
             skip_bad_rows,
             metrics_listen,
@@ -232,7 +291,7 @@ async fn run() -> anyhow::Result<()> {
                 metrics_listen,
                 ..store.config()
             };
-            let config = security.apply(limits.apply(config))?;
+            let config = cluster.apply(security.apply(limits.apply(config))?);
             let app = tradewatch::Application::build(listen, config).await?;
             if let Some(file) = import {
                 let summary = app.import(&file, skip_bad_rows).await?;

@@ -25,7 +25,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use prost::Message as _;
@@ -131,6 +131,9 @@ pub struct Metrics {
     records_stored: Family<OutcomeLabels, Counter>,
     events_emitted: Family<KindLabels, Counter>,
     subscribers: Arc<Subscribers>,
+    log_applied: Gauge<u64, AtomicU64>,
+    log_head: Gauge<u64, AtomicU64>,
+    log_lag: Gauge<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -191,6 +194,24 @@ impl Metrics {
         );
         let subscribers = Arc::new(Subscribers::default());
         registry.register_collector(Box::new(subscribers.clone()));
+        let log_applied = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "tradewatch_log_applied_position",
+            "The last command log position this node has applied (in cluster mode, a stream sequence)",
+            log_applied.clone(),
+        );
+        let log_head = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "tradewatch_log_last_position",
+            "The command log's last position, as this node last saw it",
+            log_head.clone(),
+        );
+        let log_lag = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "tradewatch_log_lag",
+            "Commands in the log this node has not applied yet",
+            log_lag.clone(),
+        );
 
         // Every series that can appear exists from the start, at zero, so
         // that rates are right from the first scrape.
@@ -212,7 +233,24 @@ impl Metrics {
             records_stored,
             events_emitted,
             subscribers,
+            log_applied,
+            log_head,
+            log_lag,
         }
+    }
+
+    /// This node has applied the command log up to `position`.
+    pub fn log_applied(&self, position: u64) {
+        self.log_applied.set(position);
+        self.log_head.set(self.log_head.get().max(position));
+        self.log_lag.set(self.log_head.get().saturating_sub(position));
+    }
+
+    /// The command log reaches `position`.
+    pub fn log_head(&self, position: u64) {
+        self.log_head.set(self.log_head.get().max(position));
+        self.log_lag
+            .set(self.log_head.get().saturating_sub(self.log_applied.get()));
     }
 
     /// Everything, in the OpenMetrics text format.

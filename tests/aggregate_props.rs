@@ -506,6 +506,7 @@ impl Question {
             granularity: self.granularity.into(),
             order_by: self.order_by.into(),
             limit: self.limit,
+            ..Default::default()
         }
     }
 }

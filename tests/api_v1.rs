@@ -249,6 +249,7 @@ async fn a_request_id_reused_for_another_request_is_refused() {
     let stored = t
         .get_record(pb::GetRecordRequest {
             key: Some(key_of(&seed[0])),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -311,6 +312,7 @@ async fn list_records_pages(
                 selector: Some(selector.clone()),
                 page_size,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -406,6 +408,7 @@ async fn list_records_pages_by_aip_158() {
             selector: Some(chn.clone()),
             page_size: 4,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -416,6 +419,7 @@ async fn list_records_pages_by_aip_158() {
             selector: Some(chn.clone()),
             page_size: 2,
             page_token: first.next_page_token.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -430,6 +434,7 @@ async fn list_records_pages_by_aip_158() {
             }),
             page_size: 4,
             page_token: first.next_page_token.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -441,6 +446,7 @@ async fn list_records_pages_by_aip_158() {
                 selector: Some(chn.clone()),
                 page_size: 4,
                 page_token: forged.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -479,6 +485,7 @@ async fn list_groups_and_list_watches_page_by_aip_158() {
             .list_groups(pb::ListGroupsRequest {
                 page_size: 4,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -501,6 +508,7 @@ async fn list_groups_and_list_watches_page_by_aip_158() {
             .list_watches(pb::ListWatchesRequest {
                 page_size: 4,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -519,6 +527,7 @@ async fn list_groups_and_list_watches_page_by_aip_158() {
         .list_groups(pb::ListGroupsRequest {
             page_size: 1000,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -528,6 +537,7 @@ async fn list_groups_and_list_watches_page_by_aip_158() {
         .list_watches(pb::ListWatchesRequest {
             page_size: 1000,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -539,6 +549,7 @@ async fn list_groups_and_list_watches_page_by_aip_158() {
         .list_watches(pb::ListWatchesRequest {
             page_size: 4,
             page_token: big.next_page_token.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -547,6 +558,7 @@ async fn list_groups_and_list_watches_page_by_aip_158() {
         .list_groups(pb::ListGroupsRequest {
             page_size: 4,
             page_token: big_watches.next_page_token.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -555,6 +567,7 @@ async fn list_groups_and_list_watches_page_by_aip_158() {
         .list_groups(pb::ListGroupsRequest {
             page_size: 4,
             page_token: "AAAA".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -563,6 +576,7 @@ async fn list_groups_and_list_watches_page_by_aip_158() {
         .list_watches(pb::ListWatchesRequest {
             page_size: 4,
             page_token: "AAAA".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -664,6 +678,7 @@ async fn data_availability_describes_the_bundled_dataset() {
                 period_from: "2025".into(),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -679,6 +694,7 @@ async fn data_availability_describes_the_bundled_dataset() {
                 reporters: vec!["XYZ".into()],
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -809,6 +825,7 @@ async fn an_amount_money_cannot_hold_is_refused_never_clamped() {
     let missing = t
         .get_record(pb::GetRecordRequest {
             key: Some(key_of(&record("CHN", "KGZ", "2025", 11, "GACC"))),
+            ..Default::default()
         })
         .await
         .unwrap_err();

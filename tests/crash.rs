@@ -59,6 +59,7 @@ async fn all_records(client: &mut TradeServiceClient<tonic::transport::Channel>)
                 }),
                 page_size: 1000,
                 page_token,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -526,6 +526,7 @@ async fn subscription(addr: String, kinds: Vec<i32>, log: Shared<SubLog>) {
         from_sequence: from,
         kinds,
         watch_ids: vec![],
+        ..Default::default()
     };
     let mut stream = match client.subscribe(request).await {
         Ok(s) => s.into_inner(),
@@ -1415,6 +1416,7 @@ async fn list_records(client: &mut TradeServiceClient<Channel>, page_size: u32) 
                 selector: Some(pb::RecordSelector::default()),
                 page_size,
                 page_token,
+                ..Default::default()
             })
             .await
             .map_err(|s| format!("ListRecords: {s:?}"))?
@@ -1437,7 +1439,13 @@ async fn get_group(
     client: &mut TradeServiceClient<Channel>,
     name: &str,
 ) -> Result<Option<Vec<String>>, String> {
-    match client.get_group(pb::GetGroupRequest { name: name.into() }).await {
+    match client
+        .get_group(pb::GetGroupRequest {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+    {
         Ok(g) => {
             let group = g.into_inner().group;
             let mut m = group

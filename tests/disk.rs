@@ -273,6 +273,7 @@ async fn list(
                 }),
                 page_size: 1000,
                 page_token,
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -409,7 +409,10 @@ async fn bad_watches_are_rejected_with_the_field() {
         );
     }
     let status = watches
-        .get_watch(pb::GetWatchRequest { id: "nope".into() })
+        .get_watch(pb::GetWatchRequest {
+            id: "nope".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);

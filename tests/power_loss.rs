@@ -565,6 +565,7 @@ async fn subscription(addr: String, kinds: Vec<i32>, log: Shared<SubLog>) {
         from_sequence: from,
         kinds,
         watch_ids: vec![],
+        ..Default::default()
     };
     let mut stream = match client.subscribe(request).await {
         Ok(s) => s.into_inner(),
@@ -1236,6 +1237,7 @@ async fn list_records(client: &mut TradeServiceClient<Channel>, page_size: u32) 
                 selector: Some(pb::RecordSelector::default()),
                 page_size,
                 page_token,
+                ..Default::default()
             })
             .await
             .map_err(|s| format!("ListRecords: {s:?}"))?
@@ -1258,7 +1260,13 @@ async fn get_group(
     client: &mut TradeServiceClient<Channel>,
     name: &str,
 ) -> Result<Option<Vec<String>>, String> {
-    match client.get_group(pb::GetGroupRequest { name: name.into() }).await {
+    match client
+        .get_group(pb::GetGroupRequest {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+    {
         Ok(g) => {
             let mut m = g
                 .into_inner()

@@ -328,6 +328,7 @@ async fn pages_walk_every_matching_record_once_in_key_order() {
                     selector: Some(selector.clone()),
                     page_size: 7,
                     page_token: token,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -423,6 +424,7 @@ async fn groups_are_built_in_editable_and_used_by_selectors() {
     let got = client
         .get_group(pb::GetGroupRequest {
             name: "CASPIAN_STATES".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -472,6 +474,7 @@ async fn groups_are_built_in_editable_and_used_by_selectors() {
     let gone = client
         .get_group(pb::GetGroupRequest {
             name: "CASPIAN_STATES".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

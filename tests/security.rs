@@ -217,6 +217,7 @@ async fn writes_need_the_token_and_reads_stay_open() {
     .unwrap();
     open.get_group(pb::GetGroupRequest {
         name: "CENTRAL_ASIA".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -240,7 +241,10 @@ async fn writes_need_the_token_and_reads_stay_open() {
     stream.next().await.unwrap().unwrap();
     drop(stream);
     let status = m
-        .get_watch(pb::GetWatchRequest { id: "w-none".into() })
+        .get_watch(pb::GetWatchRequest {
+            id: "w-none".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);

@@ -168,6 +168,7 @@ async fn list_all(
                 limit: 1000,
                 kinds: kinds.iter().map(|k| *k as i32).collect(),
                 watch_ids: watch_ids.iter().map(|w| (*w).to_owned()).collect(),
+                ..Default::default()
             })
             .await
             .expect("ListEvents")
@@ -732,6 +733,7 @@ async fn filters_select_events_and_progress_lets_a_filtered_subscriber_checkpoin
                 from_sequence: 1,
                 kinds: kinds.iter().map(|k| *k as i32).collect(),
                 watch_ids: watch_ids.iter().map(|w| (*w).to_owned()).collect(),
+                ..Default::default()
             },
             deadline,
         )

@@ -65,12 +65,13 @@ use tradewatch::domain::{
     NewWatch, Outcome, PartnerGroup, Party, Period, RawKey, RawRecord, RecordKey, RequestId, RequestTag,
     Selector, StoredRecord, TradeRecord, WatchDef, WatchId, WatchRules,
 };
+use tradewatch::error::Error;
 use tradewatch::pb::milestone_service_server::MilestoneService;
 use tradewatch::pb::trade_service_server::TradeService;
 use tradewatch::pb::{self};
 use tradewatch::query::ResolvedSelector;
 use tradewatch::query::aggregate::{self, AggregateRequest, Dimension, RowOrder};
-use tradewatch::store::Store;
+use tradewatch::store::{Position, Store, command_codec};
 
 const NANOS: i128 = 1_000_000_000;
 
@@ -801,6 +802,7 @@ async fn snapshot(store: &Arc<Store>) -> Result<Snapshot, String> {
             .list_watches(Request::new(pb::ListWatchesRequest {
                 page_size: 3,
                 page_token: token,
+                ..Default::default()
             }))
             .await
             .map_err(|e| fail("ListWatches", &e))?
@@ -822,6 +824,7 @@ async fn snapshot(store: &Arc<Store>) -> Result<Snapshot, String> {
                 selector: None,
                 page_size: PAGE,
                 page_token: token,
+                ..Default::default()
             }))
             .await
             .map_err(|e| fail("ListRecords", &e))?
@@ -1022,22 +1025,43 @@ async fn run_case(case: &mut Case, dirs: (&Path, &Path), retain_events: u64) -> 
         if *cut == Cut::Join && i + 1 < commands.len() {
             continue;
         }
-        // A: one command at a time, each answered before the next.
+        // A: one command at a time, each answered before the next, as a
+        // single node numbers them.
         for &j in &group {
-            let result = a.apply(commands[j].0.clone()).await;
+            let result = a
+                .apply(commands[j].0.clone())
+                .await
+                .map(|applied| applied.outcome);
             case.answers_a.push(answer(result));
         }
-        // B: the whole group queued before any answer is awaited.
+        // B: the whole group queued before any answer is awaited, each
+        // command as a cluster node gets it: decoded from the log's
+        // encoding, at its log position (the j-th command at j + 1).
         let mut pending = Vec::new();
         for &j in &group {
-            pending.push((j, b.queue(commands[j].0.clone()).await));
+            let logged = command_codec::decode(&command_codec::encode(&commands[j].0))
+                .map_err(|e| format!("command {j} does not come back from the log's encoding: {e}"))?;
+            if logged != commands[j].0 {
+                return Err(format!(
+                    "command {j} comes back from the log's encoding as {logged:?}"
+                ));
+            }
+            pending.push((j, b.queue(logged, Position::Logged(j as u64 + 1)).await));
         }
         for (j, queued) in pending {
             let result = match queued {
-                Ok(reply) => reply.await,
+                Ok(reply) => reply.await.map(|applied| applied.outcome).map_err(Error::from),
                 Err(e) => Err(e),
             };
             case.answers_b[j] = Some(answer(result));
+        }
+        let logged = group.last().map_or(0, |&j| j as u64 + 1);
+        if b.log_position() != logged {
+            return Err(format!(
+                "B is at log position {} after command {}, not {logged}",
+                b.log_position(),
+                logged - 1
+            ));
         }
         for &j in &group {
             if case.answers_b[j].as_ref() != Some(&case.answers_a[j]) {

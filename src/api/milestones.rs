@@ -12,19 +12,23 @@ use tonic::{Request, Response, Status};
 
 use super::paging::Page;
 use super::{convert, request_id};
+use crate::domain::{Action, Command, Event, EventKind, NewWatch};
 use crate::domain::{CurrencyCode, Granularity, Money, Party, Period, WatchDef, WatchId, WatchRules};
-use crate::domain::{Event, EventKind, NewWatch, WatchWritten};
 use crate::error::{Error, Result, Violation};
 use crate::limits::Limits;
 use crate::pb::{self, milestone_service_server::MilestoneService};
 use crate::query::ResolvedSelector;
-use crate::store::Store;
+use crate::store::{Applied, Store};
 use crate::stream::{self, Message};
+use crate::writes::Writes;
 
 const DEFAULT_EVENTS_PAGE: usize = 100;
 
 pub struct MilestoneApi {
+    /// Where reads are answered from.
     store: Arc<Store>,
+    /// Where writes go.
+    writes: Writes,
     shutdown: CancellationToken,
     limits: Limits,
     /// One permit per open `Subscribe` stream.
@@ -36,6 +40,7 @@ impl MilestoneApi {
     pub fn new(store: Arc<Store>, shutdown: CancellationToken) -> Self {
         let limits = Limits::default();
         MilestoneApi {
+            writes: Writes::Local(store.clone()),
             store,
             shutdown,
             subscribers: Arc::new(Semaphore::new(limits.max_subscribers)),
@@ -51,6 +56,11 @@ impl MilestoneApi {
         }
     }
 
+    /// Writes go to `writes` (a cluster's log) instead.
+    pub fn with_writes(self, writes: Writes) -> Self {
+        MilestoneApi { writes, ..self }
+    }
+
     /// Creates a watch unless the store already holds the most it may (the
     /// store's writer counts, so concurrent creations cannot pass the limit
     /// together).
@@ -63,7 +73,7 @@ impl MilestoneApi {
         let default = pb::Watch::default();
         let watch = request.watch.as_ref().unwrap_or(&default);
         // Fields are named as in the request, under `watch`.
-        let written = self
+        let applied = self
             .create(watch, request.backfill, tag)
             .await
             .map_err(|e| match e {
@@ -75,10 +85,12 @@ impl MilestoneApi {
                 ),
                 other => other,
             })?;
+        let written = applied.outcome.into_watch()?;
         Ok(pb::CreateWatchResponse {
             watch: Some(watch_to_pb(&written.def, written.created_at)),
             first_sequence: written.sequences.map_or(0, |s| s.first),
             last_sequence: written.sequences.map_or(0, |s| s.last),
+            log_position: applied.position,
         })
     }
 
@@ -87,7 +99,7 @@ impl MilestoneApi {
         watch: &pb::Watch,
         backfill: bool,
         tag: Option<crate::domain::RequestTag>,
-    ) -> Result<WatchWritten> {
+    ) -> Result<Applied> {
         let mut violations = Vec::new();
         let id = if watch.id.is_empty() {
             None
@@ -147,7 +159,9 @@ impl MilestoneApi {
             backfill,
             max_watches: self.limits.max_watches,
         };
-        self.store.create_watch(watch, tag).await
+        self.writes
+            .apply(Command::new(Action::CreateWatch(Box::new(watch)), tag))
+            .await
     }
 
     fn list_events(&self, request: &pb::ListEventsRequest) -> Result<pb::ListEventsResponse> {
@@ -348,6 +362,7 @@ impl MilestoneService for MilestoneApi {
         request: Request<pb::GetWatchRequest>,
     ) -> Result<Response<pb::GetWatchResponse>, Status> {
         let id = WatchId::parse(&request.get_ref().id).map_err(|e| Error::invalid("id", e.0))?;
+        super::caught_up(&self.store, request.get_ref().min_log_position).await?;
         match self.store.get_watch(&id)? {
             Some((def, created_at)) => Ok(Response::new(pb::GetWatchResponse {
                 watch: Some(watch_to_pb(&def, created_at)),
@@ -368,6 +383,7 @@ impl MilestoneService for MilestoneApi {
             &request.page_token,
             self.limits.max_page_size,
         )?;
+        super::caught_up(&self.store, request.min_log_position).await?;
         let all = self.store.list_watches()?;
         let (watches, last) = page.select(&all, |(d, _)| d.id.as_str().as_bytes());
         Ok(Response::new(pb::ListWatchesResponse {
@@ -384,9 +400,14 @@ impl MilestoneService for MilestoneApi {
         let id = std::mem::take(&mut request.request_id);
         let tag = request_id::tag("DeleteWatch", &id, &request)?;
         let id = WatchId::parse(&request.id).map_err(|e| Error::invalid("id", e.0))?;
-        let deleted = self.store.delete_watch(id, tag).await?;
+        let applied = self
+            .writes
+            .apply(Command::new(Action::DeleteWatch(id), tag))
+            .await?;
+        let deleted = applied.outcome.into_watch()?;
         Ok(Response::new(pb::DeleteWatchResponse {
             watch: Some(watch_to_pb(&deleted.def, deleted.created_at)),
+            log_position: applied.position,
         }))
     }
 
@@ -398,6 +419,7 @@ impl MilestoneService for MilestoneApi {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
         let wanted = EventFilter::parse(&request.kinds, &request.watch_ids)?;
+        super::caught_up(&self.store, request.min_log_position).await?;
         // Released when the stream is dropped: ended, or its client gone.
         let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {
             let max = self.limits.max_subscribers;
@@ -448,6 +470,8 @@ impl MilestoneService for MilestoneApi {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        Ok(Response::new(self.list_events(request.get_ref())?))
+        let request = request.get_ref();
+        super::caught_up(&self.store, request.min_log_position).await?;
+        Ok(Response::new(self.list_events(request)?))
     }
 }

@@ -7,26 +7,31 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::paging::Page;
 use super::{convert, request_id};
-use crate::domain::{GroupWritten, PutOutcome};
+use crate::domain::{Action, Command, GroupWritten, PutOutcome};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::pb::{self, trade_service_server::TradeService};
 use crate::query::ResolvedSelector;
-use crate::store::Store;
+use crate::store::{Applied, Store};
+use crate::writes::Writes;
 /// Rejections an ingest summary lists in full.
 const MAX_LISTED_REJECTIONS: usize = 100;
 /// IngestRecords messages queued but not yet on disk, per stream.
 const MAX_INGEST_IN_FLIGHT: usize = 8;
 
 pub struct TradeApi {
+    /// Where reads are answered from.
     store: Arc<Store>,
+    /// Where writes go.
+    writes: Writes,
     limits: Limits,
 }
 
 impl TradeApi {
-    /// With the default [`Limits`].
+    /// Writing to `store` itself, with the default [`Limits`].
     pub fn new(store: Arc<Store>) -> Self {
         TradeApi {
+            writes: Writes::Local(store.clone()),
             store,
             limits: Limits::default(),
         }
@@ -34,6 +39,11 @@ impl TradeApi {
 
     pub fn with_limits(self, limits: Limits) -> Self {
         TradeApi { limits, ..self }
+    }
+
+    /// Writes go to `writes` (a cluster's log) instead.
+    pub fn with_writes(self, writes: Writes) -> Self {
+        TradeApi { writes, ..self }
     }
 
     /// `RESOURCE_EXHAUSTED` for a batch of more records than the limit.
@@ -51,15 +61,20 @@ impl TradeApi {
         Ok(())
     }
 
-    async fn put(&self, mut request: pb::PutRecordsRequest) -> Result<PutOutcome> {
+    async fn put(&self, mut request: pb::PutRecordsRequest) -> Result<(PutOutcome, u64)> {
         self.check_batch(request.records.len(), "PutRecords")?;
         let id = std::mem::take(&mut request.request_id);
         let tag = request_id::tag("PutRecords", &id, &request)?;
         let records = convert::parse_records(&request.records)?;
-        self.store.put_records(records, tag).await
+        let applied = self
+            .writes
+            .apply(Command::new(Action::PutRecords(records), tag))
+            .await?;
+        Ok((applied.outcome.into_put()?, applied.position))
     }
 
-    fn list(&self, request: &pb::ListRecordsRequest) -> Result<pb::ListRecordsResponse> {
+    async fn list(&self, request: &pb::ListRecordsRequest) -> Result<pb::ListRecordsResponse> {
+        super::caught_up(&self.store, request.min_log_position).await?;
         let selector = convert::parse_selector(request.selector.as_ref(), "selector")?;
         let criteria = pb::ListRecordsRequest {
             selector: request.selector.clone(),
@@ -81,15 +96,17 @@ impl TradeApi {
     }
 }
 
-fn group_response(written: GroupWritten) -> (pb::PartnerGroup, u64, u64) {
-    (
+fn group_response(applied: Applied) -> Result<(pb::PartnerGroup, u64, u64, u64)> {
+    let written: GroupWritten = applied.outcome.into_group()?;
+    Ok((
         convert::group_to_pb(&written.group, written.updated_at),
         written.sequences.map_or(0, |s| s.first),
         written.sequences.map_or(0, |s| s.last),
-    )
+        applied.position,
+    ))
 }
 
-fn put_response(outcome: PutOutcome) -> pb::PutRecordsResponse {
+fn put_response((outcome, log_position): (PutOutcome, u64)) -> pb::PutRecordsResponse {
     pb::PutRecordsResponse {
         results: outcome
             .results
@@ -102,6 +119,7 @@ fn put_response(outcome: PutOutcome) -> pb::PutRecordsResponse {
             .collect(),
         first_sequence: outcome.sequences.map_or(0, |s| s.first),
         last_sequence: outcome.sequences.map_or(0, |s| s.last),
+        log_position,
     }
 }
 
@@ -111,10 +129,13 @@ fn put_response(outcome: PutOutcome) -> pb::PutRecordsResponse {
 fn count_outcome(
     summary: &mut pb::IngestRecordsResponse,
     (index, records): (u64, usize),
-    outcome: Result<PutOutcome>,
+    applied: Result<Applied>,
 ) -> Result<()> {
-    let outcome = match outcome {
-        Ok(outcome) => outcome,
+    let outcome = match applied {
+        Ok(applied) => {
+            summary.log_position = summary.log_position.max(applied.position);
+            applied.outcome.into_put()?
+        }
         Err(e @ Error::AlreadyExists(_)) => {
             reject(summary, index, records, e.to_string());
             return Ok(());
@@ -194,7 +215,10 @@ impl TradeService for TradeApi {
             match parsed {
                 Ok((tag, records)) => {
                     let message_records = records.len();
-                    let queued = self.store.queue_records(records, tag).await?;
+                    let queued = self
+                        .writes
+                        .queue(Command::new(Action::PutRecords(records), tag))
+                        .await?;
                     in_flight.push_back(((index, message_records), queued));
                     if in_flight.len() > MAX_INGEST_IN_FLIGHT
                         && let Some((message, oldest)) = in_flight.pop_front()
@@ -222,6 +246,7 @@ impl TradeService for TradeApi {
         request: Request<pb::GetRecordRequest>,
     ) -> Result<Response<pb::GetRecordResponse>, Status> {
         let key = convert::parse_key(request.get_ref().key.as_ref(), "key")?;
+        super::caught_up(&self.store, request.get_ref().min_log_position).await?;
         match self.store.get_record(&key)? {
             Some(stored) => Ok(Response::new(pb::GetRecordResponse {
                 record: Some(convert::record_to_pb(&stored)),
@@ -234,7 +259,7 @@ impl TradeService for TradeApi {
         &self,
         request: Request<pb::ListRecordsRequest>,
     ) -> Result<Response<pb::ListRecordsResponse>, Status> {
-        Ok(Response::new(self.list(request.get_ref())?))
+        Ok(Response::new(self.list(request.get_ref()).await?))
     }
 
     async fn delete_record(
@@ -245,10 +270,15 @@ impl TradeService for TradeApi {
         let id = std::mem::take(&mut request.request_id);
         let tag = request_id::tag("DeleteRecord", &id, &request)?;
         let key = convert::parse_key(request.key.as_ref(), "key")?;
-        let deleted = self.store.delete_record(key, tag).await?;
+        let applied = self
+            .writes
+            .apply(Command::new(Action::DeleteRecord(key), tag))
+            .await?;
+        let deleted = applied.outcome.into_record_deleted()?;
         Ok(Response::new(pb::DeleteRecordResponse {
             record: Some(convert::record_to_pb(&deleted.record)),
             sequence: deleted.sequence,
+            log_position: applied.position,
         }))
     }
 
@@ -267,6 +297,7 @@ impl TradeService for TradeApi {
             }
             (Err(e), _) | (_, Err(e)) => return Err(e.into()),
         };
+        super::caught_up(&self.store, request.min_log_position).await?;
         let resolved = ResolvedSelector::resolve(&self.store, selector, "selector")?;
         let answer = crate::query::aggregate::aggregate(&self.store, &resolved, &question)?;
         Ok(Response::new(convert::aggregate_to_pb(&answer)?))
@@ -277,6 +308,7 @@ impl TradeService for TradeApi {
         request: Request<pb::GetDataAvailabilityRequest>,
     ) -> Result<Response<pb::GetDataAvailabilityResponse>, Status> {
         let selector = convert::parse_selector(request.get_ref().selector.as_ref(), "selector")?;
+        super::caught_up(&self.store, request.get_ref().min_log_position).await?;
         let resolved = ResolvedSelector::resolve(&self.store, selector, "selector")?;
         let store = self.store.clone();
         // A scan of every matching record: off the async workers.
@@ -295,11 +327,16 @@ impl TradeService for TradeApi {
         let id = std::mem::take(&mut request.request_id);
         let tag = request_id::tag("PutGroup", &id, &request)?;
         let group = convert::parse_group(request.group.as_ref())?;
-        let (group, first_sequence, last_sequence) = group_response(self.store.put_group(group, tag).await?);
+        let applied = self
+            .writes
+            .apply(Command::new(Action::PutGroup(group), tag))
+            .await?;
+        let (group, first_sequence, last_sequence, log_position) = group_response(applied)?;
         Ok(Response::new(pb::PutGroupResponse {
             group: Some(group),
             first_sequence,
             last_sequence,
+            log_position,
         }))
     }
 
@@ -308,6 +345,7 @@ impl TradeService for TradeApi {
         request: Request<pb::GetGroupRequest>,
     ) -> Result<Response<pb::GetGroupResponse>, Status> {
         let name = convert::parse_group_name(&request.get_ref().name, "name")?;
+        super::caught_up(&self.store, request.get_ref().min_log_position).await?;
         match self.store.get_group(&name)? {
             Some((group, updated_at)) => Ok(Response::new(pb::GetGroupResponse {
                 group: Some(convert::group_to_pb(&group, updated_at)),
@@ -328,6 +366,7 @@ impl TradeService for TradeApi {
             &request.page_token,
             self.limits.max_page_size,
         )?;
+        super::caught_up(&self.store, request.min_log_position).await?;
         let all = self.store.list_groups()?;
         let (groups, last) = page.select(&all, |(g, _)| g.name.as_str().as_bytes());
         Ok(Response::new(pb::ListGroupsResponse {
@@ -344,7 +383,14 @@ impl TradeService for TradeApi {
         let id = std::mem::take(&mut request.request_id);
         let tag = request_id::tag("DeleteGroup", &id, &request)?;
         let name = convert::parse_group_name(&request.name, "name")?;
-        let (group, _, _) = group_response(self.store.delete_group(name, tag).await?);
-        Ok(Response::new(pb::DeleteGroupResponse { group: Some(group) }))
+        let applied = self
+            .writes
+            .apply(Command::new(Action::DeleteGroup(name), tag))
+            .await?;
+        let (group, _, _, log_position) = group_response(applied)?;
+        Ok(Response::new(pb::DeleteGroupResponse {
+            group: Some(group),
+            log_position,
+        }))
     }
 }

@@ -33,7 +33,7 @@ pub fn apply(state: &impl State, command: &Command) -> Result<Effect> {
             .outcome
             .ok_or_else(|| Error::Corrupt(format!("request {}: no stored outcome", tag.id)))?;
         let mut effect = Effect::new(outcome);
-        effect.replayed = true;
+        effect.replayed = Some(stored.position);
         return Ok(effect);
     }
     let write = Write {
@@ -312,7 +312,7 @@ impl<S: State> Write<'_, S> {
             next_watch_number: None,
             events,
             outcome: outcome(sequences),
-            replayed: false,
+            replayed: None,
         })
     }
 
@@ -563,7 +563,7 @@ mod tests {
         /// Applies `command` and takes on its effect.
         fn run(&mut self, command: &Command) -> Result<Effect> {
             let effect = apply(self, command)?;
-            if effect.replayed {
+            if effect.replayed.is_some() {
                 return Ok(effect);
             }
             for change in &effect.changes {
@@ -604,6 +604,7 @@ mod tests {
                     StoredRequest {
                         fingerprint: tag.fingerprint,
                         written_at: command.time,
+                        position: 0,
                         outcome: Some(effect.outcome.clone()),
                     },
                 );
@@ -859,14 +860,14 @@ mod tests {
         };
         let first = state.run(&command(1, 7)).unwrap();
         let retry = state.run(&command(100, 7)).unwrap();
-        assert!(retry.replayed);
+        assert!(retry.replayed.is_some());
         assert_eq!(retry.outcome, first.outcome);
         assert!(retry.events.is_empty() && retry.changes.is_empty());
         let reused = state.run(&command(100, 8)).unwrap_err();
         assert!(matches!(reused, Error::AlreadyExists(_)), "{reused}");
         // A day later the id is free again: the write is applied afresh.
         let later = state.run(&command(1 + REQUEST_RETAIN_SECS, 8)).unwrap();
-        assert!(!later.replayed);
+        assert!(later.replayed.is_none());
         assert_eq!(put_outcomes(&later), vec![WriteOutcome::Unchanged]);
     }
 

@@ -66,9 +66,9 @@ pub struct Effect {
     /// The events, numbered on from the state's head.
     pub events: Vec<Event>,
     pub outcome: Outcome,
-    /// The command's request id was found with this outcome: nothing else
-    /// is written.
-    pub replayed: bool,
+    /// The command's request id was found, written at this log position,
+    /// with this outcome: nothing else is written.
+    pub replayed: Option<u64>,
 }
 
 impl Effect {
@@ -81,7 +81,7 @@ impl Effect {
             next_watch_number: None,
             events: Vec::new(),
             outcome,
-            replayed: false,
+            replayed: None,
         }
     }
 }

@@ -15,6 +15,8 @@ use crate::error::Result;
 pub struct StoredRequest {
     pub fingerprint: [u8; 16],
     pub written_at: Timestamp,
+    /// The command log position of the write.
+    pub position: u64,
     /// The outcome, read only when the fingerprint is the command's.
     pub outcome: Option<Outcome>,
 }

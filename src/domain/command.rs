@@ -102,6 +102,44 @@ pub enum Outcome {
     Watch(WatchWritten),
 }
 
+impl Outcome {
+    pub fn into_put(self) -> crate::error::Result<PutOutcome> {
+        match self {
+            Outcome::Put(put) => Ok(put),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    pub fn into_record_deleted(self) -> crate::error::Result<RecordDeleted> {
+        match self {
+            Outcome::RecordDeleted(deleted) => Ok(deleted),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    pub fn into_group(self) -> crate::error::Result<GroupWritten> {
+        match self {
+            Outcome::Group(written) => Ok(written),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    pub fn into_watch(self) -> crate::error::Result<WatchWritten> {
+        match self {
+            Outcome::Watch(written) => Ok(written),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// An outcome of another kind than the command's: a bug, never a
+    /// caller's mistake.
+    fn unexpected(&self) -> crate::error::Error {
+        crate::error::Error::Corrupt(format!(
+            "a command answered with an outcome of another kind: {self:?}"
+        ))
+    }
+}
+
 /// The outcome of a batch of record writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PutOutcome {

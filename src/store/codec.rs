@@ -249,6 +249,10 @@ pub fn encode_group(group: &PartnerGroup, updated_at: Timestamp) -> GroupValue {
 pub fn decode_group(key_bytes: &[u8], value_bytes: &[u8]) -> Result<(PartnerGroup, Timestamp)> {
     let name: GroupName = keys::decode_group_key(key_bytes)?;
     let value = GroupValue::decode(value_bytes).map_err(|e| Error::Corrupt(format!("group {name}: {e}")))?;
+    group_from_value(name, value)
+}
+
+pub fn group_from_value(name: GroupName, value: GroupValue) -> Result<(PartnerGroup, Timestamp)> {
     let members = value
         .members
         .iter()

@@ -33,13 +33,14 @@ pub struct Commit {
 
 impl Commit {
     /// Writes `effect`, the effect of `command` on a store whose last event
-    /// is `head`, in one atomic batch, after checking the disk has room for
-    /// it. Returns what it wrote, to count.
+    /// is `head`, in one atomic batch with the command's log `position`,
+    /// after checking the disk has room for it. Returns what it wrote, to
+    /// count.
     pub fn write(
         &self,
         db: &sled::Db,
         disk: &mut Disk,
-        head: u64,
+        (head, position): (u64, u64),
         command: &Command,
         effect: &Effect,
     ) -> Result<WriteTally> {
@@ -111,12 +112,13 @@ impl Commit {
         if let Some(last) = effect.events.last() {
             batch.insert(keys::META_HEAD_SEQUENCE, &last.sequence.to_be_bytes());
         }
+        batch.insert(keys::META_LOG_POSITION, &position.to_be_bytes());
         let head = effect.events.last().map_or(head, |e| e.sequence);
         if let Some(tag) = &command.request {
             requests::stage(
                 db,
                 &mut batch,
-                tag,
+                (tag, position),
                 &effect.outcome,
                 command.time,
                 crate::core::REQUEST_RETAIN_SECS,

@@ -22,6 +22,8 @@ pub const NS_RECORD: u8 = b'r';
 /// Store metadata (namespace byte 0x00): format version, head sequence.
 pub const META_FORMAT_VERSION: &[u8] = b"\x00format_version";
 pub const META_HEAD_SEQUENCE: &[u8] = b"\x00head_sequence";
+/// The last command log position applied (see `writer::Position`).
+pub const META_LOG_POSITION: &[u8] = b"\x00log_position";
 /// The oldest event the log retains (1 unless retention trimmed it).
 pub const META_OLDEST_SEQUENCE: &[u8] = b"\x00oldest_sequence";
 

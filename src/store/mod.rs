@@ -1,6 +1,7 @@
 //! Everything that knows sled: key layout, atomic apply, recovery.
 
 mod codec;
+pub mod command_codec;
 mod commit;
 mod disk;
 mod facts;
@@ -10,6 +11,7 @@ mod requests;
 mod rollup;
 mod scan;
 mod series_cache;
+pub mod snapshot;
 mod view;
 mod watches;
 mod writer;
@@ -23,15 +25,15 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::domain::{
-    Action, Command, CountryCode, Event, GroupName, GroupWritten, NewWatch, Outcome, PartnerGroup,
-    PutOutcome, RecordDeleted, RecordKey, RequestTag, StoredRecord, TradeRecord, WatchDef, WatchId,
-    WatchWritten,
+    Action, Command, CountryCode, Event, GroupName, GroupWritten, NewWatch, PartnerGroup, PutOutcome,
+    RecordDeleted, RecordKey, RequestTag, StoredRecord, TradeRecord, WatchDef, WatchId, WatchWritten,
 };
 use crate::error::{Error, Result};
 pub use facts::{Fact, FactScan, FactSource};
 use prefetch::Prefetch;
 pub use rollup::Tally;
 use series_cache::SeriesCache;
+pub use writer::{Applied, Position, Refusal, Reply};
 use writer::{Writer, WriterHandle};
 
 /// The time of the built-in groups: fixed, so that every new store starts
@@ -67,9 +69,12 @@ pub struct ScanPlan<'a> {
 
 pub struct Store {
     db: sled::Db,
+    dir: std::path::PathBuf,
     writer: WriterHandle,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     durable_head: watch::Receiver<u64>,
+    /// The last command log position on disk.
+    durable_position: watch::Receiver<u64>,
     /// The oldest event the log retains.
     oldest: Arc<AtomicU64>,
     /// Commits the writer has applied (see [`writer::Prefetch`]).
@@ -116,17 +121,21 @@ impl Store {
             Error::Storage(e) => Error::open_failed(dir, e),
             other => other,
         })?;
-        let oldest = db
-            .get(keys::META_OLDEST_SEQUENCE)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(1, u64::from_be_bytes);
+        let read_u64 = |key: &[u8], default: u64| -> Result<u64> {
+            Ok(db
+                .get(key)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                .map_or(default, u64::from_be_bytes))
+        };
+        let oldest = read_u64(keys::META_OLDEST_SEQUENCE, 1)?;
+        let position = read_u64(keys::META_LOG_POSITION, 0)?;
         let oldest = Arc::new(AtomicU64::new(oldest));
         let applied = Arc::new(AtomicU64::new(0));
         let series = Arc::new(SeriesCache::new(series_bytes));
-        let (writer, thread, durable_head) = Writer::spawn(
+        let (writer, thread, durable) = Writer::spawn(
             db.clone(),
             dir,
-            head,
+            (head, position),
             retain_events,
             writer::Shared {
                 oldest: oldest.clone(),
@@ -137,9 +146,11 @@ impl Store {
         )?;
         Ok(Store {
             db,
+            dir: dir.to_owned(),
             writer,
             writer_thread: Mutex::new(Some(thread)),
-            durable_head,
+            durable_head: durable.head,
+            durable_position: durable.position,
             oldest,
             applied,
             metrics,
@@ -221,6 +232,27 @@ impl Store {
         *self.durable_head.borrow()
     }
 
+    /// The last command log position applied and on disk.
+    pub fn log_position(&self) -> u64 {
+        *self.durable_position.borrow()
+    }
+
+    /// A receiver of the applied log position, to wait for one.
+    pub fn subscribe_position(&self) -> watch::Receiver<u64> {
+        self.durable_position.clone()
+    }
+
+    /// Returns once the store has applied the command log up to `position`
+    /// (at once for 0); UNAVAILABLE if the store closes first.
+    pub async fn wait_for_position(&self, position: u64) -> Result<()> {
+        let mut applied = self.durable_position.clone();
+        applied
+            .wait_for(|&p| p >= position)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Unavailable("the store is closed (server shutting down)".into()))
+    }
+
     pub fn get_record(&self, key: &RecordKey) -> Result<Option<StoredRecord>> {
         let k = keys::record_key(key);
         self.db.get(k)?.map(|v| codec::decode_record(&k, &v)).transpose()
@@ -295,21 +327,23 @@ impl Store {
         }
     }
 
-    /// Applies a command (see [`crate::core`]) and answers once its effect
-    /// is on disk. A command carrying a request id already applied is
-    /// answered with the first outcome and changes nothing.
-    pub async fn apply(&self, command: Command) -> Result<Outcome> {
-        self.queue(command).await?.await
+    /// Applies a command (see [`crate::core`]) as the next in this store's
+    /// log, and answers once its effect is on disk. A command carrying a
+    /// request id already applied is answered with the first outcome and
+    /// changes nothing.
+    pub async fn apply(&self, command: Command) -> Result<Applied> {
+        Ok(self.queue(command, Position::Next).await?.await?)
     }
 
-    /// Queues a command like [`Store::apply`] and returns once it is
-    /// queued; the future answers once it is on disk. Commands queued one
-    /// after another are applied in that order and can share a flush, so a
-    /// bulk load can keep several in flight.
+    /// Queues a command like [`Store::apply`], at `position` of the log,
+    /// and returns once it is queued; the future answers once it is on
+    /// disk. Commands queued one after another are applied in that order
+    /// and can share a flush, so a bulk load can keep several in flight.
     pub async fn queue(
         &self,
         command: Command,
-    ) -> Result<impl std::future::Future<Output = Result<Outcome>> + use<>> {
+        position: Position,
+    ) -> Result<impl std::future::Future<Output = Reply> + use<>> {
         // A large batch reads what it will change before it reaches the
         // writer, on another thread, so the writer only confirms the reads.
         let mut prefetch: Option<Prefetch> = None;
@@ -324,7 +358,7 @@ impl Store {
                     .map_err(|e| Error::Unavailable(format!("reading the batch's records: {e}")))??,
             );
         }
-        self.writer.enqueue(command, prefetch).await
+        self.writer.enqueue(command, position, prefetch).await
     }
 
     /// Creates or revises records in one atomic, durable batch, accepted
@@ -344,25 +378,17 @@ impl Store {
         request: Option<RequestTag>,
     ) -> Result<impl std::future::Future<Output = Result<PutOutcome>> + use<>> {
         let queued = self
-            .queue(Command::new(Action::PutRecords(records), request))
+            .queue(Command::new(Action::PutRecords(records), request), Position::Next)
             .await?;
-        Ok(async move {
-            match queued.await? {
-                Outcome::Put(put) => Ok(put),
-                other => Err(unexpected(&other)),
-            }
-        })
+        Ok(async move { queued.await?.outcome.into_put() })
     }
 
     /// Deletes a record; returns it as it was and the event's sequence.
     pub async fn delete_record(&self, key: RecordKey, request: Option<RequestTag>) -> Result<RecordDeleted> {
-        match self
-            .apply(Command::new(Action::DeleteRecord(key), request))
+        self.apply(Command::new(Action::DeleteRecord(key), request))
             .await?
-        {
-            Outcome::RecordDeleted(deleted) => Ok(deleted),
-            other => Err(unexpected(&other)),
-        }
+            .outcome
+            .into_record_deleted()
     }
 
     pub fn get_group(&self, name: &GroupName) -> Result<Option<(PartnerGroup, Timestamp)>> {
@@ -404,43 +430,37 @@ impl Store {
     /// Creates or replaces a group; the watches that name it follow the new
     /// members at once (their milestones cause GROUP_CHANGE).
     pub async fn put_group(&self, group: PartnerGroup, request: Option<RequestTag>) -> Result<GroupWritten> {
-        match self.apply(Command::new(Action::PutGroup(group), request)).await? {
-            Outcome::Group(written) => Ok(written),
-            other => Err(unexpected(&other)),
-        }
+        self.apply(Command::new(Action::PutGroup(group), request))
+            .await?
+            .outcome
+            .into_group()
     }
 
     /// Deletes a group; returns it as it was. A group a watch names cannot
     /// be deleted (FAILED_PRECONDITION): delete or redefine the watch first.
     pub async fn delete_group(&self, name: GroupName, request: Option<RequestTag>) -> Result<GroupWritten> {
-        match self
-            .apply(Command::new(Action::DeleteGroup(name), request))
+        self.apply(Command::new(Action::DeleteGroup(name), request))
             .await?
-        {
-            Outcome::Group(written) => Ok(written),
-            other => Err(unexpected(&other)),
-        }
+            .outcome
+            .into_group()
     }
 
     /// Creates a watch (assigning an id when it has none, refusing one past
     /// its `max_watches`) and arms it from the data already stored; with
     /// `backfill`, also stores the milestones that data implies.
     pub async fn create_watch(&self, watch: NewWatch, request: Option<RequestTag>) -> Result<WatchWritten> {
-        match self
-            .apply(Command::new(Action::CreateWatch(Box::new(watch)), request))
+        self.apply(Command::new(Action::CreateWatch(Box::new(watch)), request))
             .await?
-        {
-            Outcome::Watch(written) => Ok(written),
-            other => Err(unexpected(&other)),
-        }
+            .outcome
+            .into_watch()
     }
 
     /// Deletes a watch; returns it as it was.
     pub async fn delete_watch(&self, id: WatchId, request: Option<RequestTag>) -> Result<WatchWritten> {
-        match self.apply(Command::new(Action::DeleteWatch(id), request)).await? {
-            Outcome::Watch(written) => Ok(written),
-            other => Err(unexpected(&other)),
-        }
+        self.apply(Command::new(Action::DeleteWatch(id), request))
+            .await?
+            .outcome
+            .into_watch()
     }
 
     pub fn get_watch(&self, id: &WatchId) -> Result<Option<(WatchDef, Timestamp)>> {
@@ -514,6 +534,31 @@ impl Store {
         Ok(events)
     }
 
+    /// The write stored under `tag`'s request id, its outcome read as
+    /// `action`'s kind when the fingerprint is `tag`'s; `None` when no write
+    /// with that id is kept.
+    pub fn stored_request(
+        &self,
+        tag: &RequestTag,
+        action: &Action,
+    ) -> Result<Option<crate::core::StoredRequest>> {
+        requests::lookup(&self.db, &tag.id, &tag.fingerprint, action, || {
+            view::read_groups(&self.db)
+        })
+    }
+
+    /// Queues a copy of the whole store, as of right after the commands
+    /// queued before, into a file in the data dir (see [`snapshot`]); the
+    /// future answers with the file and the log position it holds. The
+    /// writer applies nothing else while it copies.
+    pub async fn export(
+        &self,
+    ) -> Result<impl std::future::Future<Output = Result<(std::path::PathBuf, u64)>> + use<>> {
+        let path = self.dir.join(snapshot::EXPORT_FILE);
+        let copied = self.writer.export(path.clone()).await?;
+        Ok(async move { Ok((path, copied.await?)) })
+    }
+
     /// The oldest event sequence the log retains.
     pub fn oldest_sequence(&self) -> u64 {
         self.oldest.load(Ordering::Acquire)
@@ -528,14 +573,6 @@ impl Store {
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.metrics
     }
-}
-
-/// An outcome of another kind than the command's: a bug, never a caller's
-/// mistake.
-fn unexpected(outcome: &Outcome) -> Error {
-    Error::Corrupt(format!(
-        "a command answered with an outcome of another kind: {outcome:?}"
-    ))
 }
 
 #[cfg(test)]

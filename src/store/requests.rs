@@ -34,6 +34,9 @@ struct RequestValue {
     /// The outcome, encoded as its kind is (see [`encode_outcome`]).
     #[prost(bytes = "vec", tag = "3")]
     outcome: Vec<u8>,
+    /// The command log position of the write.
+    #[prost(uint64, tag = "4")]
+    log_position: u64,
 }
 
 fn request_key(id: &RequestId) -> Vec<u8> {
@@ -77,6 +80,7 @@ pub fn lookup(
     Ok(Some(StoredRequest {
         fingerprint: stored,
         written_at,
+        position: entry.log_position,
         outcome,
     }))
 }
@@ -86,7 +90,7 @@ pub fn lookup(
 pub fn stage(
     db: &sled::Db,
     batch: &mut sled::Batch,
-    tag: &RequestTag,
+    (tag, position): (&RequestTag, u64),
     outcome: &Outcome,
     now: Timestamp,
     retain_secs: i64,
@@ -100,6 +104,7 @@ pub fn stage(
         fingerprint: tag.fingerprint.to_vec(),
         written_at: Some(now),
         outcome: encode_outcome(outcome),
+        log_position: position,
     };
     batch.insert(request_key(&tag.id), value.encode_to_vec());
     batch.insert(expiry_key(now.seconds, &tag.id), &[]);

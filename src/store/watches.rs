@@ -81,6 +81,19 @@ pub fn decode_watch(
     value: &WatchValue,
     groups: &BTreeMap<GroupName, PartnerGroup>,
 ) -> Result<(WatchDef, Timestamp)> {
+    let mut def = decode_watch_as_named(id, value)?;
+    def.spec = def.respecify(groups).ok_or_else(|| {
+        Error::Corrupt(format!(
+            "watch {}: names a partner group that does not exist",
+            def.id
+        ))
+    })?;
+    Ok((def, value.created_at.unwrap_or_default()))
+}
+
+/// Rebuilds a watch with its parties as named, its series over every
+/// reporter and partner.
+pub fn decode_watch_as_named(id: WatchId, value: &WatchValue) -> Result<WatchDef> {
     let corrupt = |what: &str| Error::Corrupt(format!("watch {id}: {what}"));
     let parties = |list: &[String]| -> Result<Vec<Party>> {
         list.iter()
@@ -124,7 +137,7 @@ pub fn decode_watch(
         3 => Granularity::Month,
         _ => return Err(corrupt("granularity")),
     };
-    let mut def = WatchDef {
+    Ok(WatchDef {
         id: id.clone(),
         name: value.name.clone(),
         reporters: parties(&value.reporters)?,
@@ -148,11 +161,7 @@ pub fn decode_watch(
                 .collect::<Result<_>>()?,
             record_high: value.record_high,
         },
-    };
-    def.spec = def
-        .respecify(groups)
-        .ok_or_else(|| corrupt("names a partner group that does not exist"))?;
-    Ok((def, value.created_at.unwrap_or_default()))
+    })
 }
 
 pub fn encode_series(series: &Series) -> SeriesValue {

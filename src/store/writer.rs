@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::commit::Commit;
 use super::disk::Disk;
+use super::keys;
 use super::prefetch::{Freshness, Prefetch};
 use super::series_cache::SeriesCache;
 use super::view::{self, View};
@@ -22,13 +23,62 @@ use crate::metrics::Metrics;
 /// Most commands applied before one shared flush.
 const MAX_GROUP: usize = 512;
 
+/// Where a command goes in the command log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// After the last applied (a single node numbers its own commands).
+    Next,
+    /// At this position of a cluster's log: applied only right after the
+    /// position before it.
+    Logged(u64),
+}
+
+/// A command applied (or found applied before, under its request id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// The command's place in the log; for a retry answered from its
+    /// request id, the place of the write it repeats.
+    pub position: u64,
+}
+
+/// Why a command was not applied.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The command itself cannot be applied to the state before it (a
+    /// caller's mistake, decided the same way on every node). A logged
+    /// command refused so still takes its place in the log.
+    Rejected(Error),
+    /// This node could not apply it (its disk, its store, a command out of
+    /// order): nothing of it was stored, and nothing after it may be.
+    Failed(Error),
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Error {
+        match refusal {
+            Refusal::Rejected(e) | Refusal::Failed(e) => e,
+        }
+    }
+}
+
+/// What a queued command comes to.
+pub type Reply = std::result::Result<Applied, Refusal>;
+
 /// Work for the writer.
 enum Job {
     Apply {
         command: Box<Command>,
+        position: Position,
         prefetch: Option<Prefetch>,
-        reply: oneshot::Sender<Result<Outcome>>,
+        reply: oneshot::Sender<Reply>,
         queued: std::time::Instant,
+    },
+    /// Copy the store as it is after the jobs before to a file (see
+    /// [`super::snapshot`]); answer with the log position it holds.
+    Export {
+        path: std::path::PathBuf,
+        reply: oneshot::Sender<Result<u64>>,
     },
     /// Stop after the jobs before.
     Close,
@@ -40,6 +90,10 @@ pub struct Writer {
     head: u64,
     /// Last sequence known to be on disk.
     durable_head: watch::Sender<u64>,
+    /// Last command log position applied.
+    position: u64,
+    /// Last command log position known to be on disk.
+    durable_position: watch::Sender<u64>,
     /// Every watch with the state of its series, as on disk.
     watches: Watches,
     commit: Commit,
@@ -48,6 +102,14 @@ pub struct Writer {
     /// take, and syncs each group (see [`Disk`]).
     disk: Disk,
     freshness: Freshness,
+}
+
+/// What is on disk, as the writer last flushed it.
+pub struct Durable {
+    /// The last event sequence.
+    pub head: watch::Receiver<u64>,
+    /// The last command log position applied.
+    pub position: watch::Receiver<u64>,
 }
 
 /// What the writer shares with the store's readers.
@@ -74,17 +136,34 @@ impl WriterHandle {
     pub async fn enqueue(
         &self,
         command: Command,
+        position: Position,
         prefetch: Option<Prefetch>,
-    ) -> Result<impl Future<Output = Result<Outcome>> + use<>> {
+    ) -> Result<impl Future<Output = Reply> + use<>> {
         let (reply, rx) = oneshot::channel();
         let job = Job::Apply {
             command: Box::new(command),
+            position,
             prefetch,
             reply,
             queued: std::time::Instant::now(),
         };
         let closed = || Error::Unavailable("the store is closed (server shutting down)".into());
         self.jobs.send(job).await.map_err(|_| closed())?;
+        Ok(async move { rx.await.unwrap_or_else(|_| Err(Refusal::Failed(closed()))) })
+    }
+
+    /// Queues a copy of the store, as of the jobs queued before, to
+    /// `path`; the future answers with the log position it holds.
+    pub async fn export(
+        &self,
+        path: std::path::PathBuf,
+    ) -> Result<impl Future<Output = Result<u64>> + use<>> {
+        let (reply, rx) = oneshot::channel();
+        let closed = || Error::Unavailable("the store is closed (server shutting down)".into());
+        self.jobs
+            .send(Job::Export { path, reply })
+            .await
+            .map_err(|_| closed())?;
         Ok(async move { rx.await.map_err(|_| closed())? })
     }
 
@@ -98,14 +177,15 @@ impl WriterHandle {
 
 impl Writer {
     /// Loads the watches and starts the writer thread; returns its handle,
-    /// the thread, and a receiver of the durable head sequence.
+    /// the thread, and receivers of the durable head sequence and log
+    /// position.
     pub fn spawn(
         db: sled::Db,
         dir: &std::path::Path,
-        head: u64,
+        (head, position): (u64, u64),
         retain_events: u64,
         shared: Shared,
-    ) -> Result<(WriterHandle, std::thread::JoinHandle<()>, watch::Receiver<u64>)> {
+    ) -> Result<(WriterHandle, std::thread::JoinHandle<()>, Durable)> {
         let Shared {
             oldest,
             applied,
@@ -116,6 +196,7 @@ impl Writer {
         let disk = Disk::open(dir, &db);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
         let (durable_tx, durable_rx) = watch::channel(head);
+        let (position_tx, position_rx) = watch::channel(position);
         let writer = Writer {
             commit: Commit {
                 retain_events,
@@ -125,6 +206,8 @@ impl Writer {
             db,
             head,
             durable_head: durable_tx,
+            position,
+            durable_position: position_tx,
             watches,
             metrics,
             freshness: Freshness::new(applied),
@@ -134,7 +217,11 @@ impl Writer {
             .name("tradewatch-writer".into())
             .spawn(move || writer.run(jobs_rx))
             .map_err(|e| Error::Unavailable(format!("cannot start writer thread: {e}")))?;
-        Ok((WriterHandle { jobs: jobs_tx }, thread, durable_rx))
+        let durable = Durable {
+            head: durable_rx,
+            position: position_rx,
+        };
+        Ok((WriterHandle { jobs: jobs_tx }, thread, durable))
     }
 
     fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
@@ -142,22 +229,28 @@ impl Writer {
         while let Some(job) = jobs.blocking_recv() {
             self.disk.check();
             let mut replies = Vec::new();
+            let mut exports = Vec::new();
             let mut next = Some(job);
             while let Some(job) = next.take() {
                 match job {
                     Job::Apply {
                         command,
+                        position,
                         prefetch,
                         reply,
                         queued,
                     } => {
                         let outcome = match self.disk.refused() {
-                            Some(refused) => Err(refused),
-                            None => self
-                                .apply(&command, prefetch.as_ref())
-                                .map_err(|e| self.disk.job_failed(&self.db, e)),
+                            Some(refused) => Err(Refusal::Failed(refused)),
+                            None => self.apply(&command, position, prefetch.as_ref()),
                         };
                         replies.push((reply, outcome, queued));
+                    }
+                    Job::Export { path, reply } => {
+                        // The commands before are applied: flush them
+                        // first, so that the copy is of a durable state.
+                        exports.push((path, reply));
+                        break;
                     }
                     Job::Close => {
                         closing = true;
@@ -171,16 +264,24 @@ impl Writer {
             let flushed = self.disk.commit(&self.db);
             if flushed.is_ok() {
                 self.durable_head.send_replace(self.head);
+                self.durable_position.send_replace(self.position);
+                self.metrics.log_applied(self.position);
             }
             for (reply, outcome, queued) in replies {
                 self.metrics.write_acknowledged(queued.elapsed());
                 let result = match (outcome, &flushed) {
-                    (Err(e), _) => Err(e),
-                    (Ok(_), Err(e)) => Err(e.clone()),
-                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(e @ Refusal::Failed(_)), _) => Err(e),
+                    (_, Err(e)) => Err(Refusal::Failed(e.clone())),
+                    (result, Ok(())) => result,
                 };
                 // The caller may have gone away; the write stands regardless.
                 let _ = reply.send(result);
+            }
+            for (path, reply) in exports {
+                let copied = flushed
+                    .clone()
+                    .and_then(|()| super::snapshot::export(&self.db, self.position, &path));
+                let _ = reply.send(copied.map(|()| self.position));
             }
             if closing {
                 break;
@@ -189,20 +290,46 @@ impl Writer {
         tracing::debug!("writer stopped");
     }
 
-    /// Applies one command: the core decides, the commit writes.
-    fn apply(&mut self, command: &Command, prefetch: Option<&Prefetch>) -> Result<Outcome> {
-        let effect = {
+    /// Applies one command at `position`: the core decides, the commit
+    /// writes.
+    fn apply(&mut self, command: &Command, position: Position, prefetch: Option<&Prefetch>) -> Reply {
+        let logged = match position {
+            Position::Next => None,
+            Position::Logged(p) if p == self.position + 1 => Some(p),
+            Position::Logged(p) => {
+                return Err(Refusal::Failed(Error::Unavailable(format!(
+                    "command log position {p} cannot follow position {}, the last applied",
+                    self.position
+                ))));
+            }
+        };
+        let decided = {
             let mut view = View::new(&self.db, self.head, &self.watches, &command.action);
             view.fingerprint = command.request.as_ref().map(|r| r.fingerprint);
             view.prefetch = prefetch.map(|p| (p, &self.freshness));
-            core::apply(&view, command)?
+            core::apply(&view, command)
         };
-        if effect.replayed {
-            return Ok(effect.outcome);
-        }
+        let effect = match decided {
+            Ok(effect) if effect.replayed.is_none() => effect,
+            // Answered from its request id, or refused: nothing to write
+            // but, for a logged command, its place in the log.
+            decided => {
+                let decided = decided.map_err(|e| self.refusal(e));
+                if let (Some(p), Ok(_) | Err(Refusal::Rejected(_))) = (logged, &decided) {
+                    self.take_position(p)?;
+                }
+                return decided.map(|effect| Applied {
+                    position: effect.replayed.unwrap_or(self.position),
+                    outcome: effect.outcome,
+                });
+            }
+        };
+        let position = logged.unwrap_or(self.position + 1);
         let tally = self
             .commit
-            .write(&self.db, &mut self.disk, self.head, command, &effect)?;
+            .write(&self.db, &mut self.disk, (self.head, position), command, &effect)
+            .map_err(|e| Refusal::Failed(self.disk.job_failed(&self.db, e)))?;
+        self.position = position;
         self.freshness.remember(&effect.changes);
         self.metrics.write_applied(&tally);
         if let Some(last) = effect.events.last() {
@@ -218,6 +345,29 @@ impl Writer {
                 }
             }
         }
-        Ok(effect.outcome)
+        Ok(Applied {
+            outcome: effect.outcome,
+            position,
+        })
+    }
+
+    /// Records that the command at `position` changed nothing.
+    fn take_position(&mut self, position: u64) -> std::result::Result<(), Refusal> {
+        self.db
+            .insert(keys::META_LOG_POSITION, &position.to_be_bytes())
+            .map_err(|e| Refusal::Failed(self.disk.job_failed(&self.db, e.into())))?;
+        self.position = position;
+        Ok(())
+    }
+
+    /// A refusal from deciding a command: the command's own fault, the
+    /// same on every node, unless reading the store failed.
+    fn refusal(&mut self, error: Error) -> Refusal {
+        match error {
+            Error::Storage(_) | Error::Corrupt(_) | Error::Unavailable(_) => {
+                Refusal::Failed(self.disk.job_failed(&self.db, error))
+            }
+            rejected => Refusal::Rejected(rejected),
+        }
     }
 }

@@ -174,7 +174,10 @@ pub fn ingest(records: Vec<pb::TradeRecord>) -> pb::IngestRecordsRequest {
 }
 
 pub fn get(key: pb::RecordKey) -> pb::GetRecordRequest {
-    pb::GetRecordRequest { key: Some(key) }
+    pb::GetRecordRequest {
+        key: Some(key),
+        ..Default::default()
+    }
 }
 
 pub fn delete(key: pb::RecordKey) -> pb::DeleteRecordRequest {

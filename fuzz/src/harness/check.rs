@@ -107,6 +107,7 @@ pub async fn list_all(
                 selector: selector.clone(),
                 page_size,
                 page_token: token,
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -301,6 +302,7 @@ pub async fn check_store(channel: &Channel) -> Snapshot {
         let got = trade
             .get_record(pb::GetRecordRequest {
                 key: Some(key.clone()),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|s| panic!("GetRecord {key:?}: {s}"));
@@ -497,6 +499,7 @@ pub async fn check_store(channel: &Channel) -> Snapshot {
             .list_groups(pb::ListGroupsRequest {
                 page_size: 2,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .expect("ListGroups")
@@ -514,6 +517,7 @@ pub async fn check_store(channel: &Channel) -> Snapshot {
             .list_watches(pb::ListWatchesRequest {
                 page_size: 7,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .expect("ListWatches")

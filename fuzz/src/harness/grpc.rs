@@ -156,7 +156,11 @@ impl Rpc {
                 }
                 .encode_to_vec()
             }
-            Rpc::GetRecord => pb::GetRecordRequest { key: key(inp, valid) }.encode_to_vec(),
+            Rpc::GetRecord => pb::GetRecordRequest {
+                key: key(inp, valid),
+                ..Default::default()
+            }
+            .encode_to_vec(),
             Rpc::DeleteRecord => pb::DeleteRecordRequest {
                 key: key(inp, valid),
                 request_id: make::request_id(inp, valid),
@@ -175,6 +179,7 @@ impl Rpc {
             .encode_to_vec(),
             Rpc::GetGroup => pb::GetGroupRequest {
                 name: group_name(inp, valid),
+                ..Default::default()
             }
             .encode_to_vec(),
             Rpc::DeleteGroup => pb::DeleteGroupRequest {
@@ -185,11 +190,13 @@ impl Rpc {
             Rpc::ListGroups => pb::ListGroupsRequest {
                 page_size: page_size(inp),
                 page_token: make::page_token(inp),
+                ..Default::default()
             }
             .encode_to_vec(),
             Rpc::ListWatches => pb::ListWatchesRequest {
                 page_size: page_size(inp),
                 page_token: make::page_token(inp),
+                ..Default::default()
             }
             .encode_to_vec(),
             Rpc::CreateWatch => pb::CreateWatchRequest {
@@ -204,6 +211,7 @@ impl Rpc {
             .encode_to_vec(),
             Rpc::GetWatch => pb::GetWatchRequest {
                 id: watch_id(inp, valid),
+                ..Default::default()
             }
             .encode_to_vec(),
             Rpc::DeleteWatch => pb::DeleteWatchRequest {
@@ -215,6 +223,7 @@ impl Rpc {
                 from_sequence: inp.u64(),
                 kinds: make::event_kinds(inp, valid),
                 watch_ids: make::watch_ids(inp, valid),
+                ..Default::default()
             }
             .encode_to_vec(),
             Rpc::ListEvents => pb::ListEventsRequest {
@@ -222,6 +231,7 @@ impl Rpc {
                 limit: if inp.chance(128) { inp.u32() } else { 0 },
                 kinds: make::event_kinds(inp, valid),
                 watch_ids: make::watch_ids(inp, valid),
+                ..Default::default()
             }
             .encode_to_vec(),
         }

@@ -271,6 +271,7 @@ pub fn aggregate(inp: &mut Input, valid: bool) -> pb::AggregateRequest {
         },
         limit: if inp.chance(64) { inp.u32() } else { 0 },
         group_by,
+        ..Default::default()
     }
 }
 
@@ -311,6 +312,7 @@ pub fn list_records(inp: &mut Input, valid: bool) -> pb::ListRecordsRequest {
         },
         page_size: if inp.chance(128) { inp.u32() } else { 0 },
         page_token: page_token(inp),
+        ..Default::default()
     }
 }
 

@@ -189,6 +189,7 @@ async fn one(channel: &Channel, data: &[u8]) {
             1 + inp.below(50) as u32
         },
         page_token: make::page_token(&mut inp),
+        ..Default::default()
     };
 
     let context = format!("Aggregate {request:?}");
