@@ -117,7 +117,11 @@ fn deadline_exceeded(timeout: Duration) -> Status {
 /// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
 /// A malformed one is ignored, as gRPC servers do.
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value; `None` when malformed.
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     if !(2..=9).contains(&value.len()) {
         return None;
     }

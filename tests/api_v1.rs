@@ -939,3 +939,73 @@ async fn an_ingest_message_reusing_an_id_for_other_records_is_rejected_and_loadi
         summary.rejections[0].reason
     );
 }
+
+/// A single node numbers its writes in its own command log: each write's
+/// `log_position` follows the one before (a refused write takes none), and
+/// a read asking for a position not yet applied waits within its deadline,
+/// then says DEADLINE_EXCEEDED rather than answer stale.
+#[tokio::test]
+async fn a_single_node_numbers_its_writes_and_reads_wait_for_a_position() {
+    let server = TestServer::start().await;
+    let (mut t, mut m) = clients(&server).await;
+    let put = |period: &str| pb::PutRecordsRequest {
+        records: vec![record("CHN", "KAZ", period, 1, "GACC")],
+        ..Default::default()
+    };
+    let first = t.put_records(put("2023")).await.unwrap().into_inner();
+    assert_eq!(first.log_position, 1);
+    let refused = t
+        .delete_group(pb::DeleteGroupRequest {
+            name: "NO_SUCH_GROUP".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+    let created = m
+        .create_watch(pb::CreateWatchRequest {
+            watch: Some(seed_watch("positions")),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.log_position, 2, "the refused write took no position");
+
+    let key = key_of(&record("CHN", "KAZ", "2023", 1, "GACC"));
+    let read = t
+        .get_record(pb::GetRecordRequest {
+            key: Some(key.clone()),
+            min_log_position: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.record.unwrap().revision, 1);
+
+    let mut ahead = tonic::Request::new(pb::GetRecordRequest {
+        key: Some(key),
+        min_log_position: 3,
+    });
+    ahead.set_timeout(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = t.get_record(ahead).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+
+    // A read waiting for the next position answers as soon as it is written.
+    let mut waiting = t.clone();
+    let reader = tokio::spawn(async move {
+        waiting
+            .list_records(pb::ListRecordsRequest {
+                min_log_position: 3,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().records.len())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let third = t.put_records(put("2024")).await.unwrap().into_inner();
+    assert_eq!(third.log_position, 3);
+    assert_eq!(reader.await.unwrap().unwrap(), 2);
+}

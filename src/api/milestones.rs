@@ -362,7 +362,12 @@ impl MilestoneService for MilestoneApi {
         request: Request<pb::GetWatchRequest>,
     ) -> Result<Response<pb::GetWatchResponse>, Status> {
         let id = WatchId::parse(&request.get_ref().id).map_err(|e| Error::invalid("id", e.0))?;
-        super::caught_up(&self.store, request.get_ref().min_log_position).await?;
+        super::caught_up(
+            &self.store,
+            request.get_ref().min_log_position,
+            request.metadata(),
+        )
+        .await?;
         match self.store.get_watch(&id)? {
             Some((def, created_at)) => Ok(Response::new(pb::GetWatchResponse {
                 watch: Some(watch_to_pb(&def, created_at)),
@@ -375,7 +380,7 @@ impl MilestoneService for MilestoneApi {
         &self,
         request: Request<pb::ListWatchesRequest>,
     ) -> Result<Response<pb::ListWatchesResponse>, Status> {
-        let request = request.get_ref();
+        let (metadata, request) = (request.metadata(), request.get_ref());
         let page = Page::parse(
             "ListWatches",
             &pb::ListWatchesRequest::default(),
@@ -383,7 +388,7 @@ impl MilestoneService for MilestoneApi {
             &request.page_token,
             self.limits.max_page_size,
         )?;
-        super::caught_up(&self.store, request.min_log_position).await?;
+        super::caught_up(&self.store, request.min_log_position, metadata).await?;
         let all = self.store.list_watches()?;
         let (watches, last) = page.select(&all, |(d, _)| d.id.as_str().as_bytes());
         Ok(Response::new(pb::ListWatchesResponse {
@@ -417,9 +422,9 @@ impl MilestoneService for MilestoneApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let wanted = EventFilter::parse(&request.kinds, &request.watch_ids)?;
-        super::caught_up(&self.store, request.min_log_position).await?;
+        super::caught_up(&self.store, request.min_log_position, &metadata).await?;
         // Released when the stream is dropped: ended, or its client gone.
         let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {
             let max = self.limits.max_subscribers;
@@ -470,8 +475,8 @@ impl MilestoneService for MilestoneApi {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        let request = request.get_ref();
-        super::caught_up(&self.store, request.min_log_position).await?;
+        let (metadata, request) = (request.metadata(), request.get_ref());
+        super::caught_up(&self.store, request.min_log_position, metadata).await?;
         Ok(Response::new(self.list_events(request)?))
     }
 }

@@ -14,18 +14,30 @@ pub use trade::TradeApi;
 const MAX_POSITION_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Returns once `store` has applied the command log up to `position` (a
-/// read's `min_log_position`; 0 asks for nothing). A call's own deadline
-/// ends the wait with DEADLINE_EXCEEDED (the request guard sees to that);
-/// a call without one waits at most [`MAX_POSITION_WAIT`].
-async fn caught_up(store: &crate::store::Store, position: u64) -> crate::error::Result<()> {
+/// read's `min_log_position`; 0 asks for nothing), or DEADLINE_EXCEEDED,
+/// saying how far the node is, a little before the call's deadline (so that
+/// the answer reaches the caller before it gives up), or after
+/// [`MAX_POSITION_WAIT`] for a call without one.
+async fn caught_up(
+    store: &crate::store::Store,
+    position: u64,
+    metadata: &tonic::metadata::MetadataMap,
+) -> crate::error::Result<()> {
     if store.log_position() >= position {
         return Ok(());
     }
-    match tokio::time::timeout(MAX_POSITION_WAIT, store.wait_for_position(position)).await {
+    let wait = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::guard::parse_grpc_timeout)
+        .map_or(MAX_POSITION_WAIT, |timeout| {
+            (timeout * 9 / 10).min(MAX_POSITION_WAIT)
+        });
+    match tokio::time::timeout(wait, store.wait_for_position(position)).await {
         Ok(reached) => reached,
         Err(_) => Err(crate::error::Error::DeadlineExceeded(format!(
             "this node has applied the command log up to position {}, not yet {position} \
-             (min_log_position), after {MAX_POSITION_WAIT:?}",
+             (min_log_position), after waiting {wait:?}",
             store.log_position()
         ))),
     }

@@ -73,8 +73,12 @@ impl TradeApi {
         Ok((applied.outcome.into_put()?, applied.position))
     }
 
-    async fn list(&self, request: &pb::ListRecordsRequest) -> Result<pb::ListRecordsResponse> {
-        super::caught_up(&self.store, request.min_log_position).await?;
+    async fn list(
+        &self,
+        request: &pb::ListRecordsRequest,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<pb::ListRecordsResponse> {
+        super::caught_up(&self.store, request.min_log_position, metadata).await?;
         let selector = convert::parse_selector(request.selector.as_ref(), "selector")?;
         let criteria = pb::ListRecordsRequest {
             selector: request.selector.clone(),
@@ -246,7 +250,12 @@ impl TradeService for TradeApi {
         request: Request<pb::GetRecordRequest>,
     ) -> Result<Response<pb::GetRecordResponse>, Status> {
         let key = convert::parse_key(request.get_ref().key.as_ref(), "key")?;
-        super::caught_up(&self.store, request.get_ref().min_log_position).await?;
+        super::caught_up(
+            &self.store,
+            request.get_ref().min_log_position,
+            request.metadata(),
+        )
+        .await?;
         match self.store.get_record(&key)? {
             Some(stored) => Ok(Response::new(pb::GetRecordResponse {
                 record: Some(convert::record_to_pb(&stored)),
@@ -259,7 +268,9 @@ impl TradeService for TradeApi {
         &self,
         request: Request<pb::ListRecordsRequest>,
     ) -> Result<Response<pb::ListRecordsResponse>, Status> {
-        Ok(Response::new(self.list(request.get_ref()).await?))
+        Ok(Response::new(
+            self.list(request.get_ref(), request.metadata()).await?,
+        ))
     }
 
     async fn delete_record(
@@ -286,7 +297,7 @@ impl TradeService for TradeApi {
         &self,
         request: Request<pb::AggregateRequest>,
     ) -> Result<Response<pb::AggregateResponse>, Status> {
-        let request = request.get_ref();
+        let (metadata, request) = (request.metadata(), request.get_ref());
         let question = convert::parse_aggregate(request);
         let selector = convert::parse_selector(request.selector.as_ref(), "selector");
         let (question, selector) = match (question, selector) {
@@ -297,7 +308,7 @@ impl TradeService for TradeApi {
             }
             (Err(e), _) | (_, Err(e)) => return Err(e.into()),
         };
-        super::caught_up(&self.store, request.min_log_position).await?;
+        super::caught_up(&self.store, request.min_log_position, metadata).await?;
         let resolved = ResolvedSelector::resolve(&self.store, selector, "selector")?;
         let answer = crate::query::aggregate::aggregate(&self.store, &resolved, &question)?;
         Ok(Response::new(convert::aggregate_to_pb(&answer)?))
@@ -308,7 +319,12 @@ impl TradeService for TradeApi {
         request: Request<pb::GetDataAvailabilityRequest>,
     ) -> Result<Response<pb::GetDataAvailabilityResponse>, Status> {
         let selector = convert::parse_selector(request.get_ref().selector.as_ref(), "selector")?;
-        super::caught_up(&self.store, request.get_ref().min_log_position).await?;
+        super::caught_up(
+            &self.store,
+            request.get_ref().min_log_position,
+            request.metadata(),
+        )
+        .await?;
         let resolved = ResolvedSelector::resolve(&self.store, selector, "selector")?;
         let store = self.store.clone();
         // A scan of every matching record: off the async workers.
@@ -345,7 +361,12 @@ impl TradeService for TradeApi {
         request: Request<pb::GetGroupRequest>,
     ) -> Result<Response<pb::GetGroupResponse>, Status> {
         let name = convert::parse_group_name(&request.get_ref().name, "name")?;
-        super::caught_up(&self.store, request.get_ref().min_log_position).await?;
+        super::caught_up(
+            &self.store,
+            request.get_ref().min_log_position,
+            request.metadata(),
+        )
+        .await?;
         match self.store.get_group(&name)? {
             Some((group, updated_at)) => Ok(Response::new(pb::GetGroupResponse {
                 group: Some(convert::group_to_pb(&group, updated_at)),
@@ -358,7 +379,7 @@ impl TradeService for TradeApi {
         &self,
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        let request = request.get_ref();
+        let (metadata, request) = (request.metadata(), request.get_ref());
         let page = Page::parse(
             "ListGroups",
             &pb::ListGroupsRequest::default(),
@@ -366,7 +387,7 @@ impl TradeService for TradeApi {
             &request.page_token,
             self.limits.max_page_size,
         )?;
-        super::caught_up(&self.store, request.min_log_position).await?;
+        super::caught_up(&self.store, request.min_log_position, metadata).await?;
         let all = self.store.list_groups()?;
         let (groups, last) = page.select(&all, |(g, _)| g.name.as_str().as_bytes());
         Ok(Response::new(pb::ListGroupsResponse {
