@@ -253,6 +253,9 @@ impl Binary {
             .arg("--data-dir")
             .arg(dir)
             .env("RUST_LOG", "warn")
+            // A cluster setting in the test's environment must not turn
+            // a single node into a cluster node.
+            .env_remove("TRADEWATCH_NATS")
             .stdout(Stdio::piped())
             .spawn()
             .expect("server starts");
