@@ -436,6 +436,111 @@ async fn a_retried_write_lands_once_whichever_node_receives_it() {
     }
 }
 
+/// A command this node cannot read — here one of a newer log format than
+/// it knows, published straight to the stream — stops it there: health
+/// NOT_SERVING, writes through it UNAVAILABLE (nothing published), reads
+/// still answered up to the position before, and the position after never
+/// reached: it does not skip the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_at_a_command_it_cannot_read_and_never_skips_it() {
+    let Some(cluster) = Cluster::start("halt", 1, &[]).await else {
+        return;
+    };
+    let written = cluster
+        .nodes
+        .trade(0)
+        .put_records(timed(pb::PutRecordsRequest {
+            records: vec![record("CHN", "KAZ", "2025", 48_600_000_000, "GACC")],
+            request_id: "halt-before".into(),
+        }))
+        .await
+        .expect("a write before")
+        .into_inner();
+    // A command encoding's field 1 is its format: 2 is one newer than
+    // this build reads.
+    let js = cluster.nats.jetstream().await;
+    js.publish(format!("{STREAM}.commands"), vec![0x08, 0x02].into())
+        .await
+        .expect("publishes")
+        .await
+        .expect("the stream takes it");
+    wait_status(&cluster.addr(0), ServingStatus::NotServing).await;
+
+    let refused = cluster
+        .nodes
+        .trade(0)
+        .put_records(timed(pb::PutRecordsRequest {
+            records: vec![record("CHN", "KGZ", "2025", 27_200_000_000, "GACC")],
+            request_id: "halt-after".into(),
+        }))
+        .await
+        .expect_err("a halted node takes no writes");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("stopped applying"), "{refused:?}");
+    assert_eq!(
+        stream_last_sequence(&cluster.nats).await,
+        written.log_position + 1,
+        "nothing published for the refused write"
+    );
+    let stored = get_record_at(
+        &mut cluster.nodes.trade(0),
+        key_of(&record("CHN", "KAZ", "2025", 0, "GACC")),
+        written.log_position,
+    )
+    .await;
+    assert_eq!(stored.revision, 1);
+    // Still stopped a few retries later, never past the command.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut past = Request::new(pb::ListEventsRequest {
+        min_log_position: written.log_position + 1,
+        ..Default::default()
+    });
+    past.set_timeout(Duration::from_millis(500));
+    let err = cluster
+        .nodes
+        .milestones(0)
+        .list_events(past)
+        .await
+        .expect_err("the command is never skipped");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+}
+
+/// A node that loses every NATS server answers NOT_SERVING, and SERVING
+/// again once they are back, caught up with what was written meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_out_of_reach_of_nats_is_not_serving_until_it_is_back() {
+    let Some(mut cluster) = Cluster::start("reach", 2, &[]).await else {
+        return;
+    };
+    cluster.kill_node(1);
+    for i in 0..3 {
+        cluster.nats.kill(i);
+    }
+    wait_status(&cluster.addr(0), ServingStatus::NotServing).await;
+    for i in 0..3 {
+        cluster.nats.restart(i);
+    }
+    tokio::task::block_in_place(|| cluster.nats.wait_ready()).expect("NATS back");
+    wait_status(&cluster.addr(0), ServingStatus::Serving).await;
+    let written = put_until_acknowledged(
+        &cluster.nodes,
+        0,
+        pb::PutRecordsRequest {
+            records: vec![record("CHN", "TJK", "2025", 3_860_000_000, "GACC")],
+            request_id: "reach-after".into(),
+        },
+    )
+    .await;
+    cluster.restart_node(1).await;
+    let stored = get_record_at(
+        &mut cluster.nodes.trade(1),
+        key_of(&record("CHN", "TJK", "2025", 0, "GACC")),
+        written.log_position,
+    )
+    .await;
+    assert_eq!(stored.revision, 1);
+}
+
 /// With `--snapshot-every 50`, 300 writes leave a snapshot in the object
 /// store; a third node started on an empty data dir becomes SERVING and
 /// answers ListEvents, GetRecord and Aggregate as the others do, then
@@ -538,6 +643,11 @@ impl Cluster {
         i
     }
 
+    /// Where node `i` serves.
+    fn addr(&self, i: usize) -> String {
+        self.binaries[i].as_ref().expect("node running").addr.clone()
+    }
+
     /// SIGKILLs node `i`.
     fn kill_node(&mut self, i: usize) {
         self.binaries[i] = None;
@@ -589,8 +699,8 @@ fn channel(addr: &str) -> Channel {
         .connect_lazy()
 }
 
-/// SERVING means caught up with the log and in touch with NATS.
-async fn wait_serving(addr: &str) {
+/// Waits until node `addr` reports `wanted` for the server as a whole.
+async fn wait_status(addr: &str, wanted: ServingStatus) {
     let mut health = HealthClient::new(channel(addr));
     let deadline = Instant::now() + SERVING_TIMEOUT;
     loop {
@@ -600,15 +710,20 @@ async fn wait_serving(addr: &str) {
             }))
             .await
             .map(|r| r.into_inner().status());
-        if matches!(status, Ok(ServingStatus::Serving)) {
+        if matches!(&status, Ok(s) if *s == wanted) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{addr} not SERVING after {SERVING_TIMEOUT:?}: {status:?}"
+            "{addr} not {wanted:?} after {SERVING_TIMEOUT:?}: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// SERVING means caught up with the log and in touch with NATS.
+async fn wait_serving(addr: &str) {
+    wait_status(addr, ServingStatus::Serving).await;
 }
 
 fn timed<T>(message: T) -> Request<T> {

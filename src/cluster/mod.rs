@@ -396,8 +396,23 @@ impl Node {
             if let Ok(mut stream) = self.js.get_stream(&self.config.stream).await
                 && let Ok(info) = stream.info().await
             {
-                self.log_head
-                    .fetch_max(info.state.last_sequence, Ordering::Relaxed);
+                let head = info.state.last_sequence;
+                self.log_head.fetch_max(head, Ordering::Relaxed);
+                // In touch again: the follower's consumer carries on where
+                // it was, so nothing else would say so while no command
+                // arrives.
+                let applied = self.store.log_position();
+                self.standing.send_if_modified(|standing| {
+                    let back = *standing == Standing::Connecting;
+                    if back {
+                        *standing = if applied >= head {
+                            Standing::Following
+                        } else {
+                            Standing::CatchingUp { target: head }
+                        };
+                    }
+                    back
+                });
             }
             self.store
                 .metrics()

@@ -254,3 +254,30 @@ pub fn decode(bytes: &[u8]) -> Result<Command> {
         action,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_of_a_newer_format_is_refused_and_damage_is_named() {
+        let newer = CommandValue {
+            format: LOG_FORMAT + 1,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let err = decode(&newer).unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+        assert!(err.to_string().contains("upgrade this node"), "{err}");
+
+        let err = decode(&[0xff, 0xff]).unwrap_err();
+        assert!(err.to_string().contains("command log entry"), "{err}");
+        let no_action = CommandValue {
+            format: LOG_FORMAT,
+            time: Some(Timestamp::default()),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(decode(&no_action).unwrap_err().to_string().contains("no action"));
+    }
+}

@@ -199,7 +199,18 @@ mod tests {
 
         let restored_dir = tmp.path().join("restored");
         assert_eq!(restore(&file, &restored_dir).unwrap(), 42);
-        let restored = sled::Config::new().path(&restored_dir).open().unwrap();
+        // sled lets go of a closed store's lock a moment after (as a
+        // restart does, `Store::open` waits for it).
+        let started = std::time::Instant::now();
+        let restored = loop {
+            match sled::Config::new().path(&restored_dir).open() {
+                Ok(db) => break db,
+                Err(_) if started.elapsed() < std::time::Duration::from_secs(2) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         assert!(
             source
                 .iter()
