@@ -256,18 +256,7 @@ pub fn parse_aggregate(request: &pb::AggregateRequest) -> Result<aggregate::Aggr
 }
 
 pub fn aggregate_to_pb(answer: &aggregate::AggregateAnswer) -> Result<pb::AggregateResponse> {
-    let money = |m: crate::domain::Money| -> Result<pb::Money> {
-        let (units, nanos) = m.to_parts().ok_or_else(|| {
-            Error::OutOfRange(format!(
-                "a total of {m} does not fit google.type.Money (int64 units)"
-            ))
-        })?;
-        Ok(pb::Money {
-            currency_code: m.currency().to_string(),
-            units,
-            nanos,
-        })
-    };
+    let money = money_checked;
     let rows = answer
         .rows
         .iter()
@@ -293,6 +282,55 @@ pub fn aggregate_to_pb(answer: &aggregate::AggregateAnswer) -> Result<pb::Aggreg
         record_count: answer.record_count,
         currency: answer.currency.to_string(),
         frequency: frequency_to_pb(answer.frequency).into(),
+    })
+}
+
+pub fn mirror_to_pb(answer: &crate::query::mirror::MirrorAnswer) -> Result<pb::CompareMirrorResponse> {
+    let rows = answer
+        .rows
+        .iter()
+        .map(|row| {
+            let sides = match (row.reported.is_some(), row.mirror.is_some()) {
+                (true, true) => pb::MirrorSides::Both,
+                (true, false) => pb::MirrorSides::ReportedOnly,
+                _ => pb::MirrorSides::MirrorOnly,
+            };
+            Ok(pb::MirrorRow {
+                reporter: row.group.reporter.map(|c| c.to_string()).unwrap_or_default(),
+                partner: row.group.partner.map(|c| c.to_string()).unwrap_or_default(),
+                flow: row.group.flow.map_or(0, |f| i32::from(f.code())),
+                commodity: row.group.commodity.map(|c| c.to_string()).unwrap_or_default(),
+                period: row.group.period.map(|b| b.label()).unwrap_or_default(),
+                reported: row.reported.map(|(m, _)| money_checked(m)).transpose()?,
+                mirror: row.mirror.map(|(m, _)| money_checked(m)).transpose()?,
+                gap: row.gap().map(money_checked).transpose()?,
+                ratio: row.ratio(),
+                sides: sides.into(),
+                reported_record_count: row.reported.map_or(0, |(_, n)| n),
+                mirror_record_count: row.mirror.map_or(0, |(_, n)| n),
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(pb::CompareMirrorResponse {
+        rows,
+        reported_total: Some(money_checked(answer.reported_total)?),
+        mirror_total: Some(money_checked(answer.mirror_total)?),
+        currency: answer.currency.to_string(),
+    })
+}
+
+/// An amount as `google.type.Money`; OUT_OF_RANGE when its units do not fit
+/// int64.
+fn money_checked(m: crate::domain::Money) -> Result<pb::Money> {
+    let (units, nanos) = m.to_parts().ok_or_else(|| {
+        Error::OutOfRange(format!(
+            "a total of {m} does not fit google.type.Money (int64 units)"
+        ))
+    })?;
+    Ok(pb::Money {
+        currency_code: m.currency().to_string(),
+        units,
+        nanos,
     })
 }
 

@@ -110,6 +110,23 @@ fn group_response(applied: Applied) -> Result<(pb::PartnerGroup, u64, u64, u64)>
     ))
 }
 
+/// An aggregate question and its selector, with every violation of both
+/// in one INVALID_ARGUMENT.
+fn parse_question(
+    request: &pb::AggregateRequest,
+) -> Result<(crate::query::aggregate::AggregateRequest, crate::domain::Selector)> {
+    let question = convert::parse_aggregate(request);
+    let selector = convert::parse_selector(request.selector.as_ref(), "selector");
+    match (question, selector) {
+        (Ok(q), Ok(s)) => Ok((q, s)),
+        (Err(Error::InvalidArgument(mut a)), Err(Error::InvalidArgument(b))) => {
+            a.extend(b);
+            Err(Error::InvalidArgument(a))
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
 fn put_response((outcome, log_position): (PutOutcome, u64)) -> pb::PutRecordsResponse {
     pb::PutRecordsResponse {
         results: outcome
@@ -298,20 +315,34 @@ impl TradeService for TradeApi {
         request: Request<pb::AggregateRequest>,
     ) -> Result<Response<pb::AggregateResponse>, Status> {
         let (metadata, request) = (request.metadata(), request.get_ref());
-        let question = convert::parse_aggregate(request);
-        let selector = convert::parse_selector(request.selector.as_ref(), "selector");
-        let (question, selector) = match (question, selector) {
-            (Ok(q), Ok(s)) => (q, s),
-            (Err(Error::InvalidArgument(mut a)), Err(Error::InvalidArgument(b))) => {
-                a.extend(b);
-                return Err(Error::InvalidArgument(a).into());
-            }
-            (Err(e), _) | (_, Err(e)) => return Err(e.into()),
-        };
+        let (question, selector) = parse_question(request)?;
         super::caught_up(&self.store, request.min_log_position, metadata).await?;
         let resolved = ResolvedSelector::resolve(&self.store, selector, "selector")?;
         let answer = crate::query::aggregate::aggregate(&self.store, &resolved, &question)?;
         Ok(Response::new(convert::aggregate_to_pb(&answer)?))
+    }
+
+    async fn compare_mirror(
+        &self,
+        request: Request<pb::CompareMirrorRequest>,
+    ) -> Result<Response<pb::CompareMirrorResponse>, Status> {
+        let (metadata, request) = (request.metadata(), request.get_ref());
+        // The same question as an aggregate's, field for field.
+        let as_aggregate = pb::AggregateRequest {
+            selector: request.selector.clone(),
+            group_by: request.group_by.clone(),
+            granularity: request.granularity,
+            ..Default::default()
+        };
+        let (question, selector) = parse_question(&as_aggregate)?;
+        super::caught_up(&self.store, request.min_log_position, metadata).await?;
+        let resolved = ResolvedSelector::resolve(&self.store, selector, "selector")?;
+        let mirror = crate::query::mirror::MirrorRequest {
+            group_by: question.group_by,
+            granularity: question.granularity,
+        };
+        let answer = crate::query::mirror::compare(&self.store, &resolved, &mirror)?;
+        Ok(Response::new(convert::mirror_to_pb(&answer)?))
     }
 
     async fn get_data_availability(

@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod availability;
+pub mod mirror;
 
 use std::collections::{BTreeMap, BTreeSet};
 
