@@ -489,8 +489,19 @@ async fn a_node_stops_at_a_command_it_cannot_read_and_never_skips_it() {
     )
     .await;
     assert_eq!(stored.revision, 1);
-    // Still stopped a few retries later, never past the command.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Still stopped, and never SERVING, over a few retries; never past the
+    // command.
+    let mut health = HealthClient::new(channel(&cluster.addr(0)));
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let status = health
+            .check(timed(HealthCheckRequest {
+                service: String::new(),
+            }))
+            .await
+            .map(|r| r.into_inner().status());
+        assert!(matches!(status, Ok(ServingStatus::NotServing)), "{status:?}");
+    }
     let mut past = Request::new(pb::ListEventsRequest {
         min_log_position: written.log_position + 1,
         ..Default::default()

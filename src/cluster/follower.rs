@@ -90,10 +90,18 @@ async fn follow(node: &Arc<Node>, stop: &CancellationToken) -> Stop {
     };
     node.log_head
         .fetch_max(last, std::sync::atomic::Ordering::Relaxed);
-    node.standing.send_replace(if start > last {
-        Standing::Following
-    } else {
-        Standing::CatchingUp { target: last }
+    // A node halted on a command stays so until it gets past it (below),
+    // rather than serve for a moment at each new try.
+    node.standing.send_if_modified(|standing| {
+        if matches!(standing, Standing::Halted(_)) {
+            return false;
+        }
+        *standing = if start > last {
+            Standing::Following
+        } else {
+            Standing::CatchingUp { target: last }
+        };
+        true
     });
 
     let (queued_tx, queued_rx) = mpsc::channel(IN_FLIGHT);
@@ -180,8 +188,13 @@ async fn answer(node: Arc<Node>, mut queued: mpsc::Receiver<Queued>, halt: onesh
                 *standing = Standing::Following;
                 true
             }
-            Standing::Connecting => {
-                *standing = Standing::Following;
+            Standing::Connecting | Standing::Halted(_) => {
+                let head = node.log_head.load(std::sync::atomic::Ordering::Relaxed);
+                *standing = if position >= head {
+                    Standing::Following
+                } else {
+                    Standing::CatchingUp { target: head }
+                };
                 true
             }
             _ => false,
