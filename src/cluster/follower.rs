@@ -23,7 +23,9 @@ const IN_FLIGHT: usize = 256;
 /// two missed 15 s heartbeats) and replaced.
 const STALL: Duration = Duration::from_secs(2);
 /// Pauses before following again after a failure: from the first to the
-/// last, doubling.
+/// last, doubling after each halt (a command this node cannot apply); after
+/// a failure of the log (an election, a lost connection) always the first,
+/// so that following resumes as soon as the stream answers again.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_LAST: Duration = Duration::from_secs(5);
 
@@ -48,6 +50,7 @@ pub async fn run(node: &Arc<Node>, stop: &CancellationToken) {
             Stop::Log(reason) => {
                 tracing::warn!(%reason, "following the command log failed; following again");
                 node.standing.send_replace(Standing::Connecting);
+                pause = RETRY_FIRST;
             }
             Stop::Halt(reason) => {
                 tracing::error!(%reason, "cannot apply the command log; retrying from the same position");
@@ -61,7 +64,9 @@ pub async fn run(node: &Arc<Node>, stop: &CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
         }
-        pause = (pause * 2).min(RETRY_LAST);
+        if matches!(*node.standing.borrow(), Standing::Halted(_)) {
+            pause = (pause * 2).min(RETRY_LAST);
+        }
     }
 }
 
