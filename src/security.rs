@@ -59,6 +59,7 @@ const READS: &[&str] = &[
     "/tradewatch.v1.TradeService/ListRecords",
     "/tradewatch.v1.TradeService/Aggregate",
     "/tradewatch.v1.TradeService/GetDataAvailability",
+    "/tradewatch.v1.TradeService/CompareMirror",
     "/tradewatch.v1.TradeService/GetGroup",
     "/tradewatch.v1.TradeService/ListGroups",
     "/tradewatch.v1.MilestoneService/GetWatch",
