@@ -64,6 +64,9 @@ use tradewatch::pb::{
 #[path = "common/dataset.rs"]
 mod dataset;
 use dataset::Dataset;
+#[path = "common/measure.rs"]
+mod measure;
+use measure::{ms, percentile};
 #[path = "common/server.rs"]
 mod server;
 use server::Server;
@@ -210,38 +213,9 @@ async fn wait_serving(addr: &str, every: Duration) -> anyhow::Result<()> {
 /// Every write of the bench stores a new key, so that each makes an event.
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-/// A record with a key no other call of this process used: turnover in
-/// USD, as in `benches/subscribe.rs`.
+/// The next new synthetic record.
 fn new_record() -> pb::TradeRecord {
-    const PARTNERS: [&str; 10] = [
-        "KAZ", "KGZ", "TJK", "TKM", "UZB", "RUS", "DEU", "USA", "IND", "BRA",
-    ];
-    let i = NEXT.fetch_add(1, Ordering::Relaxed) as usize;
-    pb::TradeRecord {
-        reporter: "CHN".into(),
-        partner: PARTNERS[i % 10].into(),
-        flow: pb::Flow::Turnover.into(),
-        period: format!("{}", 1900 + (i / 10) % 200),
-        commodity: format!("{:06}", i / 2000),
-        value: Some(pb::Money {
-            currency_code: "USD".into(),
-            units: 1_000 + i as i64,
-            nanos: 0,
-        }),
-        source: "bench".into(),
-        ..Default::default()
-    }
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
+    measure::record(NEXT.fetch_add(1, Ordering::Relaxed) as usize)
 }
 
 fn ms3(d: Duration) -> String {

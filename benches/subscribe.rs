@@ -18,6 +18,10 @@ use tradewatch::pb::{
 };
 use tradewatch::{Application, Config};
 
+#[path = "common/measure.rs"]
+mod measure;
+use measure::{ms, percentile, record};
+
 const SUBSCRIBERS: usize = 1000;
 /// Subscribers share connections, as services behind a few channels would.
 const CONNECTIONS: usize = 10;
@@ -64,34 +68,6 @@ impl Server {
 }
 
 /// Record `i` of a synthetic load: distinct keys, turnover in USD.
-fn record(i: usize) -> pb::TradeRecord {
-    const PARTNERS: [&str; 10] = [
-        "KAZ", "KGZ", "TJK", "TKM", "UZB", "RUS", "DEU", "USA", "IND", "BRA",
-    ];
-    pb::TradeRecord {
-        reporter: "CHN".into(),
-        partner: PARTNERS[i % 10].into(),
-        flow: pb::Flow::Turnover.into(),
-        period: format!("{}", 1900 + (i / 10) % 200),
-        commodity: format!("{:06}", i / 2000),
-        value: Some(pb::Money {
-            currency_code: "USD".into(),
-            units: 1_000 + i as i64,
-            nanos: 0,
-        }),
-        source: "bench".into(),
-        ..Default::default()
-    }
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
-}
-
 async fn latency() -> anyhow::Result<()> {
     let server = start().await?;
     let mut channels = Vec::new();
