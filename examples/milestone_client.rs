@@ -101,10 +101,8 @@ async fn follow(server: &str, checkpoint: &Path) -> Result<std::convert::Infalli
     while let Some(message) = stream.next().await {
         match message?.message {
             Some(Message::Event(event)) => {
-                let headline = match &event.kind {
-                    Some(pb::event::Kind::ThresholdCrossed(t)) => &t.headline,
-                    Some(pb::event::Kind::RecordHigh(h)) => &h.headline,
-                    _ => continue,
+                let Some(headline) = event.headline() else {
+                    continue;
                 };
                 println!("{} {headline}", event.sequence);
                 save(event.sequence + 1)?;

@@ -39,6 +39,7 @@ pub use security::{AuthToken, TlsFiles};
 pub mod pb {
     tonic::include_proto!("tradewatch.v1");
 
+    mod events;
     mod from_domain;
 
     /// Descriptors of the API and of the `google.rpc` error details, for

@@ -74,13 +74,19 @@ pub enum EventLabel {
     RecordStored,
     ThresholdCrossed,
     RecordHigh,
+    RankChanged,
+    GrowthCrossed,
+    YearToDate,
 }
 
 impl EventLabel {
-    const ALL: [EventLabel; 3] = [
+    const ALL: [EventLabel; 6] = [
         EventLabel::RecordStored,
         EventLabel::ThresholdCrossed,
         EventLabel::RecordHigh,
+        EventLabel::RankChanged,
+        EventLabel::GrowthCrossed,
+        EventLabel::YearToDate,
     ];
 
     fn name(self) -> &'static str {
@@ -88,6 +94,9 @@ impl EventLabel {
             EventLabel::RecordStored => "record_stored",
             EventLabel::ThresholdCrossed => "threshold_crossed",
             EventLabel::RecordHigh => "record_high",
+            EventLabel::RankChanged => "rank_changed",
+            EventLabel::GrowthCrossed => "growth_crossed",
+            EventLabel::YearToDate => "year_to_date",
         }
     }
 }
@@ -99,7 +108,7 @@ pub struct WriteTally {
     created: u64,
     revised: u64,
     deleted: u64,
-    events: [u64; 3],
+    events: [u64; EventLabel::ALL.len()],
 }
 
 impl WriteTally {

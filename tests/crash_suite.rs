@@ -510,7 +510,7 @@ impl Subscriber {
     }
 
     fn wants(&self, e: &pb::Event) -> bool {
-        self.kinds.is_empty() || self.kinds.contains(&kind_of(e))
+        self.kinds.is_empty() || self.kinds.contains(&e.kind_code())
     }
 }
 
@@ -632,19 +632,38 @@ async fn connect_subscriber(sub: &mut Subscriber, addr: &str, log: &[pb::Event],
 // ---------------------------------------------------------------------------
 // Events
 
-fn kind_of(e: &pb::Event) -> pb::EventKind {
-    match &e.kind {
-        Some(pb::event::Kind::RecordStored(_)) => pb::EventKind::RecordStored,
-        Some(pb::event::Kind::ThresholdCrossed(_)) => pb::EventKind::ThresholdCrossed,
-        Some(pb::event::Kind::RecordHigh(_)) => pb::EventKind::RecordHigh,
-        None => pb::EventKind::Unspecified,
-    }
-}
-
-fn watch_of(e: &pb::Event) -> Option<&str> {
-    match &e.kind {
-        Some(pb::event::Kind::ThresholdCrossed(c)) => Some(&c.watch_id),
-        Some(pb::event::Kind::RecordHigh(h)) => Some(&h.watch_id),
+/// What is wrong with a growth crossing's or a year-to-date milestone's
+/// values, against the series the records imply at that point of the log
+/// (a rank change is checked through the twins).
+fn analyst_milestone_problem(kind: &pb::event::Kind, series: &BTreeMap<String, i128>) -> Option<String> {
+    match kind {
+        pb::event::Kind::GrowthCrossed(g) => {
+            let said = (
+                amount(g.value_after.as_ref()),
+                amount(g.previous_value_after.as_ref()),
+            );
+            let now = (
+                series.get(&g.period).copied(),
+                series.get(&g.previous_period).copied(),
+            );
+            let defined = matches!(now, (Some(_), Some(p)) if p > 0);
+            (said != now && (defined || said != (None, None))).then(|| {
+                format!(
+                    "growth crossing {}: values {said:?}, the records say {now:?}",
+                    g.period
+                )
+            })
+        }
+        pb::event::Kind::YearToDate(y) => {
+            let year = y.year.to_string();
+            let so_far: Option<i128> = series
+                .iter()
+                .filter(|(p, _)| p.starts_with(&year))
+                .map(|(_, v)| *v)
+                .reduce(|a, b| a + b);
+            let said = amount(y.value.as_ref());
+            (said != so_far).then(|| format!("year to date {year}: {said:?}, the records say {so_far:?}"))
+        }
         _ => None,
     }
 }
@@ -652,11 +671,7 @@ fn watch_of(e: &pb::Event) -> Option<&str> {
 /// A milestone without its watch id, to compare a watch with its twin.
 fn anonymous(e: &pb::Event) -> Option<pb::event::Kind> {
     let mut kind = e.kind.clone()?;
-    match &mut kind {
-        pb::event::Kind::ThresholdCrossed(c) => c.watch_id.clear(),
-        pb::event::Kind::RecordHigh(h) => h.watch_id.clear(),
-        pb::event::Kind::RecordStored(_) => return None,
-    }
+    kind.watch_id_mut()?.clear();
     Some(kind)
 }
 
@@ -994,10 +1009,24 @@ struct WatchSpec {
     reporters: Vec<&'static str>,
     partners: Vec<&'static str>,
     monthly: bool,
+    /// Monthly data by month (else by year).
+    by_month: bool,
     thresholds: Vec<i128>,
+    /// The analysts' rules: rank, growth thresholds in percent, year to date.
+    rank: Option<(pb::RankBy, u32)>,
+    growth: Vec<f64>,
+    year_to_date: bool,
 }
 
 impl WatchSpec {
+    fn granularity(&self) -> Granularity {
+        if self.by_month {
+            Granularity::Month
+        } else {
+            Granularity::Year
+        }
+    }
+
     fn uses_group(&self) -> bool {
         self.partners.contains(&GROUP)
     }
@@ -1009,7 +1038,7 @@ impl WatchSpec {
             flows: vec![],
             monthly: self.monthly,
             group_by: vec![Dimension::Period],
-            granularity: Granularity::Year,
+            granularity: self.granularity(),
         }
     }
 
@@ -1019,9 +1048,12 @@ impl WatchSpec {
                 id: self.id.clone(),
                 name: self.name.into(),
                 selector: Some(self.question().to_pb().selector.unwrap()),
-                granularity: Granularity::Year.into(),
+                granularity: self.granularity().into(),
                 thresholds: self.thresholds.iter().map(|t| money(*t)).collect(),
                 record_high: true,
+                rank: self.rank.map(|(by, top)| pb::RankRule { by: by.into(), top }),
+                growth_thresholds_percent: self.growth.clone(),
+                year_to_date: self.year_to_date,
                 ..Default::default()
             }),
             backfill,
@@ -1067,7 +1099,11 @@ fn original_watches() -> Vec<WatchSpec> {
             reporters: vec!["CHN"],
             partners: vec!["CENTRAL_ASIA"],
             monthly: false,
+            by_month: false,
             thresholds: m(&[1.0, 2.0, 2.5, 3.0]),
+            rank: Some((pb::RankBy::Partner, 2)),
+            growth: vec![10.0, 50.0],
+            year_to_date: false,
         },
         WatchSpec {
             id: "grp".into(),
@@ -1075,7 +1111,11 @@ fn original_watches() -> Vec<WatchSpec> {
             reporters: vec!["CHN", "KAZ"],
             partners: vec![GROUP],
             monthly: true,
+            by_month: false,
             thresholds: m(&[0.5, 1.0, 2.0]),
+            rank: Some((pb::RankBy::Reporter, 1)),
+            growth: vec![],
+            year_to_date: false,
         },
         WatchSpec {
             id: "rep".into(),
@@ -1083,7 +1123,11 @@ fn original_watches() -> Vec<WatchSpec> {
             reporters: vec!["CHN"],
             partners: vec![],
             monthly: false,
+            by_month: false,
             thresholds: m(&[2.0, 3.0, 4.0, 5.0]),
+            rank: Some((pb::RankBy::Partner, 3)),
+            growth: vec![0.0],
+            year_to_date: false,
         },
         WatchSpec {
             id: "world".into(),
@@ -1091,7 +1135,23 @@ fn original_watches() -> Vec<WatchSpec> {
             reporters: vec![],
             partners: vec![],
             monthly: false,
+            by_month: false,
             thresholds: m(&[3.0, 5.0, 7.0, 9.0]),
+            rank: Some((pb::RankBy::Reporter, 2)),
+            growth: vec![5.0],
+            year_to_date: false,
+        },
+        WatchSpec {
+            id: "ytd".into(),
+            name: "China's trade, month by month",
+            reporters: vec!["CHN"],
+            partners: vec![],
+            monthly: true,
+            by_month: true,
+            thresholds: m(&[0.1, 0.2]),
+            rank: Some((pb::RankBy::Partner, 1)),
+            growth: vec![0.0, 20.0],
+            year_to_date: true,
         },
     ]
 }
@@ -1297,6 +1357,20 @@ impl Verifier {
                         }
                     }
                 }
+                Some(kind) => {
+                    let id = e.watch_id().unwrap_or_default();
+                    let Some(spec) = self.specs.get(id) else {
+                        problems.push(format!("event {seq}: milestone of unknown watch {id:?}"));
+                        self.log.push(e.clone());
+                        continue;
+                    };
+                    if !spec.uses_group() {
+                        let series = self.series_now(&mut series_cache, spec, &fixed_groups);
+                        if let Some(problem) = analyst_milestone_problem(kind, series) {
+                            problems.push(format!("event {seq}: {id} {problem}"));
+                        }
+                    }
+                }
                 None => problems.push(format!("event {seq} has no kind")),
             }
             self.log.push(e.clone());
@@ -1344,7 +1418,7 @@ impl Verifier {
                     let n = batch.records.len() as u64;
                     let extra = (first + n..=ack_last)
                         .filter_map(|s| self.log.get(s as usize - 1))
-                        .filter(|e| kind_of(e) == pb::EventKind::RecordStored)
+                        .filter(|e| e.kind_code() == pb::EventKind::RecordStored)
                         .count();
                     if extra > 0 || ack_last as usize > self.log.len() {
                         problems.push(format!(
@@ -1888,7 +1962,7 @@ impl Suite {
                 let of = |id: &str| -> Vec<pb::event::Kind> {
                     events
                         .iter()
-                        .filter(|e| watch_of(e) == Some(id))
+                        .filter(|e| e.watch_id() == Some(id))
                         .filter_map(anonymous)
                         .collect()
                 };
@@ -1901,7 +1975,8 @@ impl Suite {
                         o.id
                     ));
                 }
-                let value = series[o.id.as_str()].get(&period[..4]).copied();
+                let label = if o.by_month { *period } else { &period[..4] };
+                let value = series[o.id.as_str()].get(label).copied();
                 let probed = Some(value.unwrap_or(0) + PROBE);
                 let (dir, before, after) = if *put {
                     (pb::Direction::Up, value, probed)
@@ -2018,7 +2093,7 @@ async fn run(rounds: u64) {
         }
         let milestones = suite.verifier.log[head_before as usize..]
             .iter()
-            .filter(|e| kind_of(e) != pb::EventKind::RecordStored)
+            .filter(|e| e.kind_code() != pb::EventKind::RecordStored)
             .count();
         eprintln!(
             "round {round}: killed after {delay} ms; {} writes acknowledged; unacknowledged batches: {landed} \

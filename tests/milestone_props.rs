@@ -89,6 +89,8 @@ const SOURCE: &str = "GACC";
 /// of a dollar (values are in halves too, so sums land on them exactly).
 const VOLUME_THRESHOLDS: [i128; 4] = [6, 13, 20, 28];
 const FLOW_THRESHOLDS: [i128; 3] = [4, 9, 16];
+/// Growth thresholds of the trade-volume watch, in basis points.
+const GROWTH_THRESHOLDS: [i32; 4] = [-5000, 0, 2500, 10000];
 
 // ---------------------------------------------------------------------------
 // Records
@@ -231,6 +233,10 @@ struct WatchSpec {
     /// In nanos, in the order sent.
     thresholds: Vec<i128>,
     record_high: bool,
+    /// A rank rule over the partners: how many places.
+    rank_top: Option<u32>,
+    /// Growth thresholds in basis points, in the order sent.
+    growth: Vec<i32>,
 }
 
 impl WatchSpec {
@@ -250,6 +256,11 @@ impl WatchSpec {
             granularity: pb::Granularity::Year.into(),
             thresholds: self.thresholds.iter().map(|t| usd(*t)).collect(),
             record_high: self.record_high,
+            rank: self.rank_top.map(|top| pb::RankRule {
+                by: pb::RankBy::Partner.into(),
+                top,
+            }),
+            growth_thresholds_percent: self.growth.iter().map(|bp| f64::from(*bp) / 100.0).collect(),
             ..Default::default()
         }
     }
@@ -284,6 +295,45 @@ impl WatchSpec {
         }
         series
     }
+
+    /// The series per partner, from scratch: a partner is in a year when at
+    /// least one of its records counts there.
+    fn members(&self, records: &Records, group: &BTreeSet<&'static str>) -> Members {
+        let mut members = Members::new();
+        for (key, (value, _)) in records {
+            if self.counts(key, records, group) {
+                *members.entry((key.period, key.partner)).or_default() += value;
+            }
+        }
+        members
+    }
+}
+
+/// A series split by partner: (year, partner) → value.
+type Members = BTreeMap<(&'static str, &'static str), i128>;
+
+/// A year's top `top` partners, first place first (by value, then code);
+/// `None` while fewer partners have records.
+fn top_of(members: &Members, period: &str, top: u32) -> Option<Vec<(String, i128)>> {
+    let mut ranked: Vec<(String, i128)> = members
+        .iter()
+        .filter(|((p, _), _)| *p == period)
+        .map(|((_, c), v)| (c.to_string(), *v))
+        .collect();
+    if ranked.len() < top as usize {
+        return None;
+    }
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(top as usize);
+    Some(ranked)
+}
+
+/// A year's value and the year before's, when growth is defined (both have
+/// records, the earlier value is positive).
+fn growth_basis(series: &Series, period: &str) -> Option<(i128, i128)> {
+    let earlier = (period.parse::<u16>().ok()? - 1).to_string();
+    let previous = *series.get(earlier.as_str())?;
+    (previous > 0).then_some((*series.get(period)?, previous))
 }
 
 /// The watch as the model follows it.
@@ -355,6 +405,22 @@ enum Ev {
         previous_value: Option<i128>,
         cause: Cause,
     },
+    Growth {
+        watch: String,
+        period: String,
+        threshold_bp: i32,
+        direction: pb::Direction,
+        /// The year's and the year before's values after the write.
+        after: Option<(i128, i128)>,
+        cause: Cause,
+    },
+    Rank {
+        watch: String,
+        period: String,
+        before: Vec<(String, i128)>,
+        after: Vec<(String, i128)>,
+        cause: Cause,
+    },
 }
 
 impl fmt::Debug for Ev {
@@ -405,6 +471,42 @@ impl fmt::Debug for Ev {
                 show_opt(*previous_value),
                 cause.as_str_name().trim_start_matches("CAUSE_")
             ),
+            Ev::Growth {
+                watch,
+                period,
+                threshold_bp,
+                direction,
+                after,
+                cause,
+            } => write!(
+                f,
+                "Growth   {watch} {period} {} {threshold_bp} bp, now {} over {} {}",
+                direction.as_str_name().trim_start_matches("DIRECTION_"),
+                show_opt(after.map(|a| a.0)),
+                show_opt(after.map(|a| a.1)),
+                cause.as_str_name().trim_start_matches("CAUSE_")
+            ),
+            Ev::Rank {
+                watch,
+                period,
+                before,
+                after,
+                cause,
+            } => {
+                let list = |l: &[(String, i128)]| {
+                    l.iter()
+                        .map(|(c, v)| format!("{c} {}", show(*v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                write!(
+                    f,
+                    "Rank     {watch} {period} [{}] -> [{}] {}",
+                    list(before),
+                    list(after),
+                    cause.as_str_name().trim_start_matches("CAUSE_")
+                )
+            }
         }
     }
 }
@@ -464,6 +566,50 @@ fn got_of(e: &pb::Event) -> Result<Got, String> {
             h.caused_by.clone(),
             h.headline.clone(),
         ),
+        Some(Kind::GrowthCrossed(g)) => {
+            let value = amount(g.value_after.as_ref(), &what("value_after"))?;
+            let previous = amount(g.previous_value_after.as_ref(), &what("previous_value_after"))?;
+            if value.is_some() != g.growth_after_percent.is_some() {
+                return Err(what("growth_after_percent disagrees with value_after"));
+            }
+            (
+                Ev::Growth {
+                    watch: g.watch_id.clone(),
+                    period: g.period.clone(),
+                    threshold_bp: (g.threshold_percent * 100.0).round() as i32,
+                    direction: g.direction(),
+                    after: value.zip(previous),
+                    cause: g.cause(),
+                },
+                Some(g.watch_name.clone()),
+                g.caused_by.clone(),
+                g.headline.clone(),
+            )
+        }
+        Some(Kind::RankChanged(r)) => {
+            let list = |members: &[pb::RankedMember], field: &str| -> Result<Vec<(String, i128)>, String> {
+                members
+                    .iter()
+                    .map(|m| {
+                        let value = amount(m.value.as_ref(), &what(field))?.ok_or_else(|| what(field))?;
+                        Ok((m.country.clone(), value))
+                    })
+                    .collect()
+            };
+            (
+                Ev::Rank {
+                    watch: r.watch_id.clone(),
+                    period: r.period.clone(),
+                    before: list(&r.before, "before")?,
+                    after: list(&r.after, "after")?,
+                    cause: r.cause(),
+                },
+                Some(r.watch_name.clone()),
+                r.caused_by.clone(),
+                r.headline.clone(),
+            )
+        }
+        Some(other) => return Err(format!("event {}: unexpected {other:?}", e.sequence)),
     };
     Ok(Got {
         sequence: e.sequence,
@@ -487,7 +633,14 @@ struct Model {
 impl Model {
     /// The milestones of one watch going from `old` to `new`; moves its
     /// holder.
-    fn milestones(watch: &mut ModelWatch, old: &Series, new: &Series, cause: Cause, out: &mut Vec<Ev>) {
+    fn milestones(
+        watch: &mut ModelWatch,
+        old: &(Series, Members),
+        new: &(Series, Members),
+        cause: Cause,
+        out: &mut Vec<Ev>,
+    ) {
+        let ((old, old_members), (new, new_members)) = (old, new);
         let mut thresholds = watch.spec.thresholds.clone();
         thresholds.sort_unstable();
         let periods: BTreeSet<&'static str> = old.keys().chain(new.keys()).copied().collect();
@@ -533,12 +686,70 @@ impl Model {
             });
         }
         watch.holder = next;
+        let mut growth = watch.spec.growth.clone();
+        growth.sort_unstable();
+        let periods: BTreeSet<&'static str> = old.keys().chain(new.keys()).copied().collect();
+        for &period in &periods {
+            let (before, after) = (growth_basis(old, period), growth_basis(new, period));
+            for &bp in &growth {
+                let at_least =
+                    |b: Option<(i128, i128)>| b.is_some_and(|(v, p)| (v - p) * 10_000 >= i128::from(bp) * p);
+                let (was, is) = (at_least(before), at_least(after));
+                if was != is {
+                    out.push(Ev::Growth {
+                        watch: watch.id.clone(),
+                        period: period.into(),
+                        threshold_bp: bp,
+                        direction: if is {
+                            pb::Direction::Up
+                        } else {
+                            pb::Direction::Down
+                        },
+                        after,
+                        cause,
+                    });
+                }
+            }
+        }
+        if let Some(top) = watch.spec.rank_top {
+            let periods: BTreeSet<&'static str> = old_members
+                .keys()
+                .chain(new_members.keys())
+                .map(|(p, _)| *p)
+                .collect();
+            for period in periods {
+                let (before, after) = (top_of(old_members, period, top), top_of(new_members, period, top));
+                let news = match (&before, &after) {
+                    (None, None) => false,
+                    (Some(a), Some(b)) => {
+                        let set =
+                            |l: &[(String, i128)]| l.iter().map(|(c, _)| c.clone()).collect::<BTreeSet<_>>();
+                        a[0].0 != b[0].0 || set(a) != set(b)
+                    }
+                    _ => true,
+                };
+                if news {
+                    out.push(Ev::Rank {
+                        watch: watch.id.clone(),
+                        period: period.into(),
+                        before: before.unwrap_or_default(),
+                        after: after.unwrap_or_default(),
+                        cause,
+                    });
+                }
+            }
+        }
     }
 
-    fn all_series(&self) -> Vec<Series> {
+    fn all_series(&self) -> Vec<(Series, Members)> {
         self.watches
             .iter()
-            .map(|w| w.spec.series(&self.records, &self.group))
+            .map(|w| {
+                (
+                    w.spec.series(&self.records, &self.group),
+                    w.spec.members(&self.records, &self.group),
+                )
+            })
             .collect()
     }
 
@@ -600,7 +811,7 @@ impl Model {
 
     fn describe(&self) -> String {
         let mut s = format!("group {:?};", self.group);
-        for (w, series) in self.watches.iter().zip(self.all_series()) {
+        for (w, (series, _)) in self.watches.iter().zip(self.all_series()) {
             s += &format!(
                 " {}: {} holder {}",
                 w.id,
@@ -980,7 +1191,10 @@ fn check(model: &Model, applied: &[Applied], events: &[pb::Event], head: u64) ->
     for ((op, ev), g) in expected.iter().zip(&got) {
         let watch = match ev {
             Ev::Stored { .. } => continue,
-            Ev::Crossed { watch, .. } | Ev::High { watch, .. } => watch.as_str(),
+            Ev::Crossed { watch, .. }
+            | Ev::High { watch, .. }
+            | Ev::Growth { watch, .. }
+            | Ev::Rank { watch, .. } => watch.as_str(),
         };
         let a = &applied[*op];
         let spec = &model.watches.iter().find(|w| w.id == watch).unwrap().spec;
@@ -1171,14 +1385,19 @@ fn halves(list: Vec<i128>) -> Vec<i128> {
 
 fn setup_strategy() -> impl Strategy<Value = Setup> {
     // CHN ↔ GRP_A, trade volume, record highs.
-    let volume = subsequence(&VOLUME_THRESHOLDS[..], 1..=2)
-        .prop_shuffle()
-        .prop_map(|t| WatchSpec {
+    let volume = (
+        subsequence(&VOLUME_THRESHOLDS[..], 1..=2).prop_shuffle(),
+        prop::option::weighted(0.7, 1..=3u32),
+        subsequence(&GROWTH_THRESHOLDS[..], 0..=2).prop_shuffle(),
+    )
+        .prop_map(|(t, rank_top, growth)| WatchSpec {
             reporters: vec!["CHN"],
             partners: Partners::Group,
             flows: Vec::new(),
             thresholds: halves(t),
             record_high: true,
+            rank_top,
+            growth,
         });
     // Named flows, over the group or not.
     let flows = (
@@ -1199,6 +1418,8 @@ fn setup_strategy() -> impl Strategy<Value = Setup> {
             flows,
             thresholds: halves(t),
             record_high,
+            rank_top: None,
+            growth: Vec::new(),
         });
     (
         subsequence(&COUNTRIES[..3], 1..=3),
@@ -1268,6 +1489,8 @@ async fn delete_answers_the_sequence_of_the_deletion_event() {
         flows: vec![Flow::Export],
         thresholds: vec![NANOS],
         record_high: false,
+        rank_top: None,
+        growth: Vec::new(),
     };
     ctx.milestones
         .create_watch(common::create(watch.to_pb("exports")))
@@ -1327,6 +1550,8 @@ async fn record_high_cause_does_not_depend_on_the_order_of_a_batch() {
             flows: Vec::new(),
             thresholds: Vec::new(),
             record_high: true,
+            rank_top: None,
+            growth: Vec::new(),
         };
         ctx.milestones
             .create_watch(common::create(watch.to_pb("volume")))
@@ -1383,6 +1608,8 @@ async fn a_year_that_only_ties_is_no_record_high() {
         flows: vec![Flow::Export],
         thresholds: Vec::new(),
         record_high: true,
+        rank_top: None,
+        growth: Vec::new(),
     };
     // Each step is a write; returns the RecordHighs stored.
     async fn highs(

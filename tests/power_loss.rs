@@ -549,7 +549,7 @@ impl Subscriber {
     }
 
     fn wants(&self, e: &pb::Event) -> bool {
-        self.kinds.is_empty() || self.kinds.contains(&kind_of(e))
+        self.kinds.is_empty() || self.kinds.contains(&e.kind_code())
     }
 }
 
@@ -668,31 +668,10 @@ async fn connect_subscriber(sub: &mut Subscriber, addr: &str, log: &[pb::Event],
 // ---------------------------------------------------------------------------
 // Events
 
-fn kind_of(e: &pb::Event) -> pb::EventKind {
-    match &e.kind {
-        Some(pb::event::Kind::RecordStored(_)) => pb::EventKind::RecordStored,
-        Some(pb::event::Kind::ThresholdCrossed(_)) => pb::EventKind::ThresholdCrossed,
-        Some(pb::event::Kind::RecordHigh(_)) => pb::EventKind::RecordHigh,
-        None => pb::EventKind::Unspecified,
-    }
-}
-
-fn watch_of(e: &pb::Event) -> Option<&str> {
-    match &e.kind {
-        Some(pb::event::Kind::ThresholdCrossed(c)) => Some(&c.watch_id),
-        Some(pb::event::Kind::RecordHigh(h)) => Some(&h.watch_id),
-        _ => None,
-    }
-}
-
 /// A milestone without its watch id, to compare a watch with its twin.
 fn anonymous(e: &pb::Event) -> Option<pb::event::Kind> {
     let mut kind = e.kind.clone()?;
-    match &mut kind {
-        pb::event::Kind::ThresholdCrossed(c) => c.watch_id.clear(),
-        pb::event::Kind::RecordHigh(h) => h.watch_id.clear(),
-        pb::event::Kind::RecordStored(_) => return None,
-    }
+    kind.watch_id_mut()?.clear();
     Some(kind)
 }
 
@@ -1017,12 +996,10 @@ impl Verifier {
                         ));
                     }
                 }
-                Some(pb::event::Kind::RecordHigh(h)) => {
-                    if !self.specs.contains_key(&h.watch_id) {
-                        problems.push(format!(
-                            "event {seq}: milestone of unknown watch {:?}",
-                            h.watch_id
-                        ));
+                Some(_) => {
+                    let id = e.watch_id().unwrap_or_default();
+                    if !self.specs.contains_key(id) {
+                        problems.push(format!("event {seq}: milestone of unknown watch {id:?}"));
                     }
                 }
                 None => problems.push(format!("event {seq} has no kind")),
@@ -1072,7 +1049,7 @@ impl Verifier {
                     let n = batch.records.len() as u64;
                     let extra = (first + n..=ack_last)
                         .filter_map(|s| self.log.get(s as usize - 1))
-                        .filter(|e| kind_of(e) == pb::EventKind::RecordStored)
+                        .filter(|e| e.kind_code() == pb::EventKind::RecordStored)
                         .count();
                     if extra > 0 || ack_last as usize > self.log.len() {
                         problems.push(format!(
@@ -1834,7 +1811,7 @@ impl Suite {
                 let of = |id: &str| -> Vec<pb::event::Kind> {
                     events
                         .iter()
-                        .filter(|e| watch_of(e) == Some(id))
+                        .filter(|e| e.watch_id() == Some(id))
                         .filter_map(anonymous)
                         .collect()
                 };

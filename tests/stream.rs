@@ -500,22 +500,6 @@ fn watch(id: &str, partner: &str, threshold: i64) -> pb::Watch {
     }
 }
 
-fn kind_of(e: &pb::Event) -> pb::EventKind {
-    match e.kind.as_ref().expect("an event has a kind") {
-        pb::event::Kind::RecordStored(_) => pb::EventKind::RecordStored,
-        pb::event::Kind::ThresholdCrossed(_) => pb::EventKind::ThresholdCrossed,
-        pb::event::Kind::RecordHigh(_) => pb::EventKind::RecordHigh,
-    }
-}
-
-fn watch_of(e: &pb::Event) -> Option<&str> {
-    match e.kind.as_ref()? {
-        pb::event::Kind::RecordStored(_) => None,
-        pb::event::Kind::ThresholdCrossed(c) => Some(&c.watch_id),
-        pb::event::Kind::RecordHigh(h) => Some(&h.watch_id),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_subscriber_saw_before_sigkill_is_stored_identically() {
     let _gate = GATE.read().await;
@@ -624,7 +608,7 @@ async fn what_a_subscriber_saw_before_sigkill_is_stored_identically() {
         "every event a subscriber saw is stored identically"
     );
     for kind in [pb::EventKind::ThresholdCrossed, pb::EventKind::RecordHigh] {
-        assert!(seen.iter().any(|e| kind_of(e) == kind), "saw a {kind:?}");
+        assert!(seen.iter().any(|e| e.kind_code() == kind), "saw a {kind:?}");
     }
 
     let mut stream = subscribe(
@@ -705,7 +689,8 @@ async fn filters_select_events_and_progress_lets_a_filtered_subscriber_checkpoin
     for w in ["kaz", "uzb"] {
         for kind in [pb::EventKind::ThresholdCrossed, pb::EventKind::RecordHigh] {
             assert!(
-                log.iter().any(|e| kind_of(e) == kind && watch_of(e) == Some(w)),
+                log.iter()
+                    .any(|e| e.kind_code() == kind && e.watch_id() == Some(w)),
                 "the log has a {kind:?} of {w}: {log:#?}"
             );
         }
@@ -723,8 +708,8 @@ async fn filters_select_events_and_progress_lets_a_filtered_subscriber_checkpoin
     for (kinds, watch_ids) in filters {
         let expected: Vec<pb::Event> = log
             .iter()
-            .filter(|e| kinds.is_empty() || kinds.contains(&kind_of(e)))
-            .filter(|e| watch_ids.is_empty() || watch_of(e).is_some_and(|w| watch_ids.contains(&w)))
+            .filter(|e| kinds.is_empty() || kinds.contains(&e.kind_code()))
+            .filter(|e| watch_ids.is_empty() || e.watch_id().is_some_and(|w| watch_ids.contains(&w)))
             .cloned()
             .collect();
         let mut stream = subscribe(

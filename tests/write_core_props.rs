@@ -62,8 +62,8 @@ use tradewatch::api::{MilestoneApi, TradeApi};
 use tradewatch::core::REQUEST_RETAIN_SECS;
 use tradewatch::domain::{
     Action, Command, Commodity, CommodityLevel, CountryCode, Event, Flow, Frequency, Granularity, GroupName,
-    NewWatch, Outcome, PartnerGroup, Party, Period, RawKey, RawRecord, RecordKey, RequestId, RequestTag,
-    Selector, StoredRecord, TradeRecord, WatchDef, WatchId, WatchRules,
+    NewWatch, Outcome, PartnerGroup, Party, Period, RankBy, RankRule, RawKey, RawRecord, RecordKey,
+    RequestId, RequestTag, Selector, StoredRecord, TradeRecord, WatchDef, WatchId, WatchRules,
 };
 use tradewatch::error::Error;
 use tradewatch::pb::milestone_service_server::MilestoneService;
@@ -268,8 +268,26 @@ struct WatchSpec {
     time: usize,
     thresholds: Vec<i64>,
     record_high: bool,
+    rank: Option<RankRule>,
+    /// Basis points; kept only where growth is allowed (annual data, or
+    /// monthly data by month).
+    growth: Vec<i32>,
+    /// Kept only for monthly data by month.
+    year_to_date: bool,
     backfill: bool,
     max_watches: usize,
+}
+
+fn analyst_rules_strategy() -> impl Strategy<Value = (Option<RankRule>, Vec<i32>, bool)> {
+    (
+        prop_oneof![
+            2 => Just(None),
+            1 => (select(&[RankBy::Partner, RankBy::Reporter][..]), 1..=3u32)
+                .prop_map(|(by, top)| Some(RankRule { by, top })),
+        ],
+        subsequence(&[-500, 0, 1000, 2500][..], 0..=2),
+        any::<bool>(),
+    )
 }
 
 fn watch_strategy() -> impl Strategy<Value = WatchSpec> {
@@ -284,6 +302,7 @@ fn watch_strategy() -> impl Strategy<Value = WatchSpec> {
         prop::bool::weighted(0.7),
         any::<bool>(),
         prop_oneof![6 => Just(100), 1 => Just(2), 1 => Just(3)],
+        analyst_rules_strategy(),
     )
         .prop_map(
             |(
@@ -297,6 +316,7 @@ fn watch_strategy() -> impl Strategy<Value = WatchSpec> {
                 record_high,
                 backfill,
                 max_watches,
+                (rank, growth, year_to_date),
             )| {
                 WatchSpec {
                     id,
@@ -308,6 +328,9 @@ fn watch_strategy() -> impl Strategy<Value = WatchSpec> {
                     // A watch needs thresholds, record highs or both.
                     record_high: record_high || thresholds.is_empty(),
                     thresholds,
+                    rank,
+                    growth: if time <= 2 { growth } else { Vec::new() },
+                    year_to_date: year_to_date && time == 2,
                     backfill,
                     max_watches,
                 }
@@ -550,6 +573,9 @@ fn new_watch(spec: &WatchSpec, i: usize) -> NewWatch {
         rules: WatchRules {
             thresholds: spec.thresholds.iter().map(|&t| i128::from(t) * NANOS).collect(),
             record_high: spec.record_high,
+            rank: spec.rank,
+            growth_thresholds: spec.growth.clone(),
+            year_to_date: spec.year_to_date,
         },
         backfill: spec.backfill,
         max_watches: spec.max_watches,
@@ -609,7 +635,8 @@ fn describe(command: &Command) -> String {
         ),
         Action::DeleteGroup(name) => format!("delete group {name}"),
         Action::CreateWatch(w) => format!(
-            "create watch {:?} {} ↔ {} {:?} {:?} {:?}..{:?} {:?} thresholds {:?} high {} backfill {} max {}",
+            "create watch {:?} {} ↔ {} {:?} {:?} {:?}..{:?} {:?} thresholds {:?} high {} rank {:?} growth {:?} ytd {} \
+             backfill {} max {}",
             w.id,
             w.reporters
                 .iter()
@@ -628,6 +655,9 @@ fn describe(command: &Command) -> String {
             w.spec.granularity,
             w.rules.thresholds,
             w.rules.record_high,
+            w.rules.rank,
+            w.rules.growth_thresholds,
+            w.rules.year_to_date,
             w.backfill,
             w.max_watches
         ),

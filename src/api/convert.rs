@@ -4,8 +4,9 @@
 use std::collections::BTreeSet;
 
 use crate::domain::{
-    Cause, CommodityLevel, Direction, Event, EventKind, FieldError, Frequency, GroupName, PartnerGroup,
-    RawKey, RawRecord, RawSelector, RecordKey, Selector, StoredRecord, TradeRecord, WriteOutcome,
+    Cause, CommodityLevel, CountryCode, Direction, Event, EventKind, FieldError, Frequency, GroupName,
+    PartnerGroup, RankBy, RawKey, RawRecord, RawSelector, RecordKey, Selector, StoredRecord, TradeRecord,
+    WriteOutcome, YtdKind,
 };
 use crate::error::{Error, Result, Violation};
 use crate::pb;
@@ -433,6 +434,40 @@ fn amount_to_pb(nanos: Option<i128>, currency: crate::domain::CurrencyCode) -> R
     }))
 }
 
+fn cause_to_pb(cause: Cause) -> pb::Cause {
+    match cause {
+        Cause::NewData => pb::Cause::NewData,
+        Cause::Revision => pb::Cause::Revision,
+        Cause::GroupChange => pb::Cause::GroupChange,
+    }
+}
+
+fn direction_to_pb(direction: Direction) -> pb::Direction {
+    match direction {
+        Direction::Up => pb::Direction::Up,
+        Direction::Down => pb::Direction::Down,
+    }
+}
+
+pub fn rank_by_to_pb(by: RankBy) -> pb::RankBy {
+    match by {
+        RankBy::Partner => pb::RankBy::Partner,
+        RankBy::Reporter => pb::RankBy::Reporter,
+    }
+}
+
+/// The label of the period a year earlier: `2024` for `2025`, `2024-03`
+/// for `2025-03`.
+fn previous_period_label(period: &str) -> String {
+    match period.split_at_checked(4) {
+        Some((year, rest)) => year.parse::<u16>().map_or_else(
+            |_| period.to_owned(),
+            |y| format!("{:04}{rest}", y.saturating_sub(1)),
+        ),
+        None => period.to_owned(),
+    }
+}
+
 /// A stored event as the API shows it.
 pub fn event_to_pb(event: &Event) -> Result<pb::Event> {
     let keys = |caused_by: &[RecordKey]| caused_by.iter().map(key_to_pb).collect();
@@ -459,11 +494,7 @@ pub fn event_to_pb(event: &Event) -> Result<pb::Event> {
                 watch_name: m.watch.name.clone(),
                 period: m.period.clone(),
                 threshold: amount(Some(m.threshold))?,
-                direction: match m.direction {
-                    Direction::Up => pb::Direction::Up,
-                    Direction::Down => pb::Direction::Down,
-                }
-                .into(),
+                direction: direction_to_pb(m.direction).into(),
                 value_before: amount(m.before)?,
                 value_after: amount(m.after)?,
                 caused_by: keys(&m.caused_by),
@@ -485,16 +516,86 @@ pub fn event_to_pb(event: &Event) -> Result<pb::Event> {
                     .map(|(_, v)| amount(*v))
                     .transpose()?
                     .flatten(),
-                cause: match m.cause {
-                    Cause::NewData => pb::Cause::NewData,
-                    Cause::Revision => pb::Cause::Revision,
-                    Cause::GroupChange => pb::Cause::GroupChange,
-                }
-                .into(),
+                cause: cause_to_pb(m.cause).into(),
                 caused_by: keys(&m.caused_by),
                 headline: m.headline.clone(),
             })
         }
+        EventKind::RankChanged(m) => {
+            let ranked = |list: &[(CountryCode, i128)]| -> Result<Vec<pb::RankedMember>> {
+                list.iter()
+                    .map(|(country, value)| {
+                        Ok(pb::RankedMember {
+                            country: country.to_string(),
+                            name: country.name(),
+                            value: amount_to_pb(Some(*value), m.watch.currency)?,
+                        })
+                    })
+                    .collect()
+            };
+            let outside = |list: &[(CountryCode, i128)], other: &[(CountryCode, i128)]| {
+                list.iter()
+                    .filter(|(c, _)| !other.iter().any(|(o, _)| o == c))
+                    .map(|(c, _)| c.to_string())
+                    .collect()
+            };
+            let leader =
+                |list: &[(CountryCode, i128)]| list.first().map(|(c, _)| c.to_string()).unwrap_or_default();
+            pb::event::Kind::RankChanged(pb::RankChanged {
+                watch_id: m.watch.id.to_string(),
+                watch_name: m.watch.name.clone(),
+                period: m.period.clone(),
+                by: rank_by_to_pb(m.by).into(),
+                top: m.top,
+                before: ranked(&m.before)?,
+                after: ranked(&m.after)?,
+                entered: outside(&m.after, &m.before),
+                left: outside(&m.before, &m.after),
+                leader_before: leader(&m.before),
+                leader_after: leader(&m.after),
+                former_leader_value: amount_to_pb(m.former_leader_now, m.watch.currency)?,
+                cause: cause_to_pb(m.cause).into(),
+                caused_by: keys(&m.caused_by),
+                headline: m.headline.clone(),
+            })
+        }
+        EventKind::GrowthCrossed(m) => {
+            let percent = |basis: Option<(i128, i128)>| basis.map(|(v, p)| (v - p) as f64 / p as f64 * 100.0);
+            pb::event::Kind::GrowthCrossed(pb::GrowthCrossed {
+                watch_id: m.watch.id.to_string(),
+                watch_name: m.watch.name.clone(),
+                period: m.period.clone(),
+                previous_period: previous_period_label(&m.period),
+                threshold_percent: f64::from(m.threshold_bp) / 100.0,
+                direction: direction_to_pb(m.direction).into(),
+                growth_before_percent: percent(m.before),
+                growth_after_percent: percent(m.after),
+                value_after: amount_to_pb(m.after.map(|(v, _)| v), m.watch.currency)?,
+                previous_value_after: amount_to_pb(m.after.map(|(_, p)| p), m.watch.currency)?,
+                cause: cause_to_pb(m.cause).into(),
+                caused_by: keys(&m.caused_by),
+                headline: m.headline.clone(),
+            })
+        }
+        EventKind::YearToDate(m) => pb::event::Kind::YearToDate(pb::YearToDate {
+            watch_id: m.watch.id.to_string(),
+            watch_name: m.watch.name.clone(),
+            kind: match m.kind {
+                YtdKind::PassedPreviousYear => pb::YearToDateKind::PassedPreviousYear,
+                YtdKind::RecordHigh => pb::YearToDateKind::RecordHigh,
+            }
+            .into(),
+            direction: direction_to_pb(m.direction).into(),
+            year: u32::from(m.year),
+            through: m.through.clone(),
+            months: m.months.clone(),
+            value: amount_to_pb(m.value, m.watch.currency)?,
+            compared_year: m.compared.map_or(0, |(y, _)| u32::from(y)),
+            compared_value: amount_to_pb(m.compared.map(|(_, v)| v), m.watch.currency)?,
+            cause: cause_to_pb(m.cause).into(),
+            caused_by: keys(&m.caused_by),
+            headline: m.headline.clone(),
+        }),
     };
     Ok(pb::Event {
         sequence: event.sequence,

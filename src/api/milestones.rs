@@ -13,7 +13,10 @@ use tonic::{Request, Response, Status};
 use super::paging::Page;
 use super::{convert, request_id};
 use crate::domain::{Action, Command, Event, EventKind, NewWatch};
-use crate::domain::{CurrencyCode, Granularity, Money, Party, Period, WatchDef, WatchId, WatchRules};
+use crate::domain::{
+    CurrencyCode, Frequency, Granularity, Money, Party, Period, RankBy, RankRule, SeriesSpec, WatchDef,
+    WatchId, WatchRules,
+};
 use crate::error::{Error, Result, Violation};
 use crate::limits::Limits;
 use crate::pb::{self, milestone_service_server::MilestoneService};
@@ -129,10 +132,26 @@ impl MilestoneApi {
                 ),
             ));
         }
-        if watch.thresholds.is_empty() && !watch.record_high {
+        if watch.thresholds.is_empty()
+            && !watch.record_high
+            && watch.rank.is_none()
+            && watch.growth_thresholds_percent.is_empty()
+            && !watch.year_to_date
+        {
             violations.push(Violation::new(
                 "thresholds",
-                "a watch needs thresholds, record_high, or both",
+                "a watch needs at least one rule: thresholds, record_high, rank, growth_thresholds_percent \
+                 or year_to_date",
+            ));
+        }
+        if watch.growth_thresholds_percent.len() > max_thresholds {
+            violations.push(Violation::new(
+                "growth_thresholds_percent",
+                format!(
+                    "{} growth thresholds, more than the limit of {max_thresholds} per watch \
+                     (max_thresholds_per_watch, --max-thresholds-per-watch)",
+                    watch.growth_thresholds_percent.len()
+                ),
             ));
         }
         if !violations.is_empty() {
@@ -144,10 +163,10 @@ impl MilestoneApi {
         let (reporters, partners) = (selector.reporters.clone(), selector.partners.clone());
         let resolved = ResolvedSelector::resolve(&self.store, selector, "selector")?;
         let spec = crate::query::aggregate::series_spec(&resolved, granularity, false)?;
-        let thresholds = parse_thresholds(&watch.thresholds, spec.currency)?;
         let rules = WatchRules {
-            thresholds,
+            thresholds: parse_thresholds(&watch.thresholds, spec.currency)?,
             record_high: watch.record_high,
+            ..parse_analyst_rules(watch, &spec)?
         };
         let watch = NewWatch {
             id,
@@ -209,6 +228,81 @@ fn violations_of(e: Error) -> Vec<Violation> {
         Error::InvalidArgument(v) => v,
         other => vec![Violation::new("", other.to_string())],
     }
+}
+
+/// The rank, growth and year-to-date rules of a watch over `spec`.
+fn parse_analyst_rules(watch: &pb::Watch, spec: &SeriesSpec) -> Result<WatchRules> {
+    let mut violations = Vec::new();
+    let month_by_month = spec.frequency == Frequency::Annual || spec.granularity == Granularity::Month;
+    let rank = watch.rank.as_ref().and_then(|rule| {
+        let by = match pb::RankBy::try_from(rule.by) {
+            Ok(pb::RankBy::Unspecified | pb::RankBy::Partner) => RankBy::Partner,
+            Ok(pb::RankBy::Reporter) => RankBy::Reporter,
+            Err(_) => {
+                violations.push(Violation::new("rank.by", format!("{} is not a RankBy", rule.by)));
+                return None;
+            }
+        };
+        let top = rule.top.max(1);
+        if top > RankRule::MAX_TOP {
+            violations.push(Violation::new(
+                "rank.top",
+                format!(
+                    "{top} places, more than the {} a rank rule can follow",
+                    RankRule::MAX_TOP
+                ),
+            ));
+        }
+        Some(RankRule { by, top })
+    });
+    let mut growth = BTreeSet::new();
+    for (i, percent) in watch.growth_thresholds_percent.iter().enumerate() {
+        let field = format!("growth_thresholds_percent[{i}]");
+        match growth_bp(*percent) {
+            Ok(bp) if !growth.insert(bp) => violations.push(Violation::new(field, "listed twice")),
+            Ok(_) => {}
+            Err(reason) => violations.push(Violation::new(field, reason)),
+        }
+    }
+    if !growth.is_empty() && !month_by_month {
+        violations.push(Violation::new(
+            "growth_thresholds_percent",
+            "on monthly data growth needs granularity GRANULARITY_MONTH: a year or quarter of monthly data \
+             may still be partial, and growth compares like for like only month by month",
+        ));
+    }
+    if watch.year_to_date && !(spec.frequency == Frequency::Monthly && spec.granularity == Granularity::Month)
+    {
+        violations.push(Violation::new(
+            "year_to_date",
+            "year_to_date needs monthly data (selector.frequency FREQUENCY_MONTHLY) and granularity \
+             GRANULARITY_MONTH",
+        ));
+    }
+    if !violations.is_empty() {
+        return Err(Error::InvalidArgument(violations));
+    }
+    Ok(WatchRules {
+        rank,
+        growth_thresholds: growth.into_iter().collect(),
+        year_to_date: watch.year_to_date,
+        ..WatchRules::default()
+    })
+}
+
+/// A growth threshold in percent as basis points: finite, above -100 %, at
+/// most 1,000,000 %, at most two decimals.
+fn growth_bp(percent: f64) -> std::result::Result<i32, String> {
+    if !percent.is_finite() || percent <= -100.0 || percent > 1_000_000.0 {
+        return Err(format!(
+            "{percent} is not a growth threshold: expected a percentage above -100 and at most 1000000"
+        ));
+    }
+    let bp = (percent * 100.0).round();
+    if (percent * 100.0 - bp).abs() > 1e-6 {
+        return Err(format!("{percent}: a growth threshold has at most two decimals"));
+    }
+    Ok(bp as i32)
 }
 
 fn parse_thresholds(thresholds: &[pb::Money], currency: CurrencyCode) -> Result<Vec<i128>> {
@@ -297,6 +391,17 @@ fn watch_to_pb(def: &WatchDef, created_at: prost_types::Timestamp) -> pb::Watch 
         record_high: def.rules.record_high,
         created_at: Some(created_at),
         series: def.describe(),
+        rank: def.rules.rank.map(|rule| pb::RankRule {
+            by: convert::rank_by_to_pb(rule.by).into(),
+            top: rule.top,
+        }),
+        growth_thresholds_percent: def
+            .rules
+            .growth_thresholds
+            .iter()
+            .map(|bp| f64::from(*bp) / 100.0)
+            .collect(),
+        year_to_date: def.rules.year_to_date,
     }
 }
 
@@ -337,6 +442,9 @@ impl EventFilter {
             EventKind::RecordStored(_) => pb::EventKind::RecordStored,
             EventKind::ThresholdCrossed(_) => pb::EventKind::ThresholdCrossed,
             EventKind::RecordHigh(_) => pb::EventKind::RecordHigh,
+            EventKind::RankChanged(_) => pb::EventKind::RankChanged,
+            EventKind::GrowthCrossed(_) => pb::EventKind::GrowthCrossed,
+            EventKind::YearToDate(_) => pb::EventKind::YearToDate,
         };
         let watch = event.kind.watch_id();
         (self.kinds.is_empty() || self.kinds.contains(&(kind as i32)))

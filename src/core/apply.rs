@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use super::volume::{ChangeEffect, Tally};
 use super::{Change, Effect, State, WatchEdit, WatchRuntime};
 use crate::domain::{
-    Action, Bucket, Cause, Command, Event, EventKind, GroupName, GroupWritten, Money, NewWatch, Outcome,
-    PartnerGroup, PutOutcome, RecordDeleted, RecordHigh, RecordKey, RecordStored, SequenceRange,
-    StoredRecord, ThresholdCrossed, TradeRecord, WatchDef, WatchId, WatchRef, WatchWritten, WriteOutcome,
+    Action, Bucket, Cause, Command, CountryCode, Event, EventKind, GroupName, GroupWritten, GrowthCrossed,
+    Money, NewWatch, Outcome, PartnerGroup, PutOutcome, RankChanged, RecordDeleted, RecordHigh, RecordKey,
+    RecordStored, SequenceRange, StoredRecord, ThresholdCrossed, TradeRecord, WatchDef, WatchId, WatchRef,
+    WatchWritten, WriteOutcome, YearToDate,
 };
 use crate::error::{Error, Result};
-use crate::milestones::{self, Milestone, Series};
+use crate::milestones::{self, Milestone, Series, Updates};
 
 /// How long a request id is remembered after its write: a day, far beyond
 /// any client's retries (AIP-155 asks for at least ten minutes).
@@ -119,14 +120,10 @@ impl<S: State> Write<'_, S> {
             def.spec = def
                 .respecify(&groups)
                 .ok_or_else(|| Error::Corrupt(format!("watch {} names a missing group", def.id)))?;
-            let values = self.state.series_values(&def.spec)?;
-            let updates = runtime
-                .series
-                .values
-                .keys()
-                .chain(values.keys())
-                .map(|b| (*b, values.get(b).copied()))
-                .collect();
+            let values = self
+                .state
+                .series_values(&def.spec, def.rules.rank.map(|r| r.by))?;
+            let updates = Updates::replacing(&runtime.series, &values);
             let (series, reached) =
                 milestones::evaluate(&def.rules, &runtime.series, &updates, Cause::GroupChange);
             watches.push(WatchEdit::Followed(self.follow(def, series, &reached, &[])?));
@@ -194,7 +191,9 @@ impl<S: State> Write<'_, S> {
                 def.id
             ))
         })?;
-        let values = self.state.series_values(&def.spec)?;
+        let values = self
+            .state
+            .series_values(&def.spec, def.rules.rank.map(|r| r.by))?;
         let (series, reached) = if watch.backfill {
             milestones::backfill(&def.rules, &values)
         } else {
@@ -340,6 +339,8 @@ impl<S: State> Write<'_, S> {
     fn follow_watches(&mut self, changes: &[Change], effects: &[ChangeEffect]) -> Result<Vec<WatchEdit>> {
         struct Touch {
             deltas: BTreeMap<Bucket, Tally>,
+            /// For a rank rule: the deltas per member.
+            members: BTreeMap<Bucket, BTreeMap<CountryCode, Tally>>,
             keys: Vec<RecordKey>,
             revision: bool,
         }
@@ -356,6 +357,7 @@ impl<S: State> Write<'_, S> {
                 };
                 let touch = touched.entry(id).or_insert_with(|| Touch {
                     deltas: BTreeMap::new(),
+                    members: BTreeMap::new(),
                     keys: Vec::new(),
                     revision: false,
                 });
@@ -364,11 +366,18 @@ impl<S: State> Write<'_, S> {
                 // write hides its effect (a turnover over exports).
                 touch.revision |= change.before.is_some();
                 if delta != Tally::default() {
-                    touch
-                        .deltas
-                        .entry(spec.bucket(change.key.period))
-                        .or_default()
-                        .add(delta);
+                    let bucket = spec.bucket(change.key.period);
+                    touch.deltas.entry(bucket).or_default().add(delta);
+                    if let Some(rule) = watch.def.rules.rank {
+                        let member = rule.by.member(&change.key);
+                        touch
+                            .members
+                            .entry(bucket)
+                            .or_default()
+                            .entry(member)
+                            .or_default()
+                            .add(delta);
+                    }
                     touch.keys.push(change.key);
                 }
             }
@@ -376,15 +385,29 @@ impl<S: State> Write<'_, S> {
         let mut edits = Vec::new();
         for (id, touch) in touched {
             let watch = &watches[id];
-            let updates = touch
+            let moved = |now: Option<&(i128, i64)>, delta: &Tally| {
+                let (nanos, count) = now.copied().unwrap_or_default();
+                let (nanos, count) = (nanos + delta.nanos, count + delta.count);
+                (count > 0).then_some((nanos, count))
+            };
+            let totals = touch
                 .deltas
                 .iter()
-                .map(|(bucket, delta)| {
-                    let (nanos, count) = watch.series.values.get(bucket).copied().unwrap_or_default();
-                    let (nanos, count) = (nanos + delta.nanos, count + delta.count);
-                    (*bucket, (count > 0).then_some((nanos, count)))
+                .map(|(bucket, delta)| (*bucket, moved(watch.series.values.get(bucket), delta)))
+                .collect();
+            let members = touch
+                .members
+                .iter()
+                .map(|(bucket, deltas)| {
+                    let now = watch.series.members.get(bucket);
+                    let moved = deltas
+                        .iter()
+                        .map(|(member, delta)| (*member, moved(now.and_then(|m| m.get(member)), delta)))
+                        .collect();
+                    (*bucket, moved)
                 })
                 .collect();
+            let updates = Updates { totals, members };
             let cause = if touch.revision {
                 Cause::Revision
             } else {
@@ -444,6 +467,64 @@ fn milestone_event(def: &WatchDef, milestone: &Milestone, caused_by: &[RecordKey
             caused_by,
             headline,
         }),
+        Milestone::RankChanged {
+            period,
+            rule,
+            before,
+            after,
+            former_leader_now,
+            cause,
+        } => EventKind::RankChanged(RankChanged {
+            watch,
+            period: period.label(),
+            by: rule.by,
+            top: rule.top,
+            before: before.clone(),
+            after: after.clone(),
+            former_leader_now: *former_leader_now,
+            cause: *cause,
+            caused_by,
+            headline,
+        }),
+        Milestone::GrowthCrossed {
+            period,
+            threshold_bp,
+            direction,
+            before,
+            after,
+            cause,
+        } => EventKind::GrowthCrossed(GrowthCrossed {
+            watch,
+            period: period.label(),
+            threshold_bp: *threshold_bp,
+            direction: *direction,
+            before: *before,
+            after: *after,
+            cause: *cause,
+            caused_by,
+            headline,
+        }),
+        Milestone::YearToDate {
+            kind,
+            direction,
+            year,
+            through,
+            value,
+            compared,
+            cause,
+        } => EventKind::YearToDate(YearToDate {
+            watch,
+            kind: *kind,
+            direction: *direction,
+            year: *year,
+            through: through.label(),
+            months: milestones::months_label(*through),
+            value: *value,
+            compared: *compared,
+            cause: *cause,
+            caused_by,
+            headline,
+        }),
     }
 }
 
@@ -459,8 +540,8 @@ mod tests {
     use crate::core::volume::volume;
     use crate::core::{StoredRequest, Watches};
     use crate::domain::{
-        CommodityFilter, CountryCode, CurrencyCode, Direction, Flow, Frequency, Granularity, Measure, Party,
-        Period, RawKey, RawRecord, RequestId, RequestTag, SeriesSpec, WatchRules,
+        CommodityFilter, CurrencyCode, Direction, Flow, Frequency, Granularity, Measure, Party, Period,
+        RankBy, RawKey, RawRecord, RequestId, RequestTag, SeriesSpec, WatchRules,
     };
 
     /// A store's state as plain maps, changed by applying effects the way
@@ -503,20 +584,32 @@ mod tests {
             Ok(self.created.get(id).copied())
         }
         /// Brute force: every record the series selects, volume per key.
-        fn series_values(&self, spec: &SeriesSpec) -> Result<BTreeMap<Bucket, (i128, i64)>> {
+        fn series_values(&self, spec: &SeriesSpec, split: Option<RankBy>) -> Result<Series> {
             let mut by_key: BTreeMap<RecordKey, [Option<i128>; 3]> = BTreeMap::new();
-            let mut out: BTreeMap<Bucket, (i128, i64)> = BTreeMap::new();
+            let mut out = Series::default();
+            let mut add = |key: &RecordKey, nanos: i128, count: i64| {
+                let bucket = spec.bucket(key.period);
+                let v = out.values.entry(bucket).or_default();
+                v.0 += nanos;
+                v.1 += count;
+                if let Some(by) = split {
+                    let m = out
+                        .members
+                        .entry(bucket)
+                        .or_default()
+                        .entry(by.member(key))
+                        .or_default();
+                    m.0 += nanos;
+                    m.1 += count;
+                }
+            };
             for (key, stored) in &self.records {
                 if !spec.selects(key) {
                     continue;
                 }
                 let value = stored.record.value().nanos();
                 match &spec.measure {
-                    Measure::Flows(flows) if flows.contains(&key.flow) => {
-                        let v = out.entry(spec.bucket(key.period)).or_default();
-                        v.0 += value;
-                        v.1 += 1;
-                    }
+                    Measure::Flows(flows) if flows.contains(&key.flow) => add(key, value, 1),
                     Measure::Flows(_) => {}
                     Measure::Volume => {
                         let slot = match key.flow {
@@ -536,10 +629,12 @@ mod tests {
             }
             for (key, [t, x, m]) in by_key {
                 let tally = volume(t, x, m);
-                let v = out.entry(spec.bucket(key.period)).or_default();
-                v.0 += tally.nanos;
-                v.1 += tally.count;
+                add(&key, tally.nanos, tally.count);
             }
+            out.members.retain(|_, m| {
+                m.retain(|_, v| v.1 > 0);
+                !m.is_empty()
+            });
             Ok(out)
         }
         fn next_watch_number(&self) -> Result<u64> {
@@ -666,6 +761,7 @@ mod tests {
             rules: WatchRules {
                 thresholds: vec![100_000_000_000],
                 record_high: true,
+                ..WatchRules::default()
             },
             backfill,
             max_watches: 3,

@@ -6,9 +6,10 @@ use prost_types::Timestamp;
 
 use super::Watches;
 use crate::domain::{
-    Bucket, GroupName, Outcome, PartnerGroup, RecordKey, RequestId, SeriesSpec, StoredRecord, WatchId,
+    GroupName, Outcome, PartnerGroup, RankBy, RecordKey, RequestId, SeriesSpec, StoredRecord, WatchId,
 };
 use crate::error::Result;
+use crate::milestones::Series;
 
 /// A request id as stored with the outcome of its write.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,8 +37,9 @@ pub trait State {
     /// Every watch with the state of its series.
     fn watches(&self) -> &Watches;
     fn watch_created_at(&self, id: &WatchId) -> Result<Option<Timestamp>>;
-    /// Every period of a series, summed from the stored records.
-    fn series_values(&self, spec: &SeriesSpec) -> Result<BTreeMap<Bucket, (i128, i64)>>;
+    /// Every period of a series, summed from the stored records; with
+    /// `split`, also per partner (or reporter), for a rank rule.
+    fn series_values(&self, spec: &SeriesSpec, split: Option<RankBy>) -> Result<Series>;
     /// Where the search for the next free `w<n>` starts.
     fn next_watch_number(&self) -> Result<u64>;
     /// The write made under a request id, if it is remembered.

@@ -52,6 +52,16 @@ impl CountryCode {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or("???")
     }
+
+    /// The country's name as a headline prints it (`Kazakhstan`); the code
+    /// itself when it has none.
+    pub fn name(&self) -> String {
+        if *self == Self::WORLD {
+            return "the world".to_owned();
+        }
+        celes::Country::from_alpha3(self.as_str())
+            .map_or_else(|_| self.as_str().to_owned(), |c| c.long_name.to_owned())
+    }
 }
 
 /// An ISO 4217 currency code.

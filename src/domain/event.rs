@@ -4,7 +4,7 @@
 
 use prost_types::Timestamp;
 
-use super::{CurrencyCode, RecordKey, StoredRecord, WatchId};
+use super::{CountryCode, CurrencyCode, RankBy, RecordKey, StoredRecord, WatchId};
 
 /// One event of the global sequence.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +21,9 @@ pub enum EventKind {
     RecordStored(RecordStored),
     ThresholdCrossed(ThresholdCrossed),
     RecordHigh(RecordHigh),
+    RankChanged(RankChanged),
+    GrowthCrossed(GrowthCrossed),
+    YearToDate(YearToDate),
 }
 
 impl EventKind {
@@ -30,6 +33,9 @@ impl EventKind {
             EventKind::RecordStored(_) => None,
             EventKind::ThresholdCrossed(m) => Some(&m.watch.id),
             EventKind::RecordHigh(m) => Some(&m.watch.id),
+            EventKind::RankChanged(m) => Some(&m.watch.id),
+            EventKind::GrowthCrossed(m) => Some(&m.watch.id),
+            EventKind::YearToDate(m) => Some(&m.watch.id),
         }
     }
 }
@@ -93,6 +99,77 @@ pub struct RecordHigh {
     /// The period that held the record before (or the highest other), and
     /// its value now.
     pub previous: Option<(String, Option<i128>)>,
+    pub cause: Cause,
+    pub caused_by: Vec<RecordKey>,
+    pub headline: String,
+}
+
+/// A period's top members changed: the top first formed (`before` empty),
+/// a member entered or left it, or the first place changed hands; or it no
+/// longer stands, fewer members having figures (`after` empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankChanged {
+    pub watch: WatchRef,
+    pub period: String,
+    pub by: RankBy,
+    /// How many places the rule ranks.
+    pub top: u32,
+    /// The top before and after, first place first, with each member's
+    /// value (nanos).
+    pub before: Vec<(CountryCode, i128)>,
+    pub after: Vec<(CountryCode, i128)>,
+    /// When first place changed hands: the former leader's value now
+    /// (`None` when it has no records left).
+    pub former_leader_now: Option<i128>,
+    pub cause: Cause,
+    pub caused_by: Vec<RecordKey>,
+    pub headline: String,
+}
+
+/// Year-on-year growth of a period crossed a threshold. Growth is `value /
+/// previous - 1`, defined when both periods have records and the earlier
+/// value is positive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrowthCrossed {
+    pub watch: WatchRef,
+    pub period: String,
+    /// Basis points: `1000` is +10 %.
+    pub threshold_bp: i32,
+    pub direction: Direction,
+    /// The period's value and the year-earlier value, before and after the
+    /// write; `None` when growth was (is) not defined.
+    pub before: Option<(i128, i128)>,
+    pub after: Option<(i128, i128)>,
+    pub cause: Cause,
+    pub caused_by: Vec<RecordKey>,
+    pub headline: String,
+}
+
+/// Which year-to-date comparison a [`YearToDate`] milestone is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YtdKind {
+    /// The year so far against the whole previous year.
+    PassedPreviousYear,
+    /// The year so far against the same months of every earlier year.
+    RecordHigh,
+}
+
+/// A year-to-date comparison turned (up) or stopped holding (down).
+#[derive(Debug, Clone, PartialEq)]
+pub struct YearToDate {
+    pub watch: WatchRef,
+    pub kind: YtdKind,
+    pub direction: Direction,
+    /// The year, and the last period of it with records (`2025-11`).
+    pub year: u16,
+    pub through: String,
+    /// The months summed, as people say them: `January–November`.
+    pub months: String,
+    /// The year's total so far; `None` when it has no records left.
+    pub value: Option<i128>,
+    /// What it is compared with: the previous year and its whole total, or
+    /// the earlier year highest over the same months and that sum.
+    pub compared: Option<(u16, i128)>,
     pub cause: Cause,
     pub caused_by: Vec<RecordKey>,
     pub headline: String,

@@ -19,7 +19,10 @@ pub use command::{
     Action, Command, GroupWritten, NewWatch, Outcome, PutOutcome, RecordDeleted, SequenceRange, WatchWritten,
 };
 pub use commodity::{Commodity, CommodityLevel};
-pub use event::{Cause, Direction, Event, EventKind, RecordHigh, RecordStored, ThresholdCrossed, WatchRef};
+pub use event::{
+    Cause, Direction, Event, EventKind, GrowthCrossed, RankChanged, RecordHigh, RecordStored,
+    ThresholdCrossed, WatchRef, YearToDate, YtdKind,
+};
 pub use group::{GroupName, PartnerGroup};
 pub use money::Money;
 pub use period::{Frequency, Period};
@@ -27,7 +30,7 @@ pub use record::{FieldError, Flow, RawKey, RawRecord, RecordKey, StoredRecord, T
 pub use request::{RequestId, RequestTag};
 pub use selector::{RawSelector, Selector};
 pub use series::{Bucket, CommodityFilter, Granularity, Measure, SeriesSpec};
-pub use watch::{WatchDef, WatchId, WatchRules};
+pub use watch::{RankBy, RankRule, WatchDef, WatchId, WatchRules};
 
 /// Why a value could not be parsed: a sentence for the caller, without the
 /// field name (the api layer knows where the value came from).

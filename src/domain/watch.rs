@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::{CountryCode, GroupName, Invalid, Measure, PartnerGroup, Party, SeriesSpec};
+use super::{CountryCode, GroupName, Invalid, Measure, PartnerGroup, Party, RecordKey, SeriesSpec};
 
 /// `[a-z0-9][a-z0-9_-]{0,62}`; the server assigns `w1`, `w2`… when a
 /// watch is created without one.
@@ -49,11 +49,74 @@ impl fmt::Debug for WatchId {
 }
 
 /// What a watch looks for in its series.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WatchRules {
     /// Amounts in nanos of the series' currency, each > 0, ascending.
     pub thresholds: Vec<i128>,
     pub record_high: bool,
+    /// Who leads each period, when the series is split by partner or
+    /// reporter.
+    pub rank: Option<RankRule>,
+    /// Year-on-year growth thresholds in basis points (`1000`: +10 %), each
+    /// above -100 %, ascending.
+    pub growth_thresholds: Vec<i32>,
+    /// On monthly data: the running year-to-date total passing the whole
+    /// previous year, and year-to-date record highs over the same months.
+    pub year_to_date: bool,
+}
+
+impl WatchRules {
+    /// Whether the watch looks for anything at all.
+    pub fn is_empty(&self) -> bool {
+        self.thresholds.is_empty()
+            && !self.record_high
+            && self.rank.is_none()
+            && self.growth_thresholds.is_empty()
+            && !self.year_to_date
+    }
+
+    /// Whether a rule beyond thresholds and record highs is set: commands
+    /// carrying one need a reader that knows them.
+    pub fn uses_analyst_rules(&self) -> bool {
+        self.rank.is_some() || !self.growth_thresholds.is_empty() || self.year_to_date
+    }
+}
+
+/// The countries a rank rule orders within each period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RankBy {
+    Partner,
+    Reporter,
+}
+
+impl RankBy {
+    /// `partner`, `reporter`: as a headline says it.
+    pub fn noun(self) -> &'static str {
+        match self {
+            RankBy::Partner => "partner",
+            RankBy::Reporter => "reporter",
+        }
+    }
+
+    /// The member a record belongs to.
+    pub fn member(self, key: &RecordKey) -> CountryCode {
+        match self {
+            RankBy::Partner => key.partner,
+            RankBy::Reporter => key.reporter,
+        }
+    }
+}
+
+/// A period's top `top` members, by value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RankRule {
+    pub by: RankBy,
+    /// 1 to [`RankRule::MAX_TOP`].
+    pub top: u32,
+}
+
+impl RankRule {
+    pub const MAX_TOP: u32 = 50;
 }
 
 /// A watch as defined: the parties as named (groups kept, so that a group

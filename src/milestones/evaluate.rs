@@ -1,24 +1,104 @@
 //! Old state + change → new state + events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::domain::{Bucket, WatchRules};
+use crate::domain::{Bucket, CountryCode, RankRule, WatchRules, YtdKind};
 pub use crate::domain::{Cause, Direction};
 
+/// A period's value and how many records it sums.
+pub type Tally = (i128, i64);
+
 /// The state of a watched series: each period's value and how many records
-/// it sums (periods without records are absent), and the period holding the
-/// record.
+/// it sums (periods without records are absent), the period holding the
+/// record and, for a rank rule, each period's value per member.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Series {
-    pub values: BTreeMap<Bucket, (i128, i64)>,
+    pub values: BTreeMap<Bucket, Tally>,
     pub holder: Option<Bucket>,
+    /// With a rank rule: per period, the value of each partner (or
+    /// reporter) with records. Empty otherwise.
+    pub members: BTreeMap<Bucket, BTreeMap<CountryCode, Tally>>,
 }
 
 impl Series {
     pub fn value(&self, bucket: &Bucket) -> Option<i128> {
         self.values.get(bucket).map(|(v, _)| *v)
     }
+
+    /// The state after `updates`, the record holder aside.
+    fn updated(&self, updates: &Updates) -> Series {
+        let mut next = self.clone();
+        for (bucket, update) in &updates.totals {
+            match update {
+                Some(v) if v.1 > 0 => {
+                    next.values.insert(*bucket, *v);
+                }
+                _ => {
+                    next.values.remove(bucket);
+                }
+            }
+        }
+        for (bucket, members) in &updates.members {
+            let slot = next.members.entry(*bucket).or_default();
+            for (member, update) in members {
+                match update {
+                    Some(v) if v.1 > 0 => {
+                        slot.insert(*member, *v);
+                    }
+                    _ => {
+                        slot.remove(member);
+                    }
+                }
+            }
+            if slot.is_empty() {
+                next.members.remove(bucket);
+            }
+        }
+        next
+    }
 }
+
+/// New values for some periods (`None`: no records any more): the totals
+/// and, for a rank rule, the members they touch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Updates {
+    pub totals: BTreeMap<Bucket, Option<Tally>>,
+    pub members: BTreeMap<Bucket, BTreeMap<CountryCode, Option<Tally>>>,
+}
+
+impl Updates {
+    /// Every period and member of `old` and `new`, at its value in `new`:
+    /// what replacing one series with another changes.
+    pub fn replacing(old: &Series, new: &Series) -> Updates {
+        let totals = old
+            .values
+            .keys()
+            .chain(new.values.keys())
+            .map(|b| (*b, new.values.get(b).copied()))
+            .collect();
+        let mut members: BTreeMap<Bucket, BTreeMap<CountryCode, Option<Tally>>> = BTreeMap::new();
+        for (bucket, set) in old.members.iter().chain(&new.members) {
+            let slot = members.entry(*bucket).or_default();
+            for member in set.keys() {
+                let value = new.members.get(bucket).and_then(|m| m.get(member)).copied();
+                slot.insert(*member, value);
+            }
+        }
+        Updates { totals, members }
+    }
+}
+
+impl From<BTreeMap<Bucket, Option<Tally>>> for Updates {
+    fn from(totals: BTreeMap<Bucket, Option<Tally>>) -> Updates {
+        Updates {
+            totals,
+            members: BTreeMap::new(),
+        }
+    }
+}
+
+/// A member of a ranking and its value.
+pub type Ranked = (CountryCode, i128);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Milestone {
@@ -37,29 +117,52 @@ pub enum Milestone {
         previous: Option<(Bucket, Option<i128>)>,
         cause: Cause,
     },
+    /// A period's top formed (`before` empty), changed members or leader,
+    /// or no longer stands (`after` empty).
+    RankChanged {
+        period: Bucket,
+        rule: RankRule,
+        before: Vec<Ranked>,
+        after: Vec<Ranked>,
+        /// When first place changed hands, the former leader's value now.
+        former_leader_now: Option<i128>,
+        cause: Cause,
+    },
+    GrowthCrossed {
+        period: Bucket,
+        threshold_bp: i32,
+        direction: Direction,
+        /// The period's value and the year-earlier value, when growth is
+        /// defined.
+        before: Option<(i128, i128)>,
+        after: Option<(i128, i128)>,
+        cause: Cause,
+    },
+    YearToDate {
+        kind: YtdKind,
+        direction: Direction,
+        year: u16,
+        /// The year's last period with records (after the write, or before
+        /// it when none is left).
+        through: Bucket,
+        value: Option<i128>,
+        compared: Option<(u16, i128)>,
+        cause: Cause,
+    },
 }
 
-/// Applies new values (`None`: no records any more) for some periods and
-/// returns the new state and the milestones the change reached.
+/// Applies new values for some periods and returns the new state and the
+/// milestones the change reached: threshold crossings, a record high,
+/// growth crossings, rank changes, year-to-date comparisons, in that order.
 pub fn evaluate(
     rules: &WatchRules,
     state: &Series,
-    updates: &BTreeMap<Bucket, Option<(i128, i64)>>,
+    updates: &Updates,
     cause: Cause,
 ) -> (Series, Vec<Milestone>) {
-    let mut next = state.clone();
-    for (bucket, update) in updates {
-        match update {
-            Some(v) if v.1 > 0 => {
-                next.values.insert(*bucket, *v);
-            }
-            _ => {
-                next.values.remove(bucket);
-            }
-        }
-    }
+    let mut next = state.updated(updates);
     let mut events = Vec::new();
-    for bucket in updates.keys() {
+    for bucket in updates.totals.keys() {
         let (before, after) = (state.value(bucket), next.value(bucket));
         if before == after {
             continue;
@@ -97,6 +200,22 @@ pub fn evaluate(
             cause,
         });
     }
+    if !rules.growth_thresholds.is_empty() {
+        growth_crossings(
+            &rules.growth_thresholds,
+            state,
+            &next,
+            updates,
+            cause,
+            &mut events,
+        );
+    }
+    if let Some(rule) = rules.rank {
+        rank_changes(rule, state, &next, updates, cause, &mut events);
+    }
+    if rules.year_to_date {
+        year_to_date(state, &next, cause, &mut events);
+    }
     (next, events)
 }
 
@@ -129,20 +248,218 @@ fn runner_up(series: &Series, holder: Bucket) -> Option<Bucket> {
         .map(|(b, _)| b)
 }
 
+/// A period's value and the year-earlier value, when year-on-year growth is
+/// defined: both have records and the earlier value is positive. Like
+/// `Aggregate`'s growth, months compare with the same month a year earlier.
+pub fn growth_basis(series: &Series, bucket: &Bucket) -> Option<(i128, i128)> {
+    let value = series.value(bucket)?;
+    let earlier = bucket.year_earlier();
+    let previous = series.value(&earlier).filter(|p| *p > 0 && earlier != *bucket)?;
+    Some((value, previous))
+}
+
+/// Whether growth is at least `bp` basis points: `value / previous - 1 ≥
+/// bp / 10 000`, in exact integers.
+fn grown_by(basis: Option<(i128, i128)>, bp: i32) -> bool {
+    basis.is_some_and(|(value, previous)| (value - previous) * 10_000 >= i128::from(bp) * previous)
+}
+
+/// A period's growth moves when it or the year before it changes.
+fn growth_crossings(
+    thresholds: &[i32],
+    state: &Series,
+    next: &Series,
+    updates: &Updates,
+    cause: Cause,
+    events: &mut Vec<Milestone>,
+) {
+    let touched: BTreeSet<Bucket> = updates
+        .totals
+        .keys()
+        .flat_map(|b| {
+            let later = Bucket {
+                year: b.year.saturating_add(1),
+                ..*b
+            };
+            [*b, later]
+        })
+        .collect();
+    for period in touched {
+        let (before, after) = (growth_basis(state, &period), growth_basis(next, &period));
+        if before == after {
+            continue;
+        }
+        for &threshold_bp in thresholds {
+            let (was, is) = (grown_by(before, threshold_bp), grown_by(after, threshold_bp));
+            if was != is {
+                events.push(Milestone::GrowthCrossed {
+                    period,
+                    threshold_bp,
+                    direction: if is { Direction::Up } else { Direction::Down },
+                    before,
+                    after,
+                    cause,
+                });
+            }
+        }
+    }
+}
+
+/// A period's top `rule.top` members, first place first: by value, then by
+/// code on a tie. `None` while fewer members have records.
+pub fn top(series: &Series, period: &Bucket, rule: RankRule) -> Option<Vec<Ranked>> {
+    let members = series.members.get(period)?;
+    let n = usize::try_from(rule.top).unwrap_or(usize::MAX);
+    if members.len() < n {
+        return None;
+    }
+    let mut ranked: Vec<Ranked> = members.iter().map(|(c, (v, _))| (*c, *v)).collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(n);
+    Some(ranked)
+}
+
+/// A top is news when it forms, stops standing, changes members, or changes
+/// its leader; an order change below first place is not.
+fn rank_changes(
+    rule: RankRule,
+    state: &Series,
+    next: &Series,
+    updates: &Updates,
+    cause: Cause,
+    events: &mut Vec<Milestone>,
+) {
+    for period in updates.members.keys() {
+        let (before, after) = (top(state, period, rule), top(next, period, rule));
+        let news = match (&before, &after) {
+            (None, None) => false,
+            (Some(a), Some(b)) => {
+                let members = |list: &[Ranked]| list.iter().map(|(c, _)| *c).collect::<BTreeSet<_>>();
+                a[0].0 != b[0].0 || members(a) != members(b)
+            }
+            _ => true,
+        };
+        if news {
+            let (before, after) = (before.unwrap_or_default(), after.unwrap_or_default());
+            let former_leader_now = match (before.first(), after.first()) {
+                (Some((old, _)), Some((new, _))) if old != new => {
+                    next.members.get(period).and_then(|m| m.get(old)).map(|(v, _)| *v)
+                }
+                _ => None,
+            };
+            events.push(Milestone::RankChanged {
+                period: *period,
+                rule,
+                before,
+                after,
+                former_leader_now,
+                cause,
+            });
+        }
+    }
+}
+
+/// A year's periods with records: its total so far and its last period.
+fn years(series: &Series) -> BTreeMap<u16, (i128, Bucket)> {
+    let mut out: BTreeMap<u16, (i128, Bucket)> = BTreeMap::new();
+    for (bucket, (value, _)) in &series.values {
+        let slot = out.entry(bucket.year).or_insert((0, *bucket));
+        slot.0 += value;
+        slot.1 = *bucket;
+    }
+    out
+}
+
+/// The sum of a year's periods up to the same point of the year as
+/// `through`; `None` when it has none.
+fn same_periods(series: &Series, year: u16, through: Bucket) -> Option<i128> {
+    let from = Bucket {
+        year,
+        sub: 0,
+        ..through
+    };
+    let to = Bucket { year, ..through };
+    let mut values = series.values.range(from..=to).map(|(_, (v, _))| *v).peekable();
+    values.peek()?;
+    Some(values.sum())
+}
+
+/// Whether `year` so far holds each year-to-date comparison, and what it is
+/// compared with.
+fn ytd_status(series: &Series, year: u16, kind: YtdKind) -> (bool, Option<(u16, i128)>) {
+    let all = years(series);
+    let Some(&(so_far, through)) = all.get(&year) else {
+        return (false, None);
+    };
+    match kind {
+        YtdKind::PassedPreviousYear => {
+            let previous = year
+                .checked_sub(1)
+                .and_then(|y| all.get(&y).map(|(total, _)| (y, *total)));
+            (previous.is_some_and(|(_, total)| so_far > total), previous)
+        }
+        YtdKind::RecordHigh => {
+            let best = all
+                .range(..year)
+                .filter_map(|(y, _)| same_periods(series, *y, through).map(|v| (*y, v)))
+                .fold(None::<(u16, i128)>, |best, (y, v)| match best {
+                    Some((_, bv)) if bv >= v => best,
+                    _ => Some((y, v)),
+                });
+            (best.is_some_and(|(_, v)| so_far > v), best)
+        }
+    }
+}
+
+/// Each year whose year-to-date comparisons changed, the previous year's
+/// first.
+fn year_to_date(state: &Series, next: &Series, cause: Cause, events: &mut Vec<Milestone>) {
+    let (old, new) = (years(state), years(next));
+    let all: BTreeSet<u16> = old.keys().chain(new.keys()).copied().collect();
+    for year in all {
+        let Some(&(_, through)) = new.get(&year).or_else(|| old.get(&year)) else {
+            continue;
+        };
+        for kind in [YtdKind::PassedPreviousYear, YtdKind::RecordHigh] {
+            let (was, _) = ytd_status(state, year, kind);
+            let (is, compared) = ytd_status(next, year, kind);
+            if was != is {
+                events.push(Milestone::YearToDate {
+                    kind,
+                    direction: if is { Direction::Up } else { Direction::Down },
+                    year,
+                    through,
+                    value: new.get(&year).map(|(v, _)| *v),
+                    compared,
+                    cause,
+                });
+            }
+        }
+    }
+}
+
 /// Arms a watch over existing data silently: the state, no events.
-pub fn arm(values: BTreeMap<Bucket, (i128, i64)>) -> Series {
-    let mut series = Series { values, holder: None };
+pub fn arm(mut series: Series) -> Series {
     series.holder = holder(&series, None);
     series
 }
 
 /// The events existing data implies, as if its periods had arrived in
 /// order; returns the same state as [`arm`].
-pub fn backfill(rules: &WatchRules, values: &BTreeMap<Bucket, (i128, i64)>) -> (Series, Vec<Milestone>) {
+pub fn backfill(rules: &WatchRules, values: &Series) -> (Series, Vec<Milestone>) {
     let mut state = Series::default();
     let mut events = Vec::new();
-    for (bucket, value) in values {
-        let (next, mut reached) = evaluate(rules, &state, &[(*bucket, Some(*value))].into(), Cause::NewData);
+    for (bucket, value) in &values.values {
+        let members = values
+            .members
+            .get(bucket)
+            .map(|m| [(*bucket, m.iter().map(|(c, v)| (*c, Some(*v))).collect())].into())
+            .unwrap_or_default();
+        let updates = Updates {
+            totals: [(*bucket, Some(*value))].into(),
+            members,
+        };
+        let (next, mut reached) = evaluate(rules, &state, &updates, Cause::NewData);
         events.append(&mut reached);
         state = next;
     }
@@ -164,6 +481,7 @@ mod tests {
         WatchRules {
             thresholds: vec![100 * BN],
             record_high: true,
+            ..WatchRules::default()
         }
     }
 
@@ -173,7 +491,12 @@ mod tests {
         } else {
             Cause::NewData
         };
-        evaluate(&rules(), state, &[(year(y), Some((v, 1)))].into(), cause)
+        evaluate(
+            &rules(),
+            state,
+            &BTreeMap::from([(year(y), Some((v, 1)))]).into(),
+            cause,
+        )
     }
 
     #[test]
@@ -232,14 +555,19 @@ mod tests {
         assert!(
             matches!(e.as_slice(), [Milestone::RecordHigh { period, cause: Cause::Revision, .. }] if *period == year(2024))
         );
-        let (s, e) = evaluate(&rules(), &s, &[(year(2024), None)].into(), Cause::Revision);
+        let (s, e) = evaluate(
+            &rules(),
+            &s,
+            &BTreeMap::from([(year(2024), None)]).into(),
+            Cause::Revision,
+        );
         assert!(e.is_empty(), "a single remaining period has no record to beat");
         assert_eq!(s.holder, Some(year(2023)));
     }
 
     #[test]
     fn a_tie_nobody_held_is_no_record() {
-        let both = [(year(2023), Some((10, 1))), (year(2024), Some((10, 1)))].into();
+        let both = BTreeMap::from([(year(2023), Some((10, 1))), (year(2024), Some((10, 1)))]).into();
         let (s, e) = evaluate(&rules(), &Series::default(), &both, Cause::NewData);
         assert!(e.is_empty());
         assert_eq!(s.holder, None);
@@ -250,12 +578,15 @@ mod tests {
 
     #[test]
     fn backfill_replays_periods_in_order() {
-        let values = [
-            (year(2023), (89 * BN, 5)),
-            (year(2024), (94 * BN, 5)),
-            (year(2025), (106 * BN, 5)),
-        ]
-        .into();
+        let values = Series {
+            values: [
+                (year(2023), (89 * BN, 5)),
+                (year(2024), (94 * BN, 5)),
+                (year(2025), (106 * BN, 5)),
+            ]
+            .into(),
+            ..Series::default()
+        };
         let (state, events) = backfill(&rules(), &values);
         assert_eq!(state, arm(values));
         let highs = events

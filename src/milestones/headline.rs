@@ -1,7 +1,7 @@
 //! Headlines a newsroom could print.
 
-use super::{Cause, Direction, Milestone};
-use crate::domain::CurrencyCode;
+use super::{Cause, Direction, Milestone, Ranked};
+use crate::domain::{Bucket, CurrencyCode, Granularity, RankRule, YtdKind};
 
 const NANOS: i128 = 1_000_000_000;
 
@@ -73,13 +73,236 @@ pub fn headline(name: &str, series: &str, currency: CurrencyCode, milestone: &Mi
                 Some((p, None)) => text.push_str(&format!(", taking the record from {}", p.label())),
                 None => {}
             }
-            match cause {
-                Cause::NewData => {}
-                Cause::Revision => text.push_str(" (after a revision)"),
-                Cause::GroupChange => text.push_str(" (after a change of partner group)"),
-            }
+            text.push_str(because(*cause));
             text
         }
+        Milestone::RankChanged {
+            period,
+            rule,
+            before,
+            after,
+            former_leader_now,
+            cause,
+        } => format!(
+            "{name} ({series}): {}{}",
+            rank_news(*rule, &period.label(), before, after, *former_leader_now, &value),
+            because(*cause)
+        ),
+        Milestone::GrowthCrossed {
+            period,
+            threshold_bp,
+            direction,
+            after,
+            cause,
+            ..
+        } => {
+            let earlier = period.year_earlier().label();
+            let crossing = match direction {
+                Direction::Up => "crossing",
+                Direction::Down => "back below",
+            };
+            let growth = match after {
+                Some((v, p)) => format!(
+                    "growth of {} in {} over {earlier}",
+                    growth_percent(*v, *p),
+                    period.label()
+                ),
+                None => format!("no growth figure for {} over {earlier} any more", period.label()),
+            };
+            format!(
+                "{name} ({series}): {growth}, {crossing} {}{}",
+                format_bp(*threshold_bp),
+                because(*cause)
+            )
+        }
+        Milestone::YearToDate {
+            kind,
+            direction,
+            year,
+            through,
+            value: so_far,
+            compared,
+            cause,
+        } => {
+            let span = year_span(*year, *through);
+            let against = |other: &str| match (so_far, compared) {
+                (Some(v), Some((_, c))) => {
+                    format!(", {} against {other}'s {}", value(Some(*v)), value(Some(*c)))
+                }
+                _ => String::new(),
+            };
+            let news = match (kind, direction, compared) {
+                (YtdKind::PassedPreviousYear, Direction::Up, Some((y, _))) => {
+                    format!("{span} already exceeds all of {y}{}", against(&y.to_string()))
+                }
+                (YtdKind::PassedPreviousYear, _, Some((y, _))) => {
+                    format!("{span} no longer exceeds all of {y}{}", against(&y.to_string()))
+                }
+                (YtdKind::PassedPreviousYear, _, None) => {
+                    format!("{span} no longer compares with a previous year")
+                }
+                (YtdKind::RecordHigh, Direction::Up, _) => {
+                    let best = compared.map(|(y, _)| against(&year_span(y, *through)));
+                    format!(
+                        "{span} is the highest {} on record{}",
+                        months_label(*through),
+                        best.unwrap_or_default()
+                    )
+                }
+                (YtdKind::RecordHigh, Direction::Down, _) => {
+                    let best = compared.map(|(y, _)| against(&year_span(y, *through)));
+                    format!(
+                        "{span} is no longer the highest {} on record{}",
+                        months_label(*through),
+                        best.unwrap_or_default()
+                    )
+                }
+            };
+            format!("{name} ({series}): {news}{}", because(*cause))
+        }
+    }
+}
+
+/// What a milestone's cause adds to its headline.
+fn because(cause: Cause) -> &'static str {
+    match cause {
+        Cause::NewData => "",
+        Cause::Revision => " (after a revision)",
+        Cause::GroupChange => " (after a change of partner group)",
+    }
+}
+
+/// What changed in a period's top, in words.
+fn rank_news(
+    rule: RankRule,
+    period: &str,
+    before: &[Ranked],
+    after: &[Ranked],
+    former_leader_now: Option<i128>,
+    value: &dyn Fn(Option<i128>) -> String,
+) -> String {
+    let noun = rule.by.noun();
+    let named = |(c, v): &Ranked| format!("{} ({})", c.name(), value(Some(*v)));
+    let (Some(old_first), Some(new_first)) = (before.first(), after.first()) else {
+        return match (after, rule.top) {
+            ([first], 1) => format!(
+                "{} is the largest {noun} in {period}, with {}",
+                first.0.name(),
+                value(Some(first.1))
+            ),
+            ([], 1) => format!("no {noun} has figures for {period} any more"),
+            ([], n) => {
+                format!("fewer than {n} {noun}s have figures for {period} now; the top {n} no longer stands")
+            }
+            (list, n) => format!(
+                "the top {n} {noun}s in {period} are {}",
+                list.iter().map(named).collect::<Vec<_>>().join(", ")
+            ),
+        };
+    };
+    let mut parts = Vec::new();
+    if old_first.0 != new_first.0 {
+        parts.push(match former_leader_now {
+            Some(v) => format!(
+                "{} overtook {} as the largest {noun} in {period}, {} against {}",
+                new_first.0.name(),
+                old_first.0.name(),
+                value(Some(new_first.1)),
+                value(Some(v))
+            ),
+            None => format!(
+                "{} took first place among {noun}s in {period} from {}, with {}",
+                new_first.0.name(),
+                old_first.0.name(),
+                value(Some(new_first.1))
+            ),
+        });
+    }
+    let names = |from: &[Ranked], without: &[Ranked]| {
+        from.iter()
+            .filter(|(c, _)| !without.iter().any(|(o, _)| o == c))
+            .map(|(c, _)| c.name())
+            .collect::<Vec<_>>()
+    };
+    let (entered, left) = (names(after, before), names(before, after));
+    if rule.top > 1 && !entered.is_empty() {
+        let top = format!("the top {} {noun}s", rule.top);
+        let place = if parts.is_empty() {
+            format!("{top} in {period}")
+        } else {
+            top
+        };
+        parts.push(format!(
+            "{} entered {place}, {} left",
+            entered.join(" and "),
+            left.join(" and ")
+        ));
+    }
+    parts.join("; ")
+}
+
+/// `+12.1 %`: growth of `value` over `previous`, one decimal.
+fn growth_percent(value: i128, previous: i128) -> String {
+    let percent = (value - previous) as f64 / previous as f64 * 100.0;
+    format!("{percent:+.1} %")
+}
+
+/// `+10 %`, `-2.5 %`: a threshold in basis points.
+pub fn format_bp(bp: i32) -> String {
+    let sign = if bp < 0 { '-' } else { '+' };
+    let (whole, hundredths) = (bp.unsigned_abs() / 100, bp.unsigned_abs() % 100);
+    if hundredths == 0 {
+        format!("{sign}{whole} %")
+    } else {
+        let decimals = format!("{hundredths:02}");
+        format!("{sign}{whole}.{} %", decimals.trim_end_matches('0'))
+    }
+}
+
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+/// The periods of a year up to `through`, as people say them:
+/// `January–November`, `January`, `Q1–Q3`; empty for a whole year.
+pub fn months_label(through: Bucket) -> String {
+    let name = |sub: u8| match through.granularity {
+        Granularity::Month => MONTHS
+            .get(usize::from(sub).wrapping_sub(1))
+            .map_or(String::new(), |m| (*m).to_owned()),
+        Granularity::Quarter => format!("Q{sub}"),
+        Granularity::Year => String::new(),
+    };
+    match through.sub {
+        0 => String::new(),
+        1 => name(1),
+        sub => format!("{}–{}", name(1), name(sub)),
+    }
+}
+
+/// `January–November 2025`, or `2025` for a whole year.
+fn year_span(year: u16, through: Bucket) -> String {
+    let label = months_label(through);
+    let whole_year = match through.granularity {
+        Granularity::Month => 12,
+        Granularity::Quarter => 4,
+        Granularity::Year => 0,
+    };
+    if label.is_empty() || through.sub == whole_year {
+        year.to_string()
+    } else {
+        format!("{label} {year}")
     }
 }
 

@@ -5,5 +5,7 @@
 mod evaluate;
 mod headline;
 
-pub use evaluate::{Cause, Direction, Milestone, Series, arm, backfill, evaluate};
-pub use headline::{format_amount, headline};
+pub use evaluate::{
+    Cause, Direction, Milestone, Ranked, Series, Tally, Updates, arm, backfill, evaluate, growth_basis, top,
+};
+pub use headline::{format_amount, format_bp, headline, months_label};

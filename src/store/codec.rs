@@ -7,8 +7,9 @@ use prost_types::Timestamp;
 
 use super::keys;
 use crate::domain::{
-    Cause, CountryCode, CurrencyCode, Direction, Event, GroupName, PartnerGroup, RecordHigh, RecordKey,
-    RecordStored, StoredRecord, ThresholdCrossed, TradeRecord, WatchId, WatchRef,
+    Cause, CountryCode, CurrencyCode, Direction, Event, GroupName, GrowthCrossed, PartnerGroup, RankBy,
+    RankChanged, RecordHigh, RecordKey, RecordStored, StoredRecord, ThresholdCrossed, TradeRecord, WatchId,
+    WatchRef, YearToDate, YtdKind,
 };
 use crate::error::{Error, Result};
 
@@ -70,7 +71,7 @@ pub struct EventBlock {
 pub struct EventValue {
     #[prost(message, optional, tag = "1")]
     pub time: Option<Timestamp>,
-    #[prost(oneof = "EventKind", tags = "2, 3, 4")]
+    #[prost(oneof = "EventKind", tags = "2, 3, 4, 5, 6, 7")]
     pub kind: Option<EventKind>,
 }
 
@@ -82,6 +83,12 @@ pub enum EventKind {
     ThresholdCrossed(MilestoneValue),
     #[prost(message, tag = "4")]
     RecordHigh(MilestoneValue),
+    #[prost(message, tag = "5")]
+    RankChanged(MilestoneValue),
+    #[prost(message, tag = "6")]
+    GrowthCrossed(MilestoneValue),
+    #[prost(message, tag = "7")]
+    YearToDate(MilestoneValue),
 }
 
 /// A milestone of a watch. Amounts are i128 nanos, big-endian; empty bytes
@@ -119,6 +126,49 @@ pub struct MilestoneValue {
     pub caused_by: Vec<Vec<u8>>,
     #[prost(string, tag = "13")]
     pub headline: String,
+    /// RankChanged: the rule (1 by partner, 2 by reporter; its top) and the
+    /// top before and after.
+    #[prost(int32, tag = "14")]
+    pub rank_by: i32,
+    #[prost(uint32, tag = "15")]
+    pub rank_top: u32,
+    #[prost(message, repeated, tag = "16")]
+    pub ranked_before: Vec<RankedValue>,
+    #[prost(message, repeated, tag = "17")]
+    pub ranked_after: Vec<RankedValue>,
+    /// GrowthCrossed: the threshold, and the year-earlier values beside
+    /// `before` and `after` (all empty when growth was not defined).
+    #[prost(sint32, tag = "18")]
+    pub threshold_bp: i32,
+    #[prost(bytes = "vec", tag = "19")]
+    pub previous_before: Vec<u8>,
+    #[prost(bytes = "vec", tag = "20")]
+    pub previous_after: Vec<u8>,
+    /// YearToDate (`period`: the last period so far, `after`: the total so
+    /// far, `up`: the direction): which comparison (1 previous year, 2
+    /// record high), the year, the months, and what it is compared with.
+    #[prost(int32, tag = "21")]
+    pub ytd_kind: i32,
+    #[prost(uint32, tag = "22")]
+    pub year: u32,
+    #[prost(string, tag = "23")]
+    pub months: String,
+    #[prost(uint32, tag = "24")]
+    pub compared_year: u32,
+    #[prost(bytes = "vec", tag = "25")]
+    pub compared_value: Vec<u8>,
+    /// RankChanged: the former leader's value now.
+    #[prost(bytes = "vec", tag = "26")]
+    pub former_leader_now: Vec<u8>,
+}
+
+/// A member of a ranking: its country code and value.
+#[derive(Clone, PartialEq, Message)]
+pub struct RankedValue {
+    #[prost(string, tag = "1")]
+    pub member: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
 }
 
 /// A watch definition: the parties as named, and the rest of its series.
@@ -157,6 +207,16 @@ pub struct WatchValue {
     pub record_high: bool,
     #[prost(message, optional, tag = "14")]
     pub created_at: Option<Timestamp>,
+    /// Rank rule: 0 none, 1 by partner, 2 by reporter; and its top.
+    #[prost(int32, tag = "15")]
+    pub rank_by: i32,
+    #[prost(uint32, tag = "16")]
+    pub rank_top: u32,
+    /// Growth thresholds in basis points.
+    #[prost(sint32, repeated, tag = "17")]
+    pub growth_thresholds_bp: Vec<i32>,
+    #[prost(bool, tag = "18")]
+    pub year_to_date: bool,
 }
 
 /// The state of a watched series.
@@ -167,6 +227,21 @@ pub struct SeriesValue {
     /// The record holder, if any: year and sub-period.
     #[prost(message, optional, tag = "2")]
     pub holder: Option<BucketValue>,
+    /// For a rank rule: each period's value per member.
+    #[prost(message, repeated, tag = "3")]
+    pub members: Vec<MemberTally>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MemberTally {
+    #[prost(message, optional, tag = "1")]
+    pub bucket: Option<BucketValue>,
+    #[prost(string, tag = "2")]
+    pub member: String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub nanos: Vec<u8>,
+    #[prost(int64, tag = "4")]
+    pub count: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -320,17 +395,87 @@ pub fn encode_event(event: &Event) -> EventValue {
                 .as_ref()
                 .map(|(_, v)| encode_amount(*v))
                 .unwrap_or_default(),
-            cause: match h.cause {
-                Cause::NewData => 1,
-                Cause::Revision => 2,
-                Cause::GroupChange => 3,
-            },
+            cause: cause_code(h.cause),
             ..milestone(&h.watch, &h.period, &h.caused_by, &h.headline)
+        }),
+        crate::domain::EventKind::RankChanged(r) => EventKind::RankChanged(MilestoneValue {
+            cause: cause_code(r.cause),
+            rank_by: rank_by_code(Some(r.by)),
+            rank_top: r.top,
+            ranked_before: r.before.iter().map(ranked_value).collect(),
+            ranked_after: r.after.iter().map(ranked_value).collect(),
+            former_leader_now: encode_amount(r.former_leader_now),
+            ..milestone(&r.watch, &r.period, &r.caused_by, &r.headline)
+        }),
+        crate::domain::EventKind::GrowthCrossed(g) => EventKind::GrowthCrossed(MilestoneValue {
+            cause: cause_code(g.cause),
+            threshold_bp: g.threshold_bp,
+            up: g.direction == Direction::Up,
+            before: encode_amount(g.before.map(|(v, _)| v)),
+            previous_before: encode_amount(g.before.map(|(_, p)| p)),
+            after: encode_amount(g.after.map(|(v, _)| v)),
+            previous_after: encode_amount(g.after.map(|(_, p)| p)),
+            ..milestone(&g.watch, &g.period, &g.caused_by, &g.headline)
+        }),
+        crate::domain::EventKind::YearToDate(y) => EventKind::YearToDate(MilestoneValue {
+            cause: cause_code(y.cause),
+            up: y.direction == Direction::Up,
+            ytd_kind: match y.kind {
+                YtdKind::PassedPreviousYear => 1,
+                YtdKind::RecordHigh => 2,
+            },
+            year: u32::from(y.year),
+            months: y.months.clone(),
+            after: encode_amount(y.value),
+            compared_year: y.compared.map_or(0, |(year, _)| u32::from(year)),
+            compared_value: encode_amount(y.compared.map(|(_, v)| v)),
+            ..milestone(&y.watch, &y.through, &y.caused_by, &y.headline)
         }),
     };
     EventValue {
         time: Some(event.time),
         kind: Some(kind),
+    }
+}
+
+fn cause_code(cause: Cause) -> i32 {
+    match cause {
+        Cause::NewData => 1,
+        Cause::Revision => 2,
+        Cause::GroupChange => 3,
+    }
+}
+
+fn cause_of(code: i32) -> Option<Cause> {
+    match code {
+        1 => Some(Cause::NewData),
+        2 => Some(Cause::Revision),
+        3 => Some(Cause::GroupChange),
+        _ => None,
+    }
+}
+
+/// 0 none, 1 partner, 2 reporter.
+pub fn rank_by_code(by: Option<RankBy>) -> i32 {
+    match by {
+        None => 0,
+        Some(RankBy::Partner) => 1,
+        Some(RankBy::Reporter) => 2,
+    }
+}
+
+pub fn rank_by_of(code: i32) -> Option<RankBy> {
+    match code {
+        1 => Some(RankBy::Partner),
+        2 => Some(RankBy::Reporter),
+        _ => None,
+    }
+}
+
+fn ranked_value((member, value): &(CountryCode, i128)) -> RankedValue {
+    RankedValue {
+        member: member.to_string(),
+        value: encode_amount(Some(*value)),
     }
 }
 
@@ -372,12 +517,66 @@ fn decode_event(sequence: u64, value: EventValue) -> Result<Event> {
             after: decode_amount(&m.after).ok_or_else(|| corrupt("record value"))?,
             previous: (!m.previous_period.is_empty())
                 .then(|| (m.previous_period.clone(), decode_amount(&m.previous_value))),
-            cause: match m.cause {
-                1 => Cause::NewData,
-                2 => Cause::Revision,
-                3 => Cause::GroupChange,
-                _ => return Err(corrupt("cause")),
+            cause: cause_of(m.cause).ok_or_else(|| corrupt("cause"))?,
+            caused_by: caused_by(&m)?,
+            headline: m.headline,
+        }),
+        EventKind::RankChanged(m) => {
+            let ranked = |list: &[RankedValue]| -> Result<Vec<(CountryCode, i128)>> {
+                list.iter()
+                    .map(|r| {
+                        let member = CountryCode::parse(&r.member).map_err(|_| corrupt("ranked member"))?;
+                        Ok((
+                            member,
+                            decode_amount(&r.value).ok_or_else(|| corrupt("ranked value"))?,
+                        ))
+                    })
+                    .collect()
+            };
+            crate::domain::EventKind::RankChanged(RankChanged {
+                watch: watch(&m)?,
+                period: m.period.clone(),
+                by: rank_by_of(m.rank_by).ok_or_else(|| corrupt("rank by"))?,
+                top: m.rank_top,
+                before: ranked(&m.ranked_before)?,
+                after: ranked(&m.ranked_after)?,
+                former_leader_now: decode_amount(&m.former_leader_now),
+                cause: cause_of(m.cause).ok_or_else(|| corrupt("cause"))?,
+                caused_by: caused_by(&m)?,
+                headline: m.headline,
+            })
+        }
+        EventKind::GrowthCrossed(m) => {
+            let basis = |value: &[u8], previous: &[u8]| decode_amount(value).zip(decode_amount(previous));
+            crate::domain::EventKind::GrowthCrossed(GrowthCrossed {
+                watch: watch(&m)?,
+                period: m.period.clone(),
+                threshold_bp: m.threshold_bp,
+                direction: if m.up { Direction::Up } else { Direction::Down },
+                before: basis(&m.before, &m.previous_before),
+                after: basis(&m.after, &m.previous_after),
+                cause: cause_of(m.cause).ok_or_else(|| corrupt("cause"))?,
+                caused_by: caused_by(&m)?,
+                headline: m.headline,
+            })
+        }
+        EventKind::YearToDate(m) => crate::domain::EventKind::YearToDate(YearToDate {
+            watch: watch(&m)?,
+            kind: match m.ytd_kind {
+                1 => YtdKind::PassedPreviousYear,
+                2 => YtdKind::RecordHigh,
+                _ => return Err(corrupt("year-to-date kind")),
             },
+            direction: if m.up { Direction::Up } else { Direction::Down },
+            year: u16::try_from(m.year).map_err(|_| corrupt("year"))?,
+            through: m.period.clone(),
+            months: m.months.clone(),
+            value: decode_amount(&m.after),
+            compared: u16::try_from(m.compared_year)
+                .ok()
+                .filter(|y| *y > 0)
+                .zip(decode_amount(&m.compared_value)),
+            cause: cause_of(m.cause).ok_or_else(|| corrupt("cause"))?,
             caused_by: caused_by(&m)?,
             headline: m.headline,
         }),

@@ -15,8 +15,12 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 
-/// The command encoding this build writes and the newest it reads.
-pub const LOG_FORMAT: u32 = 1;
+/// The newest command encoding this build reads and writes. Format 2 adds
+/// the rank, growth and year-to-date rules of a watch; a command is written
+/// in the oldest format that holds it, so that nodes of a rolling upgrade
+/// keep following the log until one of them sends a command only the new
+/// build understands.
+pub const LOG_FORMAT: u32 = 2;
 
 #[derive(Clone, PartialEq, Message)]
 struct CommandValue {
@@ -99,6 +103,14 @@ struct CountrySet {
     codes: Vec<String>,
 }
 
+/// The oldest format that holds `command`.
+fn format_of(command: &Command) -> u32 {
+    match &command.action {
+        Action::CreateWatch(watch) if watch.rules.uses_analyst_rules() => 2,
+        _ => 1,
+    }
+}
+
 pub fn encode(command: &Command) -> Vec<u8> {
     let (request_id, fingerprint) = command
         .request
@@ -158,7 +170,7 @@ pub fn encode(command: &Command) -> Vec<u8> {
         Action::DeleteWatch(id) => ActionValue::DeleteWatch(id.as_str().to_owned()),
     };
     CommandValue {
-        format: LOG_FORMAT,
+        format: format_of(command),
         request_id,
         fingerprint,
         time: Some(command.time),

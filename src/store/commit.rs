@@ -102,6 +102,9 @@ impl Commit {
                             EventKind::RecordStored(_) => EventLabel::RecordStored,
                             EventKind::ThresholdCrossed(_) => EventLabel::ThresholdCrossed,
                             EventKind::RecordHigh(_) => EventLabel::RecordHigh,
+                            EventKind::RankChanged(_) => EventLabel::RankChanged,
+                            EventKind::GrowthCrossed(_) => EventLabel::GrowthCrossed,
+                            EventKind::YearToDate(_) => EventLabel::YearToDate,
                         });
                         codec::encode_event(event)
                     })

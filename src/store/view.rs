@@ -12,9 +12,10 @@ use crate::collections::FastMap;
 use crate::core::volume::{shares_volume, volume_siblings};
 use crate::core::{State, StoredRequest, Watches};
 use crate::domain::{
-    Action, Bucket, GroupName, PartnerGroup, RecordKey, RequestId, SeriesSpec, StoredRecord, WatchId,
+    Action, GroupName, PartnerGroup, RankBy, RecordKey, RequestId, SeriesSpec, StoredRecord, WatchId,
 };
 use crate::error::Result;
+use crate::milestones::Series;
 
 pub struct View<'a> {
     pub db: &'a sled::Db,
@@ -93,8 +94,8 @@ impl State for View<'_> {
         }
     }
 
-    fn series_values(&self, spec: &SeriesSpec) -> Result<BTreeMap<Bucket, (i128, i64)>> {
-        watches::series_values(self.db, spec)
+    fn series_values(&self, spec: &SeriesSpec, split: Option<RankBy>) -> Result<Series> {
+        watches::series_values(self.db, spec, split)
     }
 
     fn next_watch_number(&self) -> Result<u64> {

@@ -6,11 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use prost::Message;
 use prost_types::Timestamp;
 
-use super::codec::{BucketValue, PeriodTally, SeriesValue, WatchValue, decode_amount, encode_amount};
+use super::codec::{
+    BucketValue, MemberTally, PeriodTally, SeriesValue, WatchValue, decode_amount, encode_amount,
+    rank_by_code, rank_by_of,
+};
 use super::facts::{Fact, FactScan, FactSource, scan_facts};
 use crate::domain::{
-    Bucket, Commodity, CommodityFilter, CommodityLevel, CurrencyCode, Flow, Granularity, GroupName, Measure,
-    PartnerGroup, Party, Period, SeriesSpec, WatchDef, WatchId, WatchRules,
+    Bucket, Commodity, CommodityFilter, CommodityLevel, CountryCode, CurrencyCode, Flow, Granularity,
+    GroupName, Measure, PartnerGroup, Party, Period, RankBy, RankRule, SeriesSpec, WatchDef, WatchId,
+    WatchRules,
 };
 use crate::error::{Error, Result};
 use crate::milestones::Series;
@@ -72,6 +76,10 @@ pub fn encode_watch(def: &WatchDef, created_at: Timestamp) -> WatchValue {
             .collect(),
         record_high: def.rules.record_high,
         created_at: Some(created_at),
+        rank_by: rank_by_code(def.rules.rank.map(|r| r.by)),
+        rank_top: def.rules.rank.map_or(0, |r| r.top),
+        growth_thresholds_bp: def.rules.growth_thresholds.clone(),
+        year_to_date: def.rules.year_to_date,
     }
 }
 
@@ -160,6 +168,15 @@ pub fn decode_watch_as_named(id: WatchId, value: &WatchValue) -> Result<WatchDef
                 .map(|t| decode_amount(t).ok_or_else(|| corrupt("threshold")))
                 .collect::<Result<_>>()?,
             record_high: value.record_high,
+            rank: match value.rank_by {
+                0 => None,
+                code => Some(RankRule {
+                    by: rank_by_of(code).ok_or_else(|| corrupt("rank rule"))?,
+                    top: value.rank_top,
+                }),
+            },
+            growth_thresholds: value.growth_thresholds_bp.clone(),
+            year_to_date: value.year_to_date,
         },
     })
 }
@@ -180,6 +197,18 @@ pub fn encode_series(series: &Series) -> SeriesValue {
             })
             .collect(),
         holder: series.holder.as_ref().map(bucket),
+        members: series
+            .members
+            .iter()
+            .flat_map(|(b, members)| {
+                members.iter().map(|(member, (nanos, count))| MemberTally {
+                    bucket: Some(bucket(b)),
+                    member: member.to_string(),
+                    nanos: encode_amount(Some(*nanos)),
+                    count: *count,
+                })
+            })
+            .collect(),
     }
 }
 
@@ -199,9 +228,17 @@ pub fn decode_series(value: &SeriesValue, granularity: Granularity) -> Result<Se
         let nanos = decode_amount(&p.nanos).ok_or_else(|| Error::Corrupt("series value".into()))?;
         values.insert(b, (nanos, p.count));
     }
+    let mut members: BTreeMap<Bucket, BTreeMap<CountryCode, (i128, i64)>> = BTreeMap::new();
+    for m in &value.members {
+        let b = bucket(&m.bucket.unwrap_or_default())?;
+        let member = CountryCode::parse(&m.member).map_err(|_| Error::Corrupt("series member".into()))?;
+        let nanos = decode_amount(&m.nanos).ok_or_else(|| Error::Corrupt("series member value".into()))?;
+        members.entry(b).or_default().insert(member, (nanos, m.count));
+    }
     Ok(Series {
         values,
         holder: value.holder.as_ref().map(bucket).transpose()?,
+        members,
     })
 }
 
@@ -213,31 +250,53 @@ pub fn decode_series_bytes(bytes: &[u8], def: &WatchDef) -> Result<Series> {
 }
 
 /// Where a series is read from: the coarsest source that still tells its
-/// reporters and partners apart.
-pub fn source_for(spec: &SeriesSpec) -> FactSource {
-    if spec.partners.is_some() {
+/// reporters and partners apart (and the members of a split).
+pub fn source_for(spec: &SeriesSpec, split: Option<RankBy>) -> FactSource {
+    if spec.partners.is_some() || split == Some(RankBy::Partner) {
         FactSource::Records
-    } else if spec.reporters.is_some() {
+    } else if spec.reporters.is_some() || split == Some(RankBy::Reporter) {
         FactSource::ReporterRollup
     } else {
         FactSource::WorldRollup
     }
 }
 
-/// Every period of a series as it stands in the store.
-pub fn series_values(db: &sled::Db, spec: &SeriesSpec) -> Result<BTreeMap<Bucket, (i128, i64)>> {
-    let mut values: BTreeMap<Bucket, (i128, i64)> = BTreeMap::new();
+/// Every period of a series as it stands in the store; with `split`, also
+/// per partner (or reporter).
+pub fn series_values(db: &sled::Db, spec: &SeriesSpec, split: Option<RankBy>) -> Result<Series> {
+    let mut series = Series::default();
     let scan = FactScan {
-        source: source_for(spec),
+        source: source_for(spec, split),
         spec,
         from: spec.from,
     };
     scan_facts(db, None, &scan, &mut |fact: Fact| {
-        let v = values.entry(spec.bucket(fact.period)).or_default();
+        let bucket = spec.bucket(fact.period);
+        let v = series.values.entry(bucket).or_default();
         v.0 += fact.tally.nanos;
         v.1 += fact.tally.count;
+        let member = match split {
+            Some(RankBy::Partner) => fact.partner,
+            Some(RankBy::Reporter) => fact.reporter,
+            None => None,
+        };
+        if let Some(member) = member {
+            let m = series
+                .members
+                .entry(bucket)
+                .or_default()
+                .entry(member)
+                .or_default();
+            m.0 += fact.tally.nanos;
+            m.1 += fact.tally.count;
+        }
     })?;
-    Ok(values)
+    series.values.retain(|_, v| v.1 > 0);
+    series.members.retain(|_, m| {
+        m.retain(|_, v| v.1 > 0);
+        !m.is_empty()
+    });
+    Ok(series)
 }
 
 pub fn decode_watch_entry(

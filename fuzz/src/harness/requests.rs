@@ -376,6 +376,26 @@ pub fn watch(inp: &mut Input, valid: bool) -> pb::Watch {
         },
         thresholds: inp.list(3, |i| money(i, valid, currency.as_deref())),
         record_high: inp.chance(128),
+        rank: inp.chance(64).then(|| pb::RankRule {
+            by: if valid {
+                inp.below(3) as i32
+            } else {
+                inp.enum_value(2)
+            },
+            top: if valid {
+                inp.below(51) as u32
+            } else {
+                inp.i32() as u32
+            },
+        }),
+        growth_thresholds_percent: inp.list(2, |i| {
+            if valid {
+                f64::from(i.byte()) - 99.0
+            } else {
+                i.f64()
+            }
+        }),
+        year_to_date: inp.chance(32),
         created_at: if inp.chance(16) {
             timestamp(inp, false)
         } else {
@@ -393,9 +413,9 @@ pub fn watch(inp: &mut Input, valid: bool) -> pb::Watch {
 pub fn event_kinds(inp: &mut Input, valid: bool) -> Vec<i32> {
     inp.list(3, |i| {
         if valid {
-            1 + i.below(3) as i32
+            1 + i.below(6) as i32
         } else {
-            i.enum_value(3)
+            i.enum_value(6)
         }
     })
 }
