@@ -1,5 +1,6 @@
 //! The real binary serving the newsroom site (`serve --web-listen`), an
 //! HTTP/1.1 client for it, and Server-Sent Events read frame by frame.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
