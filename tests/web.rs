@@ -356,3 +356,51 @@ async fn any_request_gets_an_answer_and_the_site_keeps_serving() {
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("app.js"));
 }
+
+/// With `--tls-cert`, the site is HTTPS with the same certificate; `curl -N`
+/// follows the events over it.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_tls_the_site_is_https_and_curl_follows_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let newsroom = Newsroom::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let curl = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "2"])
+                .args(args)
+                .output()
+                .expect("curl runs (these tests need curl on PATH)");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let https = format!("https://{}", newsroom.web);
+    let cacert = cert.to_str().unwrap().to_owned();
+    let watches = curl(vec![
+        "--cacert".into(),
+        cacert.clone(),
+        format!("{https}/watches"),
+    ]);
+    assert_eq!(watches.await.unwrap(), "[]");
+    // curl -N keeps reading the stream until --max-time ends it.
+    let events = curl(vec![
+        "-N".into(),
+        "--cacert".into(),
+        cacert,
+        format!("{https}/events?from_sequence=1"),
+    ]);
+    let printed = events.await.unwrap();
+    assert!(
+        printed.starts_with("retry: 1000\n\nid: 0\nevent: progress\n"),
+        "{printed}"
+    );
+}
