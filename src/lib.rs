@@ -19,6 +19,7 @@ pub mod query;
 pub mod security;
 pub mod store;
 pub mod stream;
+pub mod web;
 pub mod writes;
 
 use std::future::Future;
@@ -84,6 +85,9 @@ pub struct Config {
     pub retain_events: u64,
     /// Serve Prometheus metrics (`GET /metrics`) here; `None`: no endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the newsroom page, charts and event stream (`src/web/`) here;
+    /// `None`: no page.
+    pub web_listen: Option<SocketAddr>,
     /// Mutating calls (and, with `auth_reads`, reads) must carry
     /// `authorization: Bearer <token>`; `None`: no token needed.
     pub auth_token: Option<AuthToken>,
@@ -107,6 +111,7 @@ impl Config {
             cache_mb: Self::DEFAULT_CACHE_MB,
             retain_events: 0,
             metrics_listen: None,
+            web_listen: None,
             auth_token: None,
             auth_reads: false,
             tls: None,
@@ -139,6 +144,7 @@ pub struct Application {
     store: Arc<store::Store>,
     metrics: Arc<metrics::Metrics>,
     metrics_endpoint: Option<metrics::Endpoint>,
+    web_endpoint: Option<web::Endpoint>,
     tls: Option<tonic::transport::ServerTlsConfig>,
     auth: security::Auth,
     limits: Limits,
@@ -182,12 +188,24 @@ impl Application {
             Some(addr) => Some(metrics::Endpoint::bind(addr, metrics.clone()).await?),
             None => None,
         };
+        let web_endpoint = match config.web_listen {
+            Some(addr) => {
+                let auth = security::Auth {
+                    token: config.auth_token.clone(),
+                    reads: config.auth_reads,
+                };
+                let site = web::Site::new(store.clone(), auth, config.limits.max_subscribers);
+                Some(web::Endpoint::bind(addr, site, config.tls.as_ref()).await?)
+            }
+            None => None,
+        };
         Ok(Application {
             listener,
             store,
             node,
             metrics,
             metrics_endpoint,
+            web_endpoint,
             tls,
             auth: security::Auth {
                 token: config.auth_token,
@@ -204,6 +222,11 @@ impl Application {
     /// Where `GET /metrics` is served, when it is.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_endpoint.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
+    /// Where the newsroom page is served, when it is.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_endpoint.as_ref().and_then(|e| e.local_addr().ok())
     }
 
     /// Loads a native CSV file before serving (see [`import::import_file`]).
@@ -260,6 +283,7 @@ impl Application {
         let cut = CancellationToken::new();
         // Stops with the gRPC server (also when dropped on an error).
         let metrics_endpoint = self.metrics_endpoint.map(metrics::Endpoint::spawn);
+        let web_endpoint = self.web_endpoint.map(web::Endpoint::spawn);
         let builder = match self.tls {
             Some(tls) => tonic::transport::Server::builder().tls_config(tls)?,
             None => tonic::transport::Server::builder(),
@@ -316,6 +340,9 @@ impl Application {
             }
         };
         if let Some(endpoint) = metrics_endpoint {
+            endpoint.stop().await;
+        }
+        if let Some(endpoint) = web_endpoint {
             endpoint.stop().await;
         }
         stop.cancel();

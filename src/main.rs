@@ -41,6 +41,11 @@ enum Command {
         /// address (port 0 picks a free port); off when not given.
         #[arg(long, env = "TRADEWATCH_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
+        /// Serve the newsroom page (watches, live milestones, charts) and
+        /// the event stream over HTTP on this address (port 0 picks a free
+        /// port); off when not given.
+        #[arg(long, env = "TRADEWATCH_WEB_LISTEN")]
+        web_listen: Option<SocketAddr>,
     },
     /// Load a CSV file (native layout) into the data dir, then exit.
     /// Re-importing the same file changes nothing.
@@ -286,9 +291,11 @@ async fn run() -> anyhow::Result<()> {
             import,
             skip_bad_rows,
             metrics_listen,
+            web_listen,
         } => {
             let config = tradewatch::Config {
                 metrics_listen,
+                web_listen,
                 ..store.config()
             };
             let config = cluster.apply(security.apply(limits.apply(config))?);
@@ -306,6 +313,10 @@ async fn run() -> anyhow::Result<()> {
                 // closed the pipe must not bring the server down.
                 use std::io::Write as _;
                 let _ = writeln!(std::io::stdout(), "tradewatch metrics on {metrics_addr}");
+            }
+            if let Some(web_addr) = app.web_addr() {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout(), "tradewatch web on {web_addr}");
             }
             app.run_until(shutdown_signal()).await
         }

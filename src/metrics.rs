@@ -656,13 +656,26 @@ impl Endpoint {
 
     /// Serves `GET /metrics` until stopped.
     pub fn spawn(self) -> RunningEndpoint {
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(accept(self.listener, self.metrics, stop.clone()));
-        RunningEndpoint { stop, task }
+        let metrics = self.metrics;
+        RunningEndpoint::serve(self.listener, "metrics", move |stream, _| {
+            serve_connection(stream, metrics.clone())
+        })
     }
 }
 
 impl RunningEndpoint {
+    /// Accepts connections on `listener` (the `what` endpoint) and serves
+    /// each with `serve`, which gets the stop token, until stopped.
+    pub(crate) fn serve<F, Served>(listener: TcpListener, what: &'static str, serve: F) -> RunningEndpoint
+    where
+        F: Fn(tokio::net::TcpStream, CancellationToken) -> Served + Send + 'static,
+        Served: Future<Output = ()> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept(listener, what, serve, stop.clone()));
+        RunningEndpoint { stop, task }
+    }
+
     /// Stops taking connections, closes the open ones, and waits.
     pub async fn stop(mut self) {
         self.stop.cancel();
@@ -676,25 +689,30 @@ impl Drop for RunningEndpoint {
     }
 }
 
-async fn accept(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+async fn accept<F, Served>(listener: TcpListener, what: &'static str, serve: F, stop: CancellationToken)
+where
+    F: Fn(tokio::net::TcpStream, CancellationToken) -> Served,
+    Served: Future<Output = ()> + Send + 'static,
+{
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, metrics.clone()));
+                    connections.spawn(serve(stream, stop.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: let some close.
-                    tracing::warn!(error = %e, "metrics endpoint cannot accept a connection");
+                    tracing::warn!(error = %e, endpoint = what, "cannot accept a connection");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
-    // Scrapes take microseconds; a connection still open is idle.
+    // Scrapes take microseconds, so a metrics connection still open is idle;
+    // an event stream of the web endpoint ends with its stop token anyway.
     connections.shutdown().await;
 }
 

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{TestServer, create, put, seed_records};
-use tradewatch::pb::{self, milestone_service_client::MilestoneServiceClient};
+use common::{TestServer, create, put, quick_start_watch, seed_records};
+use tradewatch::pb::milestone_service_client::MilestoneServiceClient;
 
 /// The example's binary, built if `cargo test` was asked for this test only.
 fn example_binary() -> PathBuf {
@@ -86,24 +86,7 @@ async fn the_example_client_resumes_from_its_checkpoint() {
     let url = format!("http://{}", server.addr);
     let mut trade = server.client().await;
     let mut watches = MilestoneServiceClient::new(server.channel().await);
-    watches
-        .create_watch(create(pb::Watch {
-            name: "China–Central Asia trade".into(),
-            selector: Some(pb::RecordSelector {
-                reporters: vec!["CHN".into()],
-                partners: vec!["CENTRAL_ASIA".into()],
-                ..Default::default()
-            }),
-            thresholds: vec![pb::Money {
-                currency_code: "USD".into(),
-                units: 100_000_000_000,
-                nanos: 0,
-            }],
-            record_high: true,
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
+    watches.create_watch(create(quick_start_watch())).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("checkpoint");
     let seed = seed_records();

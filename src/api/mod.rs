@@ -6,6 +6,7 @@ mod paging;
 mod request_id;
 mod trade;
 
+pub(crate) use convert::event_to_pb;
 pub use milestones::MilestoneApi;
 pub use trade::TradeApi;
 

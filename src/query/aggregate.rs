@@ -99,6 +99,22 @@ pub fn aggregate(
     plan.answer(store)
 }
 
+/// A series per period, answered as `Aggregate` grouped by period answers
+/// its selector (a watch's chart shows the same figures).
+pub fn series(store: &Store, spec: SeriesSpec) -> Result<AggregateAnswer> {
+    let request = AggregateRequest {
+        group_by: [Dimension::Period].into(),
+        granularity: Some(spec.granularity),
+        order: RowOrder::Group,
+        limit: 0,
+    };
+    Plan {
+        request: &request,
+        spec,
+    }
+    .answer(store)
+}
+
 /// A question made concrete: defaults applied, the source chosen.
 struct Plan<'a> {
     request: &'a AggregateRequest,

@@ -221,6 +221,32 @@ pub fn delete_group(name: &str) -> pb::DeleteGroupRequest {
     }
 }
 
+/// The watch of the README's quick start: China's trade with Central Asia
+/// per year, 100 bn USD and record highs.
+pub fn quick_start_watch() -> pb::Watch {
+    pb::Watch {
+        name: "China–Central Asia trade".into(),
+        selector: Some(china_central_asia()),
+        granularity: pb::Granularity::Year.into(),
+        thresholds: vec![pb::Money {
+            currency_code: "USD".into(),
+            units: 100_000_000_000,
+            nanos: 0,
+        }],
+        record_high: true,
+        ..Default::default()
+    }
+}
+
+/// CHN × CENTRAL_ASIA.
+pub fn china_central_asia() -> pb::RecordSelector {
+    pb::RecordSelector {
+        reporters: vec!["CHN".into()],
+        partners: vec!["CENTRAL_ASIA".into()],
+        ..Default::default()
+    }
+}
+
 /// CreateWatch of `watch`, without backfill or a request id.
 pub fn create(watch: pb::Watch) -> pb::CreateWatchRequest {
     pb::CreateWatchRequest {
@@ -247,6 +273,12 @@ impl Binary {
     /// Starts `tradewatch serve` on `dir` with `extra` flags and waits for its
     /// "tradewatch listening on ADDR" line.
     pub fn start(dir: &Path, extra: &[&str]) -> Binary {
+        Binary::start_reading(dir, extra, 0).0
+    }
+
+    /// As [`Binary::start`], and returns the `more` stdout lines that
+    /// follow the listening line (the metrics and web addresses).
+    pub fn start_reading(dir: &Path, extra: &[&str], more: usize) -> (Binary, Vec<String>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tradewatch"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
@@ -259,16 +291,22 @@ impl Binary {
             .stdout(Stdio::piped())
             .spawn()
             .expect("server starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("reads address");
+        stdout.read_line(&mut line).expect("reads address");
         let addr = line
             .trim()
             .strip_prefix("tradewatch listening on ")
             .expect("address line")
             .to_owned();
-        Binary { child, addr }
+        let lines = (0..more)
+            .map(|_| {
+                let mut line = String::new();
+                stdout.read_line(&mut line).expect("reads a line");
+                line.trim().to_owned()
+            })
+            .collect();
+        (Binary { child, addr }, lines)
     }
 
     pub async fn client(&self) -> TradeServiceClient<Channel> {
