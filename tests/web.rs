@@ -67,14 +67,6 @@ fn decode(data: &str) -> (pb::Event, serde_json::Value) {
     )
 }
 
-fn headline(event: &pb::Event) -> Option<&str> {
-    match event.kind.as_ref()? {
-        pb::event::Kind::RecordStored(_) => None,
-        pb::event::Kind::ThresholdCrossed(m) => Some(&m.headline),
-        pb::event::Kind::RecordHigh(m) => Some(&m.headline),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_event_stream_is_the_log_list_events_returns() {
     let newsroom = Newsroom::start(&[]);
@@ -91,7 +83,7 @@ async fn the_event_stream_is_the_log_list_events_returns() {
         assert_eq!(frame.id, Some(event.sequence.to_string()));
         let (decoded, json) = decode(&frame.data);
         assert_eq!(&decoded, event, "{}", frame.data);
-        assert_eq!(json["headline"].as_str(), headline(event));
+        assert_eq!(json["headline"].as_str(), event.headline());
     }
 
     // A write while streaming arrives, with its sequence as the id.
@@ -120,7 +112,7 @@ async fn a_reconnecting_browser_resumes_after_its_last_event_id() {
     let newsroom = Newsroom::start(&[]);
     load(&newsroom).await;
     let listed = list_events(&newsroom).await;
-    let milestones: Vec<&pb::Event> = listed.iter().filter(|e| headline(e).is_some()).collect();
+    let milestones: Vec<&pb::Event> = listed.iter().filter(|e| e.headline().is_some()).collect();
     assert_eq!(milestones.len(), 3);
     // EventSource reconnects to the same URL and sends the last id it saw.
     let last_seen = milestones[0].sequence.to_string();

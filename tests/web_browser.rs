@@ -183,11 +183,7 @@ async fn milestones_between(newsroom: &Newsroom, first: u64, last: u64) -> Vec<(
         .events;
     events
         .into_iter()
-        .filter_map(|event| match event.kind? {
-            pb::event::Kind::RecordStored(_) => None,
-            pb::event::Kind::ThresholdCrossed(m) => Some((event.sequence, m.headline)),
-            pb::event::Kind::RecordHigh(m) => Some((event.sequence, m.headline)),
-        })
+        .filter_map(|event| Some((event.sequence, event.headline()?.to_owned())))
         .collect()
 }
 

@@ -338,6 +338,7 @@ mod tests {
             rules: WatchRules {
                 thresholds,
                 record_high,
+                ..WatchRules::default()
             },
         }
     }
