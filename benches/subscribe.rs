@@ -1,9 +1,11 @@
 //! The event stream under load: write-acknowledgement-to-delivery latency
-//! with 1,000 concurrent subscribers, catch-up replay rate, and ingest
-//! throughput with 10 active watches against none.
+//! with 1,000 and 10,000 concurrent subscribers (the release server in a
+//! process of its own, its memory recorded), catch-up replay rate, and
+//! ingest throughput with 10 active watches against none.
 //!
 //! ```sh
-//! cargo bench --bench subscribe
+//! cargo bench --bench subscribe                  # everything
+//! cargo bench --bench subscribe -- latency       # only the latency runs
 //! ```
 
 use std::collections::HashMap;
@@ -20,11 +22,15 @@ use tradewatch::{Application, Config};
 
 #[path = "common/measure.rs"]
 mod measure;
+#[path = "common/server.rs"]
+mod process;
 use measure::{ms, percentile, record};
 
-const SUBSCRIBERS: usize = 1000;
-/// Subscribers share connections, as services behind a few channels would.
-const CONNECTIONS: usize = 10;
+/// The subscriber counts measured, side by side in one run.
+const SUBSCRIBERS: [usize; 2] = [1_000, 10_000];
+/// Subscribers share connections, as services behind a few channels would:
+/// this many streams on each.
+const STREAMS_PER_CONNECTION: usize = 100;
 const LATENCY_WRITES: usize = 200;
 const REPLAY_EVENTS: usize = 100_000;
 const INGEST_RECORDS: usize = 200_000;
@@ -67,17 +73,26 @@ impl Server {
     }
 }
 
-/// Record `i` of a synthetic load: distinct keys, turnover in USD.
-async fn latency() -> anyhow::Result<()> {
-    let server = start().await?;
+async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?.connect().await?)
+}
+
+/// `subscribers` live subscribers of the release server, then 200 writes
+/// 20 ms apart: the time from each acknowledgement (and each send) to each
+/// delivery, and the server's memory.
+async fn latency(subscribers: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limit = subscribers.to_string();
+    let server = process::Server::start(dir.path(), &["--max-subscribers", &limit])?;
+    let idle_rss = server.rss_bytes().unwrap_or(0);
     let mut channels = Vec::new();
-    for _ in 0..CONNECTIONS {
-        channels.push(server.channel().await?);
+    for _ in 0..subscribers.div_ceil(STREAMS_PER_CONNECTION) {
+        channels.push(connect(&server.addr).await?);
     }
     let delivered: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let mut ready = Vec::new();
-    for s in 0..SUBSCRIBERS {
-        let mut client = MilestoneServiceClient::new(channels[s % CONNECTIONS].clone());
+    for s in 0..subscribers {
+        let mut client = MilestoneServiceClient::new(channels[s / STREAMS_PER_CONNECTION].clone());
         let delivered = delivered.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         ready.push(ready_rx);
@@ -111,11 +126,20 @@ async fn latency() -> anyhow::Result<()> {
     for r in ready {
         r.await?;
     }
-    let mut trade = TradeServiceClient::new(server.channel().await?);
+    let subscribed_rss = server.rss_bytes().unwrap_or(0);
+    let mut trade = TradeServiceClient::new(connect(&server.addr).await?);
     // Per sequence: when the write was sent, and when its acknowledgement
     // arrived (the event is published after the same flush, so delivery can
     // come first: that counts as 0).
     let mut acked: HashMap<u64, (Instant, Instant)> = HashMap::new();
+    let cpu = || {
+        (
+            server.cpu_seconds().unwrap_or(0.0),
+            process::cpu_seconds_of("/proc/self/stat").unwrap_or(0.0),
+        )
+    };
+    let (server_cpu, bench_cpu) = cpu();
+    let writes_began = Instant::now();
     for i in 0..LATENCY_WRITES {
         let sent = Instant::now();
         let response = trade
@@ -129,6 +153,12 @@ async fn latency() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let wall = writes_began.elapsed().as_secs_f64();
+    let (server_used, bench_used) = {
+        let (s, b) = cpu();
+        (s - server_cpu, b - bench_cpu)
+    };
+    let after_rss = server.rss_bytes().unwrap_or(0);
     let delivered = delivered.lock().unwrap().clone();
     for (label, from_send) in [("write ack → delivery", false), ("write sent → delivery", true)] {
         let mut latencies: Vec<Duration> = delivered
@@ -140,15 +170,28 @@ async fn latency() -> anyhow::Result<()> {
             .collect();
         latencies.sort();
         println!(
-            "| {label}, {SUBSCRIBERS} subscribers | {} deliveries of {} | p50 {} ms | p99 {} ms | max {} ms |",
+            "| {label}, {subscribers} subscribers | {} deliveries of {} | p50 {} ms | p99 {} ms | max {} ms |",
             latencies.len(),
-            SUBSCRIBERS * LATENCY_WRITES,
+            subscribers * LATENCY_WRITES,
             ms(percentile(&latencies, 0.5)),
             ms(percentile(&latencies, 0.99)),
             ms(*latencies.last().unwrap_or(&Duration::ZERO)),
         );
     }
-    server.shutdown().await
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "| server RSS, {subscribers} subscribers | idle {:.0} MB | subscribed {:.0} MB | after the writes {:.0} MB | |",
+        mb(idle_rss),
+        mb(subscribed_rss),
+        mb(after_rss)
+    );
+    println!(
+        "| CPU while writing, {subscribers} subscribers | server {:.2} cores | subscribers (bench) {:.2} cores | over {wall:.1} s | |",
+        server_used / wall,
+        bench_used / wall
+    );
+    drop(channels);
+    server.stop()
 }
 
 async fn load(trade: &mut TradeServiceClient<Channel>, count: usize) -> anyhow::Result<Duration> {
@@ -228,9 +271,15 @@ async fn ingest(watches: usize) -> anyhow::Result<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let only_latency = std::env::args().any(|a| a == "latency");
     println!("| measure | | | | |");
     println!("|---|---|---|---|---|");
-    latency().await?;
+    for subscribers in SUBSCRIBERS {
+        latency(subscribers).await?;
+    }
+    if only_latency {
+        return Ok(());
+    }
     replay().await?;
     let none = ingest(0).await?;
     let ten = ingest(10).await?;

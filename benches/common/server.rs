@@ -45,6 +45,25 @@ impl Server {
         Ok(Server { child, addr })
     }
 
+    /// The server's resident memory (`VmRSS`), in bytes.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
+    /// CPU time the server has used so far (user + system).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds_of(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     /// Asks the server to stop (SIGTERM, as `kill` does) and waits for it.
     pub fn stop(mut self) -> anyhow::Result<()> {
         let status = Command::new("kill").arg(self.child.id().to_string()).status()?;
@@ -62,4 +81,14 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// User + system CPU time of a process from its `/proc/…/stat`.
+pub fn cpu_seconds_of(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
