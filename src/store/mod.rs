@@ -7,6 +7,7 @@ mod disk;
 mod facts;
 mod keys;
 mod prefetch;
+mod recent;
 mod requests;
 mod rollup;
 mod scan;
@@ -82,6 +83,8 @@ pub struct Store {
     metrics: Arc<crate::metrics::Metrics>,
     /// Decoded records of recently read series (see [`series_cache`]).
     series: Arc<SeriesCache>,
+    /// The newest durable events, decoded once for every subscriber.
+    recent: Arc<recent::RecentEvents>,
     /// The groups as of a generation of the writer's commits (see
     /// [`SeriesCache::generation`]): reread only after a commit, so a group
     /// edit shows in the very next question.
@@ -132,6 +135,7 @@ impl Store {
         let oldest = Arc::new(AtomicU64::new(oldest));
         let applied = Arc::new(AtomicU64::new(0));
         let series = Arc::new(SeriesCache::new(series_bytes));
+        let recent = Arc::new(recent::RecentEvents::default());
         let (writer, thread, durable) = Writer::spawn(
             db.clone(),
             dir,
@@ -141,6 +145,7 @@ impl Store {
                 oldest: oldest.clone(),
                 applied: applied.clone(),
                 series: series.clone(),
+                recent: recent.clone(),
                 metrics: metrics.clone(),
             },
         )?;
@@ -155,6 +160,7 @@ impl Store {
             applied,
             metrics,
             series,
+            recent,
             groups: Mutex::new(None),
         })
     }
@@ -517,11 +523,16 @@ impl Store {
     /// reader that has considered every event before `next`:
     /// `OUT_OF_RANGE` when retention has removed `next` meanwhile, rather
     /// than a silent gap.
-    pub fn read_log(&self, next: u64, head: u64, limit: usize) -> Result<Vec<Event>> {
+    pub fn read_log(&self, next: u64, head: u64, limit: usize) -> Result<Vec<Arc<Event>>> {
         if next > head {
             return Ok(Vec::new());
         }
-        let mut events = self.events(next, limit)?;
+        if next >= self.oldest_sequence()
+            && let Some(events) = self.recent.read(next, head, limit)
+        {
+            return Ok(events);
+        }
+        let mut events: Vec<Arc<Event>> = self.events(next, limit)?.into_iter().map(Arc::new).collect();
         if let Some(first) = events.first().map(|e| e.sequence)
             && first > next
         {

@@ -13,10 +13,11 @@ use super::commit::Commit;
 use super::disk::Disk;
 use super::keys;
 use super::prefetch::{Freshness, Prefetch};
+use super::recent::RecentEvents;
 use super::series_cache::SeriesCache;
 use super::view::{self, View};
 use crate::core::{self, Watches};
-use crate::domain::{Command, Outcome};
+use crate::domain::{Command, Event, Outcome};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -90,6 +91,11 @@ pub struct Writer {
     head: u64,
     /// Last sequence known to be on disk.
     durable_head: watch::Sender<u64>,
+    /// The newest durable events, for subscribers.
+    recent: Arc<RecentEvents>,
+    /// Events applied since the last commit, handed to `recent` once it is
+    /// durable.
+    undurable: Vec<Event>,
     /// Last command log position applied.
     position: u64,
     /// Last command log position known to be on disk.
@@ -119,6 +125,7 @@ pub struct Shared {
     /// Commits applied so far (see [`Prefetch`]).
     pub applied: Arc<AtomicU64>,
     pub series: Arc<SeriesCache>,
+    pub recent: Arc<RecentEvents>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -190,6 +197,7 @@ impl Writer {
             oldest,
             applied,
             series,
+            recent,
             metrics,
         } = shared;
         let watches = view::load_watches(&db)?;
@@ -206,6 +214,8 @@ impl Writer {
             db,
             head,
             durable_head: durable_tx,
+            recent,
+            undurable: Vec::new(),
             position,
             durable_position: position_tx,
             watches,
@@ -262,10 +272,15 @@ impl Writer {
                 }
             }
             let flushed = self.disk.commit(&self.db);
+            let events = std::mem::take(&mut self.undurable);
             if flushed.is_ok() {
+                // Before the head moves, so that a woken subscriber finds them.
+                self.recent.extend(events);
                 self.durable_head.send_replace(self.head);
                 self.durable_position.send_replace(self.position);
                 self.metrics.log_applied(self.position);
+            } else {
+                self.recent.clear();
             }
             for (reply, outcome, queued) in replies {
                 self.metrics.write_acknowledged(queued.elapsed());
@@ -335,6 +350,7 @@ impl Writer {
         if let Some(last) = effect.events.last() {
             self.head = last.sequence;
         }
+        self.undurable.extend(effect.events);
         for edit in effect.watches {
             match edit {
                 core::WatchEdit::Created(runtime, _) | core::WatchEdit::Followed(runtime) => {

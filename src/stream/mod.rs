@@ -26,7 +26,7 @@ const OUTGOING_BUFFER: usize = 64;
 /// What a subscription sends, in order.
 #[derive(Debug, Clone)]
 pub enum Message {
-    Event(Box<Event>),
+    Event(Arc<Event>),
     CaughtUp { head: u64 },
     Progress { head: u64, next: u64 },
 }
@@ -89,7 +89,7 @@ pub fn subscribe(
                 for event in chunk {
                     let sequence = event.sequence;
                     next = sequence + 1;
-                    if wanted(&event) && !send(Message::Event(Box::new(event))).await {
+                    if wanted(&event) && !send(Message::Event(event)).await {
                         return;
                     }
                     position.delivered(sequence);
