@@ -50,15 +50,13 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
-use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use tradewatch::pb::{
-    self, milestone_service_client::MilestoneServiceClient, subscribe_response::Message,
-    trade_service_client::TradeServiceClient,
+    self, milestone_service_client::MilestoneServiceClient, trade_service_client::TradeServiceClient,
 };
 
 #[path = "common/dataset.rs"]
@@ -66,7 +64,7 @@ mod dataset;
 use dataset::Dataset;
 #[path = "common/measure.rs"]
 mod measure;
-use measure::{ms, percentile};
+use measure::{ms, percentile, spawn_subscriber};
 #[path = "common/server.rs"]
 mod server;
 use server::Server;
@@ -388,36 +386,16 @@ async fn subscribe_round(write_at: &str, subscribe_at: &[&str]) -> anyhow::Resul
     let mut tasks = Vec::new();
     for s in 0..SUBSCRIBERS {
         let (node, channel) = channels[s % CONNECTIONS].clone();
-        let mut client = MilestoneServiceClient::new(channel);
         let delivered = delivered.clone();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (ready_rx, task) = spawn_subscriber(
+            MilestoneServiceClient::new(channel),
+            SUBSCRIBE_WRITES,
+            move |sequence| {
+                delivered.lock().unwrap().push((node, sequence, Instant::now()));
+            },
+        );
         ready.push(ready_rx);
-        tasks.push(tokio::spawn(async move {
-            let mut stream = client
-                .subscribe(pb::SubscribeRequest::default())
-                .await
-                .expect("subscribed")
-                .into_inner();
-            let mut ready_tx = Some(ready_tx);
-            let mut seen = 0;
-            while let Some(Ok(message)) = stream.next().await {
-                match message.message {
-                    Some(Message::CaughtUp(_)) => {
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Some(Message::Event(e)) => {
-                        delivered.lock().unwrap().push((node, e.sequence, Instant::now()));
-                        seen += 1;
-                        if seen == SUBSCRIBE_WRITES {
-                            return;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }));
+        tasks.push(task);
     }
     for r in ready {
         r.await?;

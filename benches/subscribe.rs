@@ -24,7 +24,7 @@ use tradewatch::{Application, Config};
 mod measure;
 #[path = "common/server.rs"]
 mod process;
-use measure::{ms, percentile, record};
+use measure::{ms, percentile, record, spawn_subscriber};
 
 /// The subscriber counts measured, side by side in one run.
 const SUBSCRIBERS: [usize; 2] = [1_000, 10_000];
@@ -92,36 +92,12 @@ async fn latency(subscribers: usize) -> anyhow::Result<()> {
     let delivered: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let mut ready = Vec::new();
     for s in 0..subscribers {
-        let mut client = MilestoneServiceClient::new(channels[s / STREAMS_PER_CONNECTION].clone());
+        let client = MilestoneServiceClient::new(channels[s / STREAMS_PER_CONNECTION].clone());
         let delivered = delivered.clone();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        ready.push(ready_rx);
-        tokio::spawn(async move {
-            let mut stream = client
-                .subscribe(pb::SubscribeRequest::default())
-                .await
-                .expect("subscribed")
-                .into_inner();
-            let mut ready_tx = Some(ready_tx);
-            let mut seen = 0;
-            while let Some(Ok(message)) = stream.next().await {
-                match message.message {
-                    Some(Message::CaughtUp(_)) => {
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Some(Message::Event(e)) => {
-                        delivered.lock().unwrap().push((e.sequence, Instant::now()));
-                        seen += 1;
-                        if seen == LATENCY_WRITES {
-                            return;
-                        }
-                    }
-                    _ => {}
-                }
-            }
+        let (ready_rx, _) = spawn_subscriber(client, LATENCY_WRITES, move |sequence| {
+            delivered.lock().unwrap().push((sequence, Instant::now()));
         });
+        ready.push(ready_rx);
     }
     for r in ready {
         r.await?;

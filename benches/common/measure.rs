@@ -1,9 +1,51 @@
-//! What the latency benches share: the synthetic record they write, and
-//! percentiles printed in milliseconds.
+//! What the latency benches share: the synthetic record they write, a live
+//! subscriber, and percentiles printed in milliseconds.
 
 use std::time::Duration;
 
-use tradewatch::pb;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tradewatch::pb::{self, milestone_service_client::MilestoneServiceClient, subscribe_response::Message};
+
+/// A live subscriber (from now on) that calls `on_event` with each event's
+/// sequence until it has seen `events`; the receiver fires once it is
+/// caught up.
+pub fn spawn_subscriber(
+    mut client: MilestoneServiceClient<Channel>,
+    events: usize,
+    mut on_event: impl FnMut(u64) + Send + 'static,
+) -> (oneshot::Receiver<()>, JoinHandle<()>) {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut stream = client
+            .subscribe(pb::SubscribeRequest::default())
+            .await
+            .expect("subscribed")
+            .into_inner();
+        let mut ready_tx = Some(ready_tx);
+        let mut seen = 0;
+        while let Some(Ok(message)) = stream.next().await {
+            match message.message {
+                Some(Message::CaughtUp(_)) => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Some(Message::Event(e)) => {
+                    on_event(e.sequence);
+                    seen += 1;
+                    if seen == events {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    (ready_rx, task)
+}
 
 /// The `i`-th synthetic record: CHN with one of ten partners, turnover,
 /// spread over 200 years and commodity codes so that records stay

@@ -9,6 +9,7 @@ use crate::domain::{
     WriteOutcome, YtdKind,
 };
 use crate::error::{Error, Result, Violation};
+use crate::milestones;
 use crate::pb;
 use crate::query::aggregate;
 
@@ -456,18 +457,6 @@ pub fn rank_by_to_pb(by: RankBy) -> pb::RankBy {
     }
 }
 
-/// The label of the period a year earlier: `2024` for `2025`, `2024-03`
-/// for `2025-03`.
-fn previous_period_label(period: &str) -> String {
-    match period.split_at_checked(4) {
-        Some((year, rest)) => year.parse::<u16>().map_or_else(
-            |_| period.to_owned(),
-            |y| format!("{:04}{rest}", y.saturating_sub(1)),
-        ),
-        None => period.to_owned(),
-    }
-}
-
 /// A stored event as the API shows it.
 pub fn event_to_pb(event: &Event) -> Result<pb::Event> {
     let keys = |caused_by: &[RecordKey]| caused_by.iter().map(key_to_pb).collect();
@@ -560,12 +549,12 @@ pub fn event_to_pb(event: &Event) -> Result<pb::Event> {
             })
         }
         EventKind::GrowthCrossed(m) => {
-            let percent = |basis: Option<(i128, i128)>| basis.map(|(v, p)| (v - p) as f64 / p as f64 * 100.0);
+            let percent = |basis: Option<(i128, i128)>| basis.map(|(v, p)| milestones::growth_percent(v, p));
             pb::event::Kind::GrowthCrossed(pb::GrowthCrossed {
                 watch_id: m.watch.id.to_string(),
                 watch_name: m.watch.name.clone(),
                 period: m.period.clone(),
-                previous_period: previous_period_label(&m.period),
+                previous_period: m.previous_period.clone(),
                 threshold_percent: f64::from(m.threshold_bp) / 100.0,
                 direction: direction_to_pb(m.direction).into(),
                 growth_before_percent: percent(m.before),

@@ -496,6 +496,7 @@ fn milestone_event(def: &WatchDef, milestone: &Milestone, caused_by: &[RecordKey
         } => EventKind::GrowthCrossed(GrowthCrossed {
             watch,
             period: period.label(),
+            previous_period: period.year_earlier().label(),
             threshold_bp: *threshold_bp,
             direction: *direction,
             before: *before,

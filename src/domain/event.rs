@@ -133,6 +133,8 @@ pub struct RankChanged {
 pub struct GrowthCrossed {
     pub watch: WatchRef,
     pub period: String,
+    /// The period it is compared with, a year earlier.
+    pub previous_period: String,
     /// Basis points: `1000` is +10 %.
     pub threshold_bp: i32,
     pub direction: Direction,

@@ -66,15 +66,6 @@ pub struct WatchRules {
 }
 
 impl WatchRules {
-    /// Whether the watch looks for anything at all.
-    pub fn is_empty(&self) -> bool {
-        self.thresholds.is_empty()
-            && !self.record_high
-            && self.rank.is_none()
-            && self.growth_thresholds.is_empty()
-            && !self.year_to_date
-    }
-
     /// Whether a rule beyond thresholds and record highs is set: commands
     /// carrying one need a reader that knows them.
     pub fn uses_analyst_rules(&self) -> bool {

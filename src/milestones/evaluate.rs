@@ -88,15 +88,6 @@ impl Updates {
     }
 }
 
-impl From<BTreeMap<Bucket, Option<Tally>>> for Updates {
-    fn from(totals: BTreeMap<Bucket, Option<Tally>>) -> Updates {
-        Updates {
-            totals,
-            members: BTreeMap::new(),
-        }
-    }
-}
-
 /// A member of a ranking and its value.
 pub type Ranked = (CountryCode, i128);
 
@@ -251,11 +242,17 @@ fn runner_up(series: &Series, holder: Bucket) -> Option<Bucket> {
 /// A period's value and the year-earlier value, when year-on-year growth is
 /// defined: both have records and the earlier value is positive. Like
 /// `Aggregate`'s growth, months compare with the same month a year earlier.
-pub fn growth_basis(series: &Series, bucket: &Bucket) -> Option<(i128, i128)> {
+fn growth_basis(series: &Series, bucket: &Bucket) -> Option<(i128, i128)> {
     let value = series.value(bucket)?;
     let earlier = bucket.year_earlier();
     let previous = series.value(&earlier).filter(|p| *p > 0 && earlier != *bucket)?;
     Some((value, previous))
+}
+
+/// Growth of `value` over `previous` in percent, for people (decisions are
+/// made in integers by [`grown_by`]).
+pub fn growth_percent(value: i128, previous: i128) -> f64 {
+    (value - previous) as f64 / previous as f64 * 100.0
 }
 
 /// Whether growth is at least `bp` basis points: `value / previous - 1 ≥
@@ -307,7 +304,7 @@ fn growth_crossings(
 
 /// A period's top `rule.top` members, first place first: by value, then by
 /// code on a tie. `None` while fewer members have records.
-pub fn top(series: &Series, period: &Bucket, rule: RankRule) -> Option<Vec<Ranked>> {
+fn top(series: &Series, period: &Bucket, rule: RankRule) -> Option<Vec<Ranked>> {
     let members = series.members.get(period)?;
     let n = usize::try_from(rule.top).unwrap_or(usize::MAX);
     if members.len() < n {
@@ -386,8 +383,13 @@ fn same_periods(series: &Series, year: u16, through: Bucket) -> Option<i128> {
 
 /// Whether `year` so far holds each year-to-date comparison, and what it is
 /// compared with.
-fn ytd_status(series: &Series, year: u16, kind: YtdKind) -> (bool, Option<(u16, i128)>) {
-    let all = years(series);
+/// `all` is [`years`] of `series`.
+fn ytd_status(
+    series: &Series,
+    all: &BTreeMap<u16, (i128, Bucket)>,
+    year: u16,
+    kind: YtdKind,
+) -> (bool, Option<(u16, i128)>) {
     let Some(&(so_far, through)) = all.get(&year) else {
         return (false, None);
     };
@@ -411,8 +413,7 @@ fn ytd_status(series: &Series, year: u16, kind: YtdKind) -> (bool, Option<(u16, 
     }
 }
 
-/// Each year whose year-to-date comparisons changed, the previous year's
-/// first.
+/// Each year whose year-to-date comparisons changed, in year order.
 fn year_to_date(state: &Series, next: &Series, cause: Cause, events: &mut Vec<Milestone>) {
     let (old, new) = (years(state), years(next));
     let all: BTreeSet<u16> = old.keys().chain(new.keys()).copied().collect();
@@ -421,8 +422,8 @@ fn year_to_date(state: &Series, next: &Series, cause: Cause, events: &mut Vec<Mi
             continue;
         };
         for kind in [YtdKind::PassedPreviousYear, YtdKind::RecordHigh] {
-            let (was, _) = ytd_status(state, year, kind);
-            let (is, compared) = ytd_status(next, year, kind);
+            let (was, _) = ytd_status(state, &old, year, kind);
+            let (is, compared) = ytd_status(next, &new, year, kind);
             if was != is {
                 events.push(Milestone::YearToDate {
                     kind,
@@ -477,6 +478,13 @@ mod tests {
         Bucket::of(Period::from_parts(y, 0).unwrap(), Granularity::Year)
     }
 
+    fn totals<const N: usize>(totals: [(Bucket, Option<Tally>); N]) -> Updates {
+        Updates {
+            totals: totals.into(),
+            members: BTreeMap::new(),
+        }
+    }
+
     fn rules() -> WatchRules {
         WatchRules {
             thresholds: vec![100 * BN],
@@ -491,12 +499,7 @@ mod tests {
         } else {
             Cause::NewData
         };
-        evaluate(
-            &rules(),
-            state,
-            &BTreeMap::from([(year(y), Some((v, 1)))]).into(),
-            cause,
-        )
+        evaluate(&rules(), state, &totals([(year(y), Some((v, 1)))]), cause)
     }
 
     #[test]
@@ -555,19 +558,14 @@ mod tests {
         assert!(
             matches!(e.as_slice(), [Milestone::RecordHigh { period, cause: Cause::Revision, .. }] if *period == year(2024))
         );
-        let (s, e) = evaluate(
-            &rules(),
-            &s,
-            &BTreeMap::from([(year(2024), None)]).into(),
-            Cause::Revision,
-        );
+        let (s, e) = evaluate(&rules(), &s, &totals([(year(2024), None)]), Cause::Revision);
         assert!(e.is_empty(), "a single remaining period has no record to beat");
         assert_eq!(s.holder, Some(year(2023)));
     }
 
     #[test]
     fn a_tie_nobody_held_is_no_record() {
-        let both = BTreeMap::from([(year(2023), Some((10, 1))), (year(2024), Some((10, 1)))]).into();
+        let both = totals([(year(2023), Some((10, 1))), (year(2024), Some((10, 1)))]);
         let (s, e) = evaluate(&rules(), &Series::default(), &both, Cause::NewData);
         assert!(e.is_empty());
         assert_eq!(s.holder, None);

@@ -104,7 +104,7 @@ pub fn headline(name: &str, series: &str, currency: CurrencyCode, milestone: &Mi
             let growth = match after {
                 Some((v, p)) => format!(
                     "growth of {} in {} over {earlier}",
-                    growth_percent(*v, *p),
+                    format_growth(*v, *p),
                     period.label()
                 ),
                 None => format!("no growth figure for {} over {earlier} any more", period.label()),
@@ -242,9 +242,8 @@ fn rank_news(
 }
 
 /// `+12.1 %`: growth of `value` over `previous`, one decimal.
-fn growth_percent(value: i128, previous: i128) -> String {
-    let percent = (value - previous) as f64 / previous as f64 * 100.0;
-    format!("{percent:+.1} %")
+fn format_growth(value: i128, previous: i128) -> String {
+    format!("{:+.1} %", super::growth_percent(value, previous))
 }
 
 /// `+10 %`, `-2.5 %`: a threshold in basis points.

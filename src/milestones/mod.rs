@@ -6,6 +6,6 @@ mod evaluate;
 mod headline;
 
 pub use evaluate::{
-    Cause, Direction, Milestone, Ranked, Series, Tally, Updates, arm, backfill, evaluate, growth_basis, top,
+    Cause, Direction, Milestone, Ranked, Series, Tally, Updates, arm, backfill, evaluate, growth_percent,
 };
 pub use headline::{format_amount, format_bp, headline, months_label};

@@ -114,7 +114,8 @@ pub struct MilestoneValue {
     #[prost(bool, tag = "8")]
     pub up: bool,
     /// RecordHigh: the previous holder, its value now, and the cause
-    /// (1 new data, 2 revision, 3 group change).
+    /// (1 new data, 2 revision, 3 group change). GrowthCrossed: the period
+    /// compared with.
     #[prost(string, tag = "9")]
     pub previous_period: String,
     #[prost(bytes = "vec", tag = "10")]
@@ -410,6 +411,7 @@ pub fn encode_event(event: &Event) -> EventValue {
         crate::domain::EventKind::GrowthCrossed(g) => EventKind::GrowthCrossed(MilestoneValue {
             cause: cause_code(g.cause),
             threshold_bp: g.threshold_bp,
+            previous_period: g.previous_period.clone(),
             up: g.direction == Direction::Up,
             before: encode_amount(g.before.map(|(v, _)| v)),
             previous_before: encode_amount(g.before.map(|(_, p)| p)),
@@ -551,6 +553,7 @@ fn decode_event(sequence: u64, value: EventValue) -> Result<Event> {
             crate::domain::EventKind::GrowthCrossed(GrowthCrossed {
                 watch: watch(&m)?,
                 period: m.period.clone(),
+                previous_period: m.previous_period.clone(),
                 threshold_bp: m.threshold_bp,
                 direction: if m.up { Direction::Up } else { Direction::Down },
                 before: basis(&m.before, &m.previous_before),
