@@ -3,10 +3,11 @@
 //! DESIGN.md §4–§6 promise across a crash.
 //!
 //! One data dir serves every round. Setup stores a few batches, two custom
-//! partner groups and four watches (thresholds and record high, created with
-//! backfill) over different read paths: records (CHN ↔ CENTRAL_ASIA, and CHN
-//! and KAZ ↔ a custom group that is edited under load, monthly data by year),
-//! the per-reporter rollup (CHN) and the world rollup. Each round then:
+//! partner groups and five watches (thresholds, record high, a rank rule and
+//! mostly growth thresholds, created with backfill) over different read
+//! paths: records (CHN ↔ CENTRAL_ASIA, and CHN and KAZ ↔ a custom group that
+//! is edited under load, monthly data by year), the per-reporter rollup (CHN),
+//! the world rollup, and CHN's monthly data by month with year to date. Each round then:
 //!
 //! 1. (re)connects two subscribers from their checkpoints — one for every
 //!    event, one for milestones only (in about half the rounds) — and checks
