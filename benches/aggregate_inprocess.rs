@@ -1,33 +1,77 @@
-//! The seed question (a) answered in-process, without gRPC, on the stores
-//! `benches/aggregate.rs` built — to tell the query's own cost from the
-//! round trip's.
+//! The four questions of `benches/aggregate.rs` answered in-process,
+//! without gRPC, on the stores that bench built — to tell a question's own
+//! cost from the round trip's — and each asked first right after the store
+//! is opened (a restart: nothing of it in the process's memory yet).
 //!
 //! ```sh
 //! cargo bench --bench aggregate -- 1m 10m     # builds the stores, once
-//! cargo bench --bench aggregate_inprocess
+//! cargo bench --bench aggregate_inprocess     # or: -- 10m d
 //! ```
 
 use std::time::{Duration, Instant};
 
-use tradewatch::domain::{CountryCode, GroupName, Party, Selector};
+use tradewatch::domain::{CommodityLevel, CountryCode, Flow, GroupName, Party, Period, Selector};
 use tradewatch::query::ResolvedSelector;
 use tradewatch::query::aggregate::{AggregateRequest, Dimension, RowOrder, aggregate};
 use tradewatch::store::Store;
 
-fn main() -> anyhow::Result<()> {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    let selector = Selector {
-        reporters: vec![Party::Country(CountryCode::parse("CHN")?)],
-        partners: vec![Party::Group(GroupName::parse("CENTRAL_ASIA")?)],
-        ..Selector::default()
-    };
-    let request = AggregateRequest {
-        group_by: [Dimension::Period].into(),
+fn questions() -> anyhow::Result<Vec<(&'static str, Selector, AggregateRequest)>> {
+    let chn = Party::Country(CountryCode::parse("CHN")?);
+    let by = |dimension, order, limit| AggregateRequest {
+        group_by: [dimension].into(),
         granularity: None,
-        order: RowOrder::Group,
-        limit: 0,
+        order,
+        limit,
     };
+    Ok(vec![
+        (
+            "(a) CHN ↔ CENTRAL_ASIA per year",
+            Selector {
+                reporters: vec![chn.clone()],
+                partners: vec![Party::Group(GroupName::parse("CENTRAL_ASIA")?)],
+                ..Selector::default()
+            },
+            by(Dimension::Period, RowOrder::Group, 0),
+        ),
+        (
+            "(b) CHN top 10 partners 2025",
+            Selector {
+                reporters: vec![chn.clone()],
+                period_from: Some(Period::parse("2025")?),
+                period_to: Some(Period::parse("2025")?),
+                ..Selector::default()
+            },
+            by(Dimension::Partner, RowOrder::TotalDesc, 10),
+        ),
+        (
+            "(c) world total per year",
+            Selector::default(),
+            by(Dimension::Period, RowOrder::Group, 0),
+        ),
+        (
+            "(d) top 10 HS2, CHN → KAZ exports",
+            Selector {
+                reporters: vec![chn],
+                partners: vec![Party::Country(CountryCode::parse("KAZ")?)],
+                flows: [Flow::Export].into(),
+                commodity_level: Some(CommodityLevel::Hs2),
+                period_from: Some(Period::parse("2021")?),
+                period_to: Some(Period::parse("2025")?),
+                ..Selector::default()
+            },
+            by(Dimension::Commodity, RowOrder::TotalDesc, 10),
+        ),
+    ])
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    let cache = tradewatch::Config::DEFAULT_CACHE_MB * 1024 * 1024;
     for size in ["1m", "10m"] {
+        if args.iter().any(|a| a.ends_with('m')) && !args.iter().any(|a| a == size) {
+            continue;
+        }
         let dir = root.join(size).join("store");
         if !dir.exists() {
             println!(
@@ -36,29 +80,40 @@ fn main() -> anyhow::Result<()> {
             );
             continue;
         }
-        let store = Store::open(&dir, tradewatch::Config::DEFAULT_CACHE_MB * 1024 * 1024, 0)?;
-        let mut resolve = Vec::new();
-        let mut total = Vec::new();
-        for i in 0..21_000 {
-            let start = Instant::now();
-            let resolved = ResolvedSelector::resolve(&store, selector.clone(), "selector")?;
-            let resolved_at = start.elapsed();
-            std::hint::black_box(aggregate(&store, &resolved, &request)?);
-            if i >= 1000 {
-                resolve.push(resolved_at);
-                total.push(start.elapsed());
+        println!("{size}: question | first after opening | warm p50 | ratio");
+        let only: Vec<String> = args
+            .iter()
+            .filter(|a| a.len() == 1)
+            .map(|a| format!("({a})"))
+            .collect();
+        for (name, selector, request) in questions()? {
+            if !only.is_empty() && !only.iter().any(|q| name.starts_with(q.as_str())) {
+                continue;
             }
+            // Each question in a store of its own opening, so that its first
+            // answer reads nothing another question left in memory.
+            let store = Store::open(&dir, cache, 0)?;
+            let ask = || -> anyhow::Result<Duration> {
+                let start = Instant::now();
+                let resolved = ResolvedSelector::resolve(&store, selector.clone(), "selector")?;
+                std::hint::black_box(aggregate(&store, &resolved, &request)?);
+                Ok(start.elapsed())
+            };
+            let first = ask()?;
+            let mut warm = Vec::new();
+            let started = Instant::now();
+            while warm.len() < 20_000 && (started.elapsed() < Duration::from_secs(3) || warm.len() < 100) {
+                warm.push(ask()?);
+            }
+            warm.sort();
+            let p50 = warm[warm.len() / 2];
+            println!(
+                "{size}: {name} | {first:?} | {p50:?} | {:.1}× ({} runs)",
+                first.as_secs_f64() / p50.as_secs_f64(),
+                warm.len()
+            );
+            tokio::runtime::Runtime::new()?.block_on(store.close());
         }
-        let p50 = |v: &mut Vec<Duration>| {
-            v.sort();
-            v[v.len() / 2]
-        };
-        println!(
-            "{size}: (a) in-process p50 {:?} (resolving groups {:?}), 20,000 runs",
-            p50(&mut total),
-            p50(&mut resolve)
-        );
-        tokio::runtime::Runtime::new()?.block_on(store.close());
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ResolvedSelector;
+use crate::collections::FastMap;
 use crate::domain::{
     Bucket, Commodity, CommodityFilter, CountryCode, CurrencyCode, Flow, Frequency, Granularity, Measure,
     Money, Period, SeriesSpec,
@@ -257,20 +258,25 @@ impl<'a> Plan<'a> {
             from: scan_from,
         };
         let monthly = self.spec.frequency == Frequency::Monthly;
-        // `rows` holds the periods asked for; `everything` also the year
-        // before them, for year-over-year comparisons.
-        let mut rows: BTreeMap<GroupKey, Accumulator> = BTreeMap::new();
-        let mut everything: BTreeMap<GroupKey, Accumulator> = BTreeMap::new();
+        // `rows` holds the periods asked for; `everything`, when rows are
+        // periods, also the year before them, for year-over-year
+        // comparisons.
+        let mut rows: FastMap<GroupKey, Accumulator> = FastMap::default();
+        let mut everything: FastMap<GroupKey, Accumulator> = FastMap::default();
         store.scan_facts(&scan, &mut |fact| {
             let group = self.group_of(&fact);
-            everything.entry(group).or_default().add(&fact, monthly);
+            if by_period {
+                everything.entry(group).or_default().add(&fact, monthly);
+            }
             if fact.period >= self.spec.from {
                 rows.entry(group).or_default().add(&fact, monthly);
             }
         })?;
+        let mut rows: Vec<(GroupKey, Accumulator)> = rows.into_iter().collect();
+        rows.sort_unstable_by_key(|(group, _)| *group);
 
-        let grand: i128 = rows.values().map(|a| a.tally.nanos).sum();
-        let record_count: i64 = rows.values().map(|a| a.tally.count).sum();
+        let grand: i128 = rows.iter().map(|(_, a)| a.tally.nanos).sum();
+        let record_count: i64 = rows.iter().map(|(_, a)| a.tally.count).sum();
         let money = |nanos| Money::new(self.spec.currency, nanos);
         let mut out: Vec<AggregateRow> = rows
             .iter()

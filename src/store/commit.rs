@@ -131,7 +131,8 @@ impl Commit {
         disk.room_for(effect.changes.len() + effect.events.len())?;
         let applied = db.apply_batch(batch);
         // Also after a failed apply, which may have left part of the batch.
-        self.series.invalidate(effect.changes.iter().map(|c| &c.key));
+        self.series
+            .invalidate(effect.changes.iter().map(|c| (&c.key, c.after.is_some())));
         applied?;
         self.oldest.store(oldest, Ordering::Release);
         Ok(tally)

@@ -9,7 +9,7 @@ use super::codec;
 use super::keys::{self, record_offsets as at};
 use super::rollup::Tally;
 use super::scan::{Component, skip_scan};
-use super::series_cache::{SERIES_PREFIX_LEN, SeriesCache, SeriesPrefix};
+use super::series_cache::{Level, SERIES_PREFIX_LEN, SeriesCache, SeriesPrefix};
 use crate::core::volume::volume;
 use crate::domain::{Commodity, CommodityFilter, CountryCode, Flow, Measure, Period, SeriesSpec};
 use crate::error::{Error, Result};
@@ -99,15 +99,26 @@ pub fn scan_facts(
     let commodity = commodity_component(&spec.commodities);
     let currency = Component::values(3, [spec.currency.as_bytes().to_vec()]);
     match scan.source {
-        FactSource::Records => match (cache, series_prefixes(spec)) {
-            (Some(cache), Some(prefixes)) => {
-                let (from, to) = (keys::period_bytes(scan.from), keys::period_bytes(spec.to));
-                let period = at::PERIOD..at::PERIOD + 4;
+        FactSource::Records => match cache.map(|c| (c, series_prefixes(db, c, spec))) {
+            Some((cache, Some(prefixes))) => {
+                let prefixes = prefixes?;
+                // Encoded periods compare as big-endian numbers.
+                let number = u32::from_be_bytes;
+                let (from, to) = (
+                    number(keys::period_bytes(scan.from)),
+                    number(keys::period_bytes(spec.to)),
+                );
                 scan_record_facts(scan, visit, &mut |on_record| {
                     for prefix in &prefixes {
                         for record in cache.records(db, prefix)?.iter() {
-                            let p = &record.key[period.clone()];
-                            if p >= &from[..] && p <= &to[..] {
+                            let k = &record.key;
+                            let p = number([
+                                k[at::PERIOD],
+                                k[at::PERIOD + 1],
+                                k[at::PERIOD + 2],
+                                k[at::PERIOD + 3],
+                            ]);
+                            if (from..=to).contains(&p) {
                                 on_record(&record.key, record.nanos)?;
                             }
                         }
@@ -153,40 +164,87 @@ pub fn scan_facts(
     }
 }
 
-/// Most series a question reads through the cache; one naming more (a
-/// long list of reporters, partners and commodities) is read with the skip
-/// scan, which does not list them first.
+/// Most series a question reads through the cache; one over more (long
+/// lists of reporters, partners and commodities, every HS6 code of many
+/// pairs) is read with the skip scan, which does not list them first.
 const MAX_CACHED_SERIES: usize = 4096;
 
-/// The keys of every series a question names in full, in key order; `None`
-/// when it leaves reporters or partners open, picks commodities by level,
-/// or names more than [`MAX_CACHED_SERIES`].
-fn series_prefixes(spec: &SeriesSpec) -> Option<Vec<SeriesPrefix>> {
-    let (Some(reporters), Some(partners), CommodityFilter::Exact(commodities)) =
-        (&spec.reporters, &spec.partners, &spec.commodities)
-    else {
-        return None;
-    };
-    let count = reporters
-        .len()
-        .checked_mul(partners.len())?
-        .checked_mul(commodities.len())
-        .filter(|&n| n <= MAX_CACHED_SERIES)?;
-    let mut prefixes = Vec::with_capacity(count);
-    for reporter in reporters {
-        for partner in partners {
-            for commodity in commodities {
-                let mut prefix = [0u8; SERIES_PREFIX_LEN];
-                prefix[0] = keys::NS_RECORD;
-                prefix[1..4].copy_from_slice(&reporter.as_bytes());
-                prefix[4..7].copy_from_slice(&partner.as_bytes());
-                prefix[7..14].copy_from_slice(&keys::commodity_bytes(*commodity));
-                prefixes.push(prefix);
+/// The keys of every series a question reads, in key order: the reporters,
+/// partners and commodities it names, and where it leaves them open (every
+/// partner of a reporter, a commodity level) the ones the store holds, as
+/// the cache lists them. `None` when that is more than
+/// [`MAX_CACHED_SERIES`].
+fn series_prefixes(
+    db: &sled::Db,
+    cache: &SeriesCache,
+    spec: &SeriesSpec,
+) -> Option<Result<Vec<SeriesPrefix>>> {
+    let mut prefixes = Vec::new();
+    let listed = (|| -> Result<bool> {
+        let named =
+            |set: &BTreeSet<CountryCode>| -> Vec<[u8; 3]> { set.iter().map(|c| c.as_bytes()).collect() };
+        let reporters = match &spec.reporters {
+            Some(set) => named(set),
+            None => countries(&cache.children(db, Level::Reporters)?),
+        };
+        for reporter in reporters {
+            let partners = match &spec.partners {
+                Some(set) => named(set),
+                None => {
+                    let mut all = countries(&cache.children(db, Level::Partners(reporter))?);
+                    // Trade with the world is left out where partners are
+                    // not named.
+                    all.retain(|p| *p != CountryCode::WORLD.as_bytes());
+                    all
+                }
+            };
+            for partner in partners {
+                let mut push = |commodity: &[u8]| -> bool {
+                    let mut prefix = [0u8; SERIES_PREFIX_LEN];
+                    prefix[0] = keys::NS_RECORD;
+                    prefix[1..4].copy_from_slice(&reporter);
+                    prefix[4..7].copy_from_slice(&partner);
+                    prefix[7..14].copy_from_slice(commodity);
+                    prefixes.push(prefix);
+                    prefixes.len() <= MAX_CACHED_SERIES
+                };
+                match &spec.commodities {
+                    CommodityFilter::Exact(set) => {
+                        for commodity in set {
+                            if !push(&keys::commodity_bytes(*commodity)) {
+                                return Ok(false);
+                            }
+                        }
+                    }
+                    CommodityFilter::Level(level, digits) => {
+                        let children = cache.children(db, Level::Commodities(reporter, partner))?;
+                        let wanted = |c: &&[u8]| {
+                            c[0] == keys::level_byte(*level) && c[1..].starts_with(digits.as_bytes())
+                        };
+                        for commodity in children.chunks_exact(7).filter(wanted) {
+                            if !push(commodity) {
+                                return Ok(false);
+                            }
+                        }
+                    }
+                }
             }
         }
+        Ok(true)
+    })();
+    match listed {
+        Ok(true) => {
+            prefixes.sort_unstable();
+            Some(Ok(prefixes))
+        }
+        Ok(false) => None,
+        Err(e) => Some(Err(e)),
     }
-    prefixes.sort_unstable();
-    Some(prefixes)
+}
+
+/// Three-byte country codes, back to back, as a list.
+fn countries(children: &[u8]) -> Vec<[u8; 3]> {
+    children.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect()
 }
 
 /// Called with each record's key and value.
@@ -214,6 +272,12 @@ fn scan_record_facts(
     };
     records(&mut |k, nanos| {
         if k.get(at::CURRENCY..at::CURRENCY + 3) != Some(&currency[..]) {
+            return Ok(());
+        }
+        // Records of flows not summed are passed over before decoding.
+        if let Measure::Flows(flows) = &spec.measure
+            && !flows.iter().any(|f| Some(&f.code()) == k.get(at::FLOW))
+        {
             return Ok(());
         }
         let key = keys::decode_record_key(k)?;

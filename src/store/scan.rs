@@ -120,7 +120,7 @@ fn has_prefix(tree: &sled::Tree, prefix: &[u8]) -> Result<bool> {
 }
 
 /// The smallest key greater than every key that starts with `bytes`.
-fn successor(bytes: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn successor(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut out = bytes.to_vec();
     while let Some(last) = out.pop() {
         if last < 0xff {

@@ -1,11 +1,14 @@
 //! Decoded records of recently read series (one reporter, partner and
 //! commodity: every period, flow and currency of it), so that a question
-//! asked again reads memory instead of walking sled's tree record by record.
+//! asked again reads memory instead of walking sled's tree record by record;
+//! and, for questions that leave a level open (every partner of a reporter,
+//! every HS2 code of a pair), the list of what that level holds, so that the
+//! series they read can be named without sled.
 //!
 //! The cache never answers with data older than an acknowledged write: the
-//! writer drops the series a write touches after applying it and before
-//! acknowledging it, and a fill (a series read from sled on a miss) is not
-//! kept if the writer dropped anything between the fill's start and its end
+//! writer brings it up to each write after applying it and before
+//! acknowledging it, and a fill (something read from sled on a miss) is not
+//! kept if the writer applied anything between the fill's start and its end
 //! (see [`SeriesCache::invalidate`]). The same counter tells the store when
 //! to reread its partner groups.
 
@@ -33,20 +36,74 @@ pub struct CachedRecord {
 /// The records of one series in key order.
 pub type SeriesRecords = Arc<[CachedRecord]>;
 
+/// Where the records of a level of the key tree start: every reporter
+/// (the namespace byte alone), every partner of a reporter (namespace and
+/// reporter), every commodity of a reporter–partner pair (namespace,
+/// reporter, partner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    Reporters,
+    Partners([u8; 3]),
+    Commodities([u8; 3], [u8; 3]),
+}
+
+impl Level {
+    fn prefix(&self) -> Vec<u8> {
+        let mut out = vec![keys::NS_RECORD];
+        match self {
+            Level::Reporters => {}
+            Level::Partners(r) => out.extend_from_slice(r),
+            Level::Commodities(r, p) => {
+                out.extend_from_slice(r);
+                out.extend_from_slice(p);
+            }
+        }
+        out
+    }
+
+    /// The width of the key component below the prefix.
+    pub fn width(&self) -> usize {
+        match self {
+            Level::Reporters | Level::Partners(_) => 3,
+            Level::Commodities(..) => 7,
+        }
+    }
+}
+
+/// The distinct values of one level's component present in the store, in
+/// key order, each [`Level::width`] bytes, back to back.
+pub type Children = Arc<[u8]>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Series(SeriesPrefix),
+    Children(Level),
+}
+
+#[derive(Clone)]
+enum Entry {
+    Records(SeriesRecords),
+    Children(Children),
+}
+
 #[derive(Clone)]
 struct Weight;
 
-impl quick_cache::Weighter<SeriesPrefix, SeriesRecords> for Weight {
-    fn weight(&self, _: &SeriesPrefix, records: &SeriesRecords) -> u64 {
-        // The records, the key, the Arc's counts and the entry's own
+impl quick_cache::Weighter<Key, Entry> for Weight {
+    fn weight(&self, _: &Key, entry: &Entry) -> u64 {
+        // The values, the key, the Arc's counts and the entry's own
         // bookkeeping in the cache.
-        (records.len() * size_of::<CachedRecord>() + 96) as u64
+        let values = match entry {
+            Entry::Records(records) => records.len() * size_of::<CachedRecord>(),
+            Entry::Children(children) => children.len(),
+        };
+        (values + 96) as u64
     }
 }
 
 pub struct SeriesCache {
     /// `None`: caching off (a budget of 0).
-    entries: Option<quick_cache::sync::Cache<SeriesPrefix, SeriesRecords, Weight>>,
+    entries: Option<quick_cache::sync::Cache<Key, Entry, Weight>>,
     /// Counts the writer's commits (applied, or failed while applying).
     /// Fills compare it before and after reading; the writer raises it
     /// while holding the lock.
@@ -75,27 +132,42 @@ impl SeriesCache {
     /// The records of the series `prefix`, in key order: from memory, or
     /// read from `db` (and kept, unless a write was applied meanwhile).
     pub fn records(&self, db: &sled::Db, prefix: &SeriesPrefix) -> Result<SeriesRecords> {
-        if let Some(records) = self.entries.as_ref().and_then(|e| e.get(prefix)) {
+        let key = Key::Series(*prefix);
+        if let Some(Entry::Records(records)) = self.entries.as_ref().and_then(|e| e.get(&key)) {
             return Ok(records);
         }
         let fill = self.begin_fill();
         let records = read(db, prefix)?;
-        self.finish_fill(fill, prefix, records.clone());
+        self.finish_fill(fill, key, Entry::Records(records.clone()));
         Ok(records)
     }
 
-    /// Taken before reading a series from sled.
+    /// The values of `level`'s component that have records, in key order:
+    /// from memory, or found in `db` with one seek each (and kept, unless a
+    /// write was applied meanwhile).
+    pub fn children(&self, db: &sled::Db, level: Level) -> Result<Children> {
+        let key = Key::Children(level);
+        if let Some(Entry::Children(children)) = self.entries.as_ref().and_then(|e| e.get(&key)) {
+            return Ok(children);
+        }
+        let fill = self.begin_fill();
+        let children = read_children(db, level)?;
+        self.finish_fill(fill, key, Entry::Children(children.clone()));
+        Ok(children)
+    }
+
+    /// Taken before reading from sled.
     fn begin_fill(&self) -> u64 {
         *self.lock()
     }
 
     /// Keeps what was read since `begin_fill` answered `fill`, unless a
     /// write was applied meanwhile (it may have been read before the write).
-    fn finish_fill(&self, fill: u64, prefix: &SeriesPrefix, records: SeriesRecords) {
+    fn finish_fill(&self, fill: u64, key: Key, entry: Entry) {
         if let Some(entries) = &self.entries {
             let generation = self.lock();
             if *generation == fill {
-                entries.insert(*prefix, records);
+                entries.insert(key, entry);
             }
         }
     }
@@ -106,27 +178,75 @@ impl SeriesCache {
         *self.lock()
     }
 
-    /// Drops the series of `keys`, and counts a commit. The writer calls
-    /// this after applying each commit (also one that failed, which may
-    /// have left part of its batch) and before acknowledging it, so no
-    /// reader that starts after the acknowledgement sees the series as it
+    /// Brings the cache up to a commit that wrote (`true`) or removed
+    /// (`false`) the records of `changes`, and counts the commit. The writer
+    /// calls this after applying each commit (also one that failed, which
+    /// may have left part of its batch) and before acknowledging it, so no
+    /// reader that starts after the acknowledgement sees the store as it
     /// was; raising the generation under the same lock keeps a fill that
     /// read the old records (and has not yet stored them) from storing them
     /// afterwards.
-    pub fn invalidate<'a>(&self, keys: impl IntoIterator<Item = &'a RecordKey>) {
+    ///
+    /// The series changed are dropped. A record written adds its reporter,
+    /// partner and commodity to the lists of children held (a list naming a
+    /// child whose records a failed commit did not write only costs reading
+    /// an empty series); a record removed drops the lists it is in, which
+    /// may have lost a child.
+    pub fn invalidate<'a>(&self, changes: impl IntoIterator<Item = (&'a RecordKey, bool)>) {
         let mut generation = self.lock();
         *generation += 1;
         let Some(entries) = self.entries.as_ref().filter(|e| !e.is_empty()) else {
             return;
         };
         // A batch holds many records of few series.
-        let mut prefixes: Vec<SeriesPrefix> = keys.into_iter().map(series_prefix).collect();
-        prefixes.sort_unstable();
-        prefixes.dedup();
-        for prefix in &prefixes {
-            entries.remove(prefix);
+        let mut series: Vec<(SeriesPrefix, bool)> = changes
+            .into_iter()
+            .map(|(key, written)| (series_prefix(key), written))
+            .collect();
+        series.sort_unstable();
+        series.dedup();
+        for (prefix, written) in &series {
+            entries.remove(&Key::Series(*prefix));
+            let reporter = [prefix[1], prefix[2], prefix[3]];
+            let partner = [prefix[4], prefix[5], prefix[6]];
+            let lists = [
+                (Level::Reporters, &prefix[1..4]),
+                (Level::Partners(reporter), &prefix[4..7]),
+                (Level::Commodities(reporter, partner), &prefix[7..14]),
+            ];
+            for (level, child) in lists {
+                let key = Key::Children(level);
+                if !written {
+                    entries.remove(&key);
+                } else if let Some(Entry::Children(children)) = entries.get(&key)
+                    && let Some(added) = with_child(&children, child)
+                {
+                    entries.insert(key, Entry::Children(added));
+                }
+            }
         }
     }
+}
+
+/// `children` with `child` added in order, or `None` if it is there.
+fn with_child(children: &[u8], child: &[u8]) -> Option<Children> {
+    let width = child.len();
+    let count = children.len() / width;
+    let at = |i: usize| &children[i * width..(i + 1) * width];
+    let (mut lo, mut hi) = (0, count);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match at(mid).cmp(child) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return None,
+        }
+    }
+    let mut out = Vec::with_capacity(children.len() + width);
+    out.extend_from_slice(&children[..lo * width]);
+    out.extend_from_slice(child);
+    out.extend_from_slice(&children[lo * width..]);
+    Some(out.into())
 }
 
 /// The series prefix of a record key.
@@ -151,6 +271,31 @@ fn read(db: &sled::Db, prefix: &SeriesPrefix) -> Result<SeriesRecords> {
         records.push(CachedRecord { key, nanos });
     }
     Ok(records.into())
+}
+
+/// The distinct values of `level`'s component, seeking from each to the
+/// next.
+fn read_children(db: &sled::Db, level: Level) -> Result<Children> {
+    let prefix = level.prefix();
+    let width = level.width();
+    let mut out = Vec::new();
+    let mut seek = prefix.clone();
+    while let Some(entry) = db.range(seek.as_slice()..).next() {
+        let (k, _) = entry?;
+        let Some(child) = k
+            .strip_prefix(prefix.as_slice())
+            .and_then(|rest| rest.get(..width))
+        else {
+            break;
+        };
+        out.extend_from_slice(child);
+        seek.truncate(prefix.len());
+        match super::scan::successor(child) {
+            Some(next) => seek.extend_from_slice(&next),
+            None => break,
+        }
+    }
+    Ok(out.into())
 }
 
 #[cfg(test)]
@@ -193,9 +338,9 @@ mod tests {
         // A write to the series drops it; another series' does not.
         let mut other = k25;
         other.partner = CountryCode::parse("UZB").unwrap();
-        cache.invalidate([&other]);
+        cache.invalidate([(&other, true)]);
         assert_eq!(units(&cache, &db, &k25), [1, 2]);
-        cache.invalidate([&k24]);
+        cache.invalidate([(&k24, true)]);
         assert_eq!(units(&cache, &db, &k25), [1, 3]);
     }
 
@@ -211,9 +356,62 @@ mod tests {
         let fill = cache.begin_fill();
         let stale = read(&db, &prefix).unwrap();
         put(&db, &k, 2);
-        cache.invalidate([&k]);
-        cache.finish_fill(fill, &prefix, stale);
+        cache.invalidate([(&k, true)]);
+        cache.finish_fill(fill, Key::Series(prefix), Entry::Records(stale));
         assert_eq!(units(&cache, &db, &k), [2]);
+    }
+
+    fn partners(cache: &SeriesCache, db: &sled::Db) -> Vec<String> {
+        let chn = CountryCode::parse("CHN").unwrap().as_bytes();
+        let children = cache.children(db, Level::Partners(chn)).unwrap();
+        children
+            .chunks(3)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn children_follow_written_and_removed_records() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let cache = SeriesCache::new(1 << 20);
+        let kaz = key("2025");
+        let mut uzb = kaz;
+        uzb.partner = CountryCode::parse("UZB").unwrap();
+        let mut kgz = kaz;
+        kgz.partner = CountryCode::parse("KGZ").unwrap();
+        put(&db, &kaz, 1);
+        put(&db, &uzb, 1);
+        // Another reporter's partners are not CHN's.
+        let mut other = kaz;
+        other.reporter = CountryCode::parse("DEU").unwrap();
+        other.partner = CountryCode::parse("AUT").unwrap();
+        put(&db, &other, 1);
+        assert_eq!(partners(&cache, &db), ["KAZ", "UZB"]);
+        // Kept while no write says otherwise.
+        put(&db, &kgz, 1);
+        assert_eq!(partners(&cache, &db), ["KAZ", "UZB"]);
+        // A written record adds its partner in order, without reading.
+        cache.invalidate([(&kgz, true)]);
+        assert_eq!(partners(&cache, &db), ["KAZ", "KGZ", "UZB"]);
+        // A removed one drops the list, which is read again.
+        db.remove(keys::record_key(&uzb)).unwrap();
+        cache.invalidate([(&uzb, false)]);
+        assert_eq!(partners(&cache, &db), ["KAZ", "KGZ"]);
+        let reporters = cache.children(&db, Level::Reporters).unwrap();
+        assert_eq!(&reporters[..], b"CHNDEU");
+        let chn = kaz.reporter.as_bytes();
+        let commodities = cache
+            .children(&db, Level::Commodities(chn, kaz.partner.as_bytes()))
+            .unwrap();
+        assert_eq!(&commodities[..], keys::commodity_bytes(Commodity::TOTAL));
+    }
+
+    #[test]
+    fn with_child_inserts_in_order_once() {
+        assert_eq!(&with_child(b"AAACCC", b"BBB").unwrap()[..], b"AAABBBCCC");
+        assert_eq!(&with_child(b"AAACCC", b"DDD").unwrap()[..], b"AAACCCDDD");
+        assert_eq!(&with_child(b"", b"AAA").unwrap()[..], b"AAA");
+        assert!(with_child(b"AAACCC", b"CCC").is_none());
     }
 
     #[test]
