@@ -342,12 +342,37 @@ pub fn group_from_value(name: GroupName, value: GroupValue) -> Result<(PartnerGr
     Ok((group, value.updated_at.unwrap_or_default()))
 }
 
-/// The events of one log entry: a block, or (format 1) a single event.
+/// How hard event blocks are compressed: zstd's fastest level, which
+/// already stores a block of record events in about a ninth of its size
+/// (BENCHMARKS.md, "Size on disk").
+const EVENT_COMPRESSION_LEVEL: i32 = 1;
+
+/// The first bytes of a zstd frame. An uncompressed block (format 2) starts
+/// with the tag of its first field, 0x0a, so the two cannot be confused.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A block of events as stored (format 3): the `EventBlock` message,
+/// compressed. Events are written once and read in order, so a whole
+/// block compressed together costs little and saves most of the room they
+/// took.
+pub fn encode_event_block(block: &EventBlock) -> Vec<u8> {
+    let bytes = block.encode_to_vec();
+    // Compressing bytes in memory does not fail; should it ever, the block
+    // is stored as it is, which reads back the same.
+    zstd::bulk::compress(&bytes, EVENT_COMPRESSION_LEVEL).unwrap_or(bytes)
+}
+
+/// The events of one log entry: a block, compressed (format 3) or not
+/// (format 2), or (format 1) a single event.
 pub fn decode_event_entry(key_bytes: &[u8], value_bytes: &[u8]) -> Result<Vec<Event>> {
     let (first, last) = keys::decode_event_block_key(key_bytes)?;
     let corrupt = |e: prost::DecodeError| Error::Corrupt(format!("events {first}..={last}: {e}"));
     let events = if key_bytes.len() == 9 {
         vec![EventValue::decode(value_bytes).map_err(corrupt)?]
+    } else if value_bytes.starts_with(&ZSTD_MAGIC) {
+        let bytes = zstd::decode_all(value_bytes)
+            .map_err(|e| Error::Corrupt(format!("events {first}..={last}: {e}")))?;
+        EventBlock::decode(bytes.as_slice()).map_err(corrupt)?.events
     } else {
         EventBlock::decode(value_bytes).map_err(corrupt)?.events
     };

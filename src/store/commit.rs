@@ -110,7 +110,10 @@ impl Commit {
                     })
                     .collect(),
             };
-            batch.insert(&keys::event_block_key(first, last), value.encode_to_vec());
+            batch.insert(
+                &keys::event_block_key(first, last),
+                codec::encode_event_block(&value),
+            );
         }
         if let Some(last) = effect.events.last() {
             batch.insert(keys::META_HEAD_SEQUENCE, &last.sequence.to_be_bytes());

@@ -46,10 +46,11 @@ const PREFETCH_MIN_RECORDS: usize = 64;
 
 /// The on-disk layout version. A directory written with another version is
 /// refused rather than misread.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Older versions this build reads, and upgrades on open: format 1 stored
-/// one event per key, which format 2 still reads (it writes blocks).
-const UPGRADABLE_FORMATS: &[u32] = &[1];
+/// one event per key, format 2 blocks of events uncompressed; format 3
+/// reads both (it writes compressed blocks).
+pub const UPGRADABLE_FORMATS: &[u32] = &[1, 2];
 
 /// A page of records and where the next one starts.
 pub struct RecordPage {
@@ -711,6 +712,58 @@ mod tests {
             .map(|e| keys::decode_event_block_key(&e.unwrap().0).unwrap())
             .collect();
         assert_eq!(entries, vec![(601, 856), (857, 1112), (1113, 1200)]);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn blocks_are_stored_compressed_and_a_format_2_store_of_plain_blocks_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path(), 0);
+        store.put_records(records(600, 1), None).await.unwrap();
+        let before = store.events(1, usize::MAX).unwrap();
+        let mut stored = 0;
+        for entry in store.db.scan_prefix([keys::NS_EVENT]) {
+            let (k, v) = entry.unwrap();
+            let plain = codec::EventBlock {
+                events: codec::decode_event_entry(&k, &v)
+                    .unwrap()
+                    .iter()
+                    .map(codec::encode_event)
+                    .collect(),
+            }
+            .encode_to_vec();
+            assert!(
+                v.len() * 4 < plain.len(),
+                "{} bytes for {} uncompressed",
+                v.len(),
+                plain.len()
+            );
+            stored += 1;
+        }
+        assert_eq!(stored, 3);
+        store.close().await;
+        drop(store);
+        // Rewrite the log as format 2 wrote it: the same blocks, plain.
+        {
+            let db = Store::open_sled(tmp.path(), 64 << 20).unwrap();
+            let mut batch = sled::Batch::default();
+            for entry in db.scan_prefix([keys::NS_EVENT]) {
+                let (k, v) = entry.unwrap();
+                let events = codec::decode_event_entry(&k, &v).unwrap();
+                let block = codec::EventBlock {
+                    events: events.iter().map(codec::encode_event).collect(),
+                };
+                batch.insert(k, block.encode_to_vec());
+            }
+            batch.insert(keys::META_FORMAT_VERSION, &2u32.to_be_bytes());
+            db.apply_batch(batch).unwrap();
+            db.flush().unwrap();
+        }
+        let store = open(tmp.path(), 0);
+        assert_eq!(store.events(1, usize::MAX).unwrap(), before);
+        assert_eq!(sequences(&store, 300, 3), vec![300, 301, 302]);
+        let version = store.db.get(keys::META_FORMAT_VERSION).unwrap().unwrap();
+        assert_eq!(version.as_ref(), &FORMAT_VERSION.to_be_bytes());
         store.close().await;
     }
 

@@ -11,7 +11,7 @@
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-use super::{FORMAT_VERSION, keys};
+use super::{FORMAT_VERSION, UPGRADABLE_FORMATS, keys};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"TWSNAP01";
@@ -66,7 +66,7 @@ pub fn restore(path: &Path, dir: &Path) -> Result<u64> {
         return Err(bad("not a tradewatch snapshot".into()));
     }
     let format = u32::from_be_bytes(read_array(&mut input).map_err(io)?);
-    if format != FORMAT_VERSION {
+    if format != FORMAT_VERSION && !UPGRADABLE_FORMATS.contains(&format) {
         return Err(bad(format!(
             "a store of format {format}; this build reads format {FORMAT_VERSION}"
         )));
