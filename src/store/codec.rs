@@ -2,6 +2,9 @@
 //! on-disk format evolves by the usual protobuf rules, independently of the
 //! API.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+
 use prost::Message;
 use prost_types::Timestamp;
 
@@ -299,12 +302,6 @@ pub fn encode_record(stored: &StoredRecord) -> RecordValue {
     }
 }
 
-pub fn decode_record(key_bytes: &[u8], value_bytes: &[u8]) -> Result<StoredRecord> {
-    let key = keys::decode_record_key(key_bytes)?;
-    let value = RecordValue::decode(value_bytes).map_err(|e| Error::Corrupt(format!("record {key}: {e}")))?;
-    Ok(record_from_value(key, value))
-}
-
 pub fn record_from_value(key: RecordKey, value: RecordValue) -> StoredRecord {
     let amount = crate::domain::Money::join(value.units, value.nanos);
     StoredRecord {
@@ -342,24 +339,60 @@ pub fn group_from_value(name: GroupName, value: GroupValue) -> Result<(PartnerGr
     Ok((group, value.updated_at.unwrap_or_default()))
 }
 
-/// How hard event blocks are compressed: zstd's fastest level, which
-/// already stores a block of record events in about a ninth of its size
-/// (BENCHMARKS.md, "Size on disk").
-const EVENT_COMPRESSION_LEVEL: i32 = 1;
+/// How hard event blocks and series blocks are compressed: zstd's fastest
+/// level, which already stores a block of record events in about a ninth
+/// of its size (BENCHMARKS.md, "Size on disk").
+const COMPRESSION_LEVEL: i32 = 1;
 
 /// The first bytes of a zstd frame. An uncompressed block (format 2) starts
 /// with the tag of its first field, 0x0a, so the two cannot be confused.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Most bytes a stored value decompresses to (a block of 256 events is a
+/// few tens of KiB); a frame saying more is read as damaged.
+const MAX_DECOMPRESSED: u64 = 64 << 20;
+
+thread_local! {
+    // zstd's contexts, made once per thread: making one per value costs more
+    // than compressing a block of a few KiB.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        RefCell::new(zstd::bulk::Compressor::new(COMPRESSION_LEVEL).ok());
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        RefCell::new(zstd::bulk::Decompressor::new().ok());
+}
+
+/// An encoded message as stored, compressed whole.
+pub fn compress(bytes: Vec<u8>) -> Vec<u8> {
+    // Compressing bytes in memory does not fail; should it ever, the value
+    // is stored as it is, which reads back the same.
+    COMPRESSOR
+        .with(|c| c.borrow_mut().as_mut().and_then(|c| c.compress(&bytes).ok()))
+        .unwrap_or(bytes)
+}
+
+/// A stored message's encoding: decompressed if it was stored compressed,
+/// else as it is.
+pub fn decompress(bytes: &[u8]) -> std::io::Result<Cow<'_, [u8]>> {
+    if !bytes.starts_with(&ZSTD_MAGIC) {
+        return Ok(Cow::Borrowed(bytes));
+    }
+    let damaged = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    let size = match zstd::zstd_safe::get_frame_content_size(bytes) {
+        Ok(Some(size)) if size <= MAX_DECOMPRESSED => size as usize,
+        _ => return Err(damaged("a compressed value without a valid size")),
+    };
+    DECOMPRESSOR.with(|d| match d.borrow_mut().as_mut() {
+        Some(d) => d.decompress(bytes, size).map(Cow::Owned),
+        None => zstd::bulk::decompress(bytes, size).map(Cow::Owned),
+    })
+}
 
 /// A block of events as stored (format 3): the `EventBlock` message,
 /// compressed. Events are written once and read in order, so a whole
 /// block compressed together costs little and saves most of the room they
 /// took.
 pub fn encode_event_block(block: &EventBlock) -> Vec<u8> {
-    let bytes = block.encode_to_vec();
-    // Compressing bytes in memory does not fail; should it ever, the block
-    // is stored as it is, which reads back the same.
-    zstd::bulk::compress(&bytes, EVENT_COMPRESSION_LEVEL).unwrap_or(bytes)
+    compress(block.encode_to_vec())
 }
 
 /// The events of one log entry: a block, compressed (format 3) or not
@@ -369,12 +402,10 @@ pub fn decode_event_entry(key_bytes: &[u8], value_bytes: &[u8]) -> Result<Vec<Ev
     let corrupt = |e: prost::DecodeError| Error::Corrupt(format!("events {first}..={last}: {e}"));
     let events = if key_bytes.len() == 9 {
         vec![EventValue::decode(value_bytes).map_err(corrupt)?]
-    } else if value_bytes.starts_with(&ZSTD_MAGIC) {
-        let bytes = zstd::decode_all(value_bytes)
-            .map_err(|e| Error::Corrupt(format!("events {first}..={last}: {e}")))?;
-        EventBlock::decode(bytes.as_slice()).map_err(corrupt)?.events
     } else {
-        EventBlock::decode(value_bytes).map_err(corrupt)?.events
+        let bytes =
+            decompress(value_bytes).map_err(|e| Error::Corrupt(format!("events {first}..={last}: {e}")))?;
+        EventBlock::decode(bytes.as_ref()).map_err(corrupt)?.events
     };
     if events.len() as u64 != last - first + 1 {
         return Err(Error::Corrupt(format!(

@@ -7,12 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
 
+use std::collections::BTreeMap;
+
 use super::codec::{self, EventBlock};
 use super::disk::Disk;
 use super::rollup::RollupDeltas;
-use super::series_cache::SeriesCache;
-use super::{keys, requests, watches};
-use crate::core::{Effect, WatchEdit};
+use super::series_cache::{SeriesCache, SeriesPrefix};
+use super::{blocks, keys, requests, watches};
+use crate::core::{Change, Effect, WatchEdit};
 use crate::domain::{Command, EventKind};
 use crate::error::Result;
 use crate::metrics::{EventLabel, WriteTally};
@@ -47,13 +49,24 @@ impl Commit {
         let mut batch = sled::Batch::default();
         let mut tally = WriteTally::default();
         let mut rollups = RollupDeltas::default();
+        // Changes by series block, each block read and rewritten once.
+        let mut edits: BTreeMap<SeriesPrefix, Vec<&Change>> = BTreeMap::new();
         for (change, change_effect) in effect.changes.iter().zip(&effect.effects) {
             tally.record(change.before.is_some(), change.after.is_some());
             rollups.add(&change.key, change_effect);
-            let key = keys::record_key(&change.key);
-            match &change.after {
-                Some(after) => batch.insert(&key, codec::encode_record(after).encode_to_vec()),
-                None => batch.remove(&key),
+            edits
+                .entry(blocks::block_key(&change.key))
+                .or_default()
+                .push(change);
+        }
+        for (block, changes) in edits {
+            let mut edit = blocks::Edit::new(blocks::read(db, &block)?);
+            for change in changes {
+                edit.set(&change.key, change.after.as_ref().map(codec::encode_record));
+            }
+            match edit.finish() {
+                Some(value) => batch.insert(&block, value),
+                None => batch.remove(&block),
             }
         }
         rollups.write_into(&mut batch, db)?;

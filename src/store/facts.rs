@@ -3,10 +3,8 @@
 use std::collections::BTreeSet;
 
 use super::Store;
-use prost::Message;
-
-use super::codec;
-use super::keys::{self, record_offsets as at};
+use super::blocks;
+use super::keys::{self, RECORD_KEY_LEN, record_offsets as at};
 use super::rollup::Tally;
 use super::scan::{Component, skip_scan};
 use super::series_cache::{Level, SERIES_PREFIX_LEN, SeriesCache, SeriesPrefix};
@@ -99,50 +97,41 @@ pub fn scan_facts(
     let commodity = commodity_component(&spec.commodities);
     let currency = Component::values(3, [spec.currency.as_bytes().to_vec()]);
     match scan.source {
-        FactSource::Records => match cache.map(|c| (c, series_prefixes(db, c, spec))) {
-            Some((cache, Some(prefixes))) => {
-                let prefixes = prefixes?;
-                // Encoded periods compare as big-endian numbers.
-                let number = u32::from_be_bytes;
-                let (from, to) = (
-                    number(keys::period_bytes(scan.from)),
-                    number(keys::period_bytes(spec.to)),
-                );
-                scan_record_facts(scan, visit, &mut |on_record| {
-                    for prefix in &prefixes {
-                        for record in cache.records(db, prefix)?.iter() {
-                            let k = &record.key;
-                            let p = number([
-                                k[at::PERIOD],
-                                k[at::PERIOD + 1],
-                                k[at::PERIOD + 2],
-                                k[at::PERIOD + 3],
-                            ]);
-                            if (from..=to).contains(&p) {
-                                on_record(&record.key, record.nanos)?;
+        FactSource::Records => {
+            let in_periods = periods(scan);
+            match cache.map(|c| (c, series_prefixes(db, c, spec))) {
+                Some((cache, Some(prefixes))) => {
+                    let prefixes = prefixes?;
+                    scan_record_facts(scan, visit, &mut |on_record| {
+                        for prefix in &prefixes {
+                            for record in cache.records(db, prefix)?.iter() {
+                                if in_periods(&record.key) {
+                                    on_record(&record.key, record.nanos)?;
+                                }
                             }
                         }
-                    }
-                    Ok(())
-                })
-            }
-            _ => {
-                let components = [
-                    country_component(spec.reporters.as_ref()),
-                    country_component(spec.partners.as_ref()),
-                    commodity,
-                    period,
-                ];
-                scan_record_facts(scan, visit, &mut |on_record| {
-                    skip_scan(db, &[keys::NS_RECORD], &components, &mut |k, v| {
-                        let nanos = codec::RecordAmount::decode(v)
-                            .map_err(|e| Error::Corrupt(format!("record {k:02x?}: {e}")))?
-                            .nanos();
-                        on_record(k, nanos)
+                        Ok(())
                     })
-                })
+                }
+                _ => {
+                    let components = [
+                        country_component(spec.reporters.as_ref()),
+                        country_component(spec.partners.as_ref()),
+                        commodity,
+                    ];
+                    scan_record_facts(scan, visit, &mut |on_record| {
+                        skip_scan(db, &[blocks::NS_SERIES], &components, &mut |block, value| {
+                            for record in blocks::amounts(block, value)? {
+                                if in_periods(&record.key) {
+                                    on_record(&record.key, record.nanos)?;
+                                }
+                            }
+                            Ok(())
+                        })
+                    })
+                }
             }
-        },
+        }
         FactSource::ReporterRollup => {
             let components = [
                 country_component(spec.reporters.as_ref()),
@@ -161,6 +150,21 @@ pub fn scan_facts(
                 rollup_fact(scan, k, v, None, 4, 11, 15, visit)
             })
         }
+    }
+}
+
+/// Whether a record key's period is one `scan` reads: encoded periods
+/// compare as big-endian numbers.
+fn periods(scan: &FactScan<'_>) -> impl Fn(&[u8; RECORD_KEY_LEN]) -> bool + use<> {
+    let number = u32::from_be_bytes;
+    let range = number(keys::period_bytes(scan.from))..=number(keys::period_bytes(scan.spec.to));
+    move |k| {
+        range.contains(&number([
+            k[at::PERIOD],
+            k[at::PERIOD + 1],
+            k[at::PERIOD + 2],
+            k[at::PERIOD + 3],
+        ]))
     }
 }
 

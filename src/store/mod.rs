@@ -1,5 +1,6 @@
 //! Everything that knows sled: key layout, atomic apply, recovery.
 
+mod blocks;
 mod codec;
 pub mod command_codec;
 mod commit;
@@ -33,7 +34,7 @@ use crate::error::{Error, Result};
 pub use facts::{Fact, FactScan, FactSource};
 use prefetch::Prefetch;
 pub use rollup::Tally;
-use series_cache::SeriesCache;
+use series_cache::{SERIES_PREFIX_LEN, SeriesCache};
 pub use writer::{Applied, Position, Refusal, Reply};
 use writer::{Writer, WriterHandle};
 
@@ -46,11 +47,12 @@ const PREFETCH_MIN_RECORDS: usize = 64;
 
 /// The on-disk layout version. A directory written with another version is
 /// refused rather than misread.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Older versions this build reads, and upgrades on open: format 1 stored
-/// one event per key, format 2 blocks of events uncompressed; format 3
-/// reads both (it writes compressed blocks).
-pub const UPGRADABLE_FORMATS: &[u32] = &[1, 2];
+/// one event per key, format 2 blocks of events uncompressed — both still
+/// read as they are — and formats 1 to 3 one record per key, which the
+/// upgrade moves into series blocks (see [`blocks`]).
+pub const UPGRADABLE_FORMATS: &[u32] = &[1, 2, 3];
 
 /// A page of records and where the next one starts.
 pub struct RecordPage {
@@ -190,6 +192,8 @@ impl Store {
             Some(v) => {
                 let version = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).ok();
                 if version.is_some_and(|v| UPGRADABLE_FORMATS.contains(&v)) {
+                    let moved = blocks::migrate(db)?;
+                    tracing::info!(dir = %dir.display(), records = moved, "records stored in series blocks");
                     db.insert(keys::META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
                     db.flush()?;
                     tracing::info!(dir = %dir.display(), from = version, to = FORMAT_VERSION, "store format upgraded");
@@ -261,8 +265,7 @@ impl Store {
     }
 
     pub fn get_record(&self, key: &RecordKey) -> Result<Option<StoredRecord>> {
-        let k = keys::record_key(key);
-        self.db.get(k)?.map(|v| codec::decode_record(&k, &v)).transpose()
+        blocks::get(&self.db, key)
     }
 
     /// Records matching `plan` in key order, strictly after `after`, at
@@ -275,37 +278,50 @@ impl Store {
     ) -> Result<RecordPage> {
         let prefixes = Self::prefixes(plan);
         let mut records = Vec::new();
+        // The resume point in the blocks' namespace: a record key's first
+        // 14 bytes are its block's key.
+        let resume = after.map(|a| {
+            let mut block = a.to_vec();
+            if let Some(ns) = block.first_mut() {
+                *ns = blocks::NS_SERIES;
+            }
+            block
+        });
         for prefix in &prefixes {
-            let range = match after {
-                Some(a) if a >= prefix.as_slice() => {
-                    if !a.starts_with(prefix) {
+            let range = match &resume {
+                Some(r) if r >= prefix => {
+                    if !r.starts_with(prefix) {
                         continue; // this whole prefix lies before the resume point
                     }
-                    let mut start = a.to_vec();
-                    start.push(0); // strictly after
-                    self.db.range(start..)
+                    self.db.range(r[..r.len().min(SERIES_PREFIX_LEN)].to_vec()..)
                 }
                 _ => self.db.range(prefix.as_slice()..),
             };
             for entry in range {
-                let (k, v) = entry?;
-                if !k.starts_with(prefix) {
+                let (block, value) = entry?;
+                if !block.starts_with(prefix) {
                     break;
                 }
-                let key = keys::decode_record_key(&k)?;
-                if plan.partners.is_some_and(|p| !p.contains(&key.partner)) || !(plan.filter)(&key) {
-                    continue;
-                }
-                records.push(codec::decode_record(&k, &v)?);
-                if records.len() > limit {
-                    // One more than asked for: the page ends before it, and
-                    // the caller knows more follow.
-                    records.pop();
-                    let resume_after = records.last().map(|r| keys::record_key(&r.record.key).to_vec());
-                    return Ok(RecordPage {
-                        records,
-                        resume_after,
-                    });
+                for stored in blocks::records(&block, blocks::decode(&block, &value)?) {
+                    let stored = stored?;
+                    let key = &stored.record.key;
+                    if after.is_some_and(|a| keys::record_key(key).as_slice() <= a)
+                        || plan.partners.is_some_and(|p| !p.contains(&key.partner))
+                        || !(plan.filter)(key)
+                    {
+                        continue;
+                    }
+                    records.push(stored);
+                    if records.len() > limit {
+                        // One more than asked for: the page ends before it,
+                        // and the caller knows more follow.
+                        records.pop();
+                        let resume_after = records.last().map(|r| keys::record_key(&r.record.key).to_vec());
+                        return Ok(RecordPage {
+                            records,
+                            resume_after,
+                        });
+                    }
                 }
             }
         }
@@ -315,21 +331,19 @@ impl Store {
         })
     }
 
-    /// Key prefixes to scan, sorted and disjoint.
+    /// Block key prefixes to scan, sorted and disjoint.
     fn prefixes(plan: &ScanPlan<'_>) -> Vec<Vec<u8>> {
+        let prefix = |reporter, partner| {
+            let mut p = keys::record_prefix(reporter, partner);
+            p[0] = blocks::NS_SERIES;
+            p
+        };
         match (plan.reporters, plan.partners) {
-            (None, _) => vec![keys::record_prefix(None, None)],
-            (Some(reporters), None) => reporters
-                .iter()
-                .map(|&r| keys::record_prefix(Some(r), None))
-                .collect(),
+            (None, _) => vec![prefix(None, None)],
+            (Some(reporters), None) => reporters.iter().map(|&r| prefix(Some(r), None)).collect(),
             (Some(reporters), Some(partners)) => reporters
                 .iter()
-                .flat_map(|&r| {
-                    partners
-                        .iter()
-                        .map(move |&p| keys::record_prefix(Some(r), Some(p)))
-                })
+                .flat_map(|&r| partners.iter().map(move |&p| prefix(Some(r), Some(p))))
                 .collect(),
         }
     }
@@ -594,6 +608,11 @@ mod tests {
 
     /// `n` distinct export records of CHN to KAZ, one per HS6-like code.
     fn records(n: usize, units: i64) -> Vec<TradeRecord> {
+        records_of(n, units, "2025")
+    }
+
+    /// Like [`records`], for `period`.
+    fn records_of(n: usize, units: i64, period: &str) -> Vec<TradeRecord> {
         (0..n)
             .map(|i| {
                 let commodity = format!("{:06}", 10_000 + i);
@@ -602,7 +621,7 @@ mod tests {
                         reporter: "CHN",
                         partner: "KAZ",
                         flow: 1,
-                        period: "2025",
+                        period,
                         commodity: &commodity,
                         currency: "USD",
                     },
@@ -712,6 +731,61 @@ mod tests {
             .map(|e| keys::decode_event_block_key(&e.unwrap().0).unwrap())
             .collect();
         assert_eq!(entries, vec![(601, 856), (857, 1112), (1113, 1200)]);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_format_3_store_of_one_record_per_key_is_moved_into_series_blocks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path(), 0);
+        store.put_records(records_of(40, 1, "2024"), None).await.unwrap();
+        store.put_records(records_of(40, 2, "2025"), None).await.unwrap();
+        let everything = |store: &Store| {
+            let plan = ScanPlan {
+                reporters: None,
+                partners: None,
+                filter: &|_| true,
+            };
+            store.list_records(&plan, None, 1000).unwrap().records
+        };
+        let before = everything(&store);
+        assert_eq!(before.len(), 80);
+        store.close().await;
+        drop(store);
+        // Rewrite the records as format 3 stored them, one to a key, and
+        // upgrade part of them, as an upgrade cut short would leave them.
+        {
+            let db = Store::open_sled(tmp.path(), 64 << 20).unwrap();
+            let mut batch = sled::Batch::default();
+            for entry in db.scan_prefix([blocks::NS_SERIES]) {
+                let (k, v) = entry.unwrap();
+                batch.remove(k.clone());
+                for stored in blocks::records(&k, blocks::decode(&k, &v).unwrap()) {
+                    let stored = stored.unwrap();
+                    batch.insert(
+                        &keys::record_key(&stored.record.key),
+                        codec::encode_record(&stored).encode_to_vec(),
+                    );
+                }
+            }
+            batch.insert(keys::META_FORMAT_VERSION, &3u32.to_be_bytes());
+            db.apply_batch(batch).unwrap();
+            assert_eq!(db.scan_prefix([keys::NS_RECORD]).count(), 80);
+            // Whole series only: 7 records asked for, 8 moved (4 series of 2).
+            assert_eq!(blocks::migrate_batch(&db, 7).unwrap(), 8);
+            assert_eq!(db.scan_prefix([blocks::NS_SERIES]).count(), 4);
+            db.flush().unwrap();
+        }
+        let store = open(tmp.path(), 0);
+        assert_eq!(everything(&store), before);
+        assert_eq!(store.db.scan_prefix([keys::NS_RECORD]).count(), 0);
+        assert_eq!(store.db.scan_prefix([blocks::NS_SERIES]).count(), 40);
+        let version = store.db.get(keys::META_FORMAT_VERSION).unwrap().unwrap();
+        assert_eq!(version.as_ref(), &FORMAT_VERSION.to_be_bytes());
+        assert_eq!(
+            store.get_record(&before[3].record.key).unwrap().as_ref(),
+            Some(&before[3])
+        );
         store.close().await;
     }
 

@@ -14,12 +14,10 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use prost::Message;
-
-use super::codec;
+use super::blocks;
 use super::keys::{self, RECORD_KEY_LEN};
 use crate::domain::RecordKey;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Namespace byte, reporter, partner and commodity: the start of the keys of
 /// one series' records.
@@ -49,7 +47,7 @@ pub enum Level {
 
 impl Level {
     fn prefix(&self) -> Vec<u8> {
-        let mut out = vec![keys::NS_RECORD];
+        let mut out = vec![blocks::NS_SERIES];
         match self {
             Level::Reporters => {}
             Level::Partners(r) => out.extend_from_slice(r),
@@ -258,19 +256,11 @@ pub fn series_prefix(key: &RecordKey) -> SeriesPrefix {
 }
 
 fn read(db: &sled::Db, prefix: &SeriesPrefix) -> Result<SeriesRecords> {
-    let mut records = Vec::new();
-    for entry in db.scan_prefix(prefix) {
-        let (k, v) = entry?;
-        let key: [u8; RECORD_KEY_LEN] = k
-            .as_ref()
-            .try_into()
-            .map_err(|_| Error::Corrupt(format!("bad record key {:02x?}", k.as_ref())))?;
-        let nanos = codec::RecordAmount::decode(v.as_ref())
-            .map_err(|e| Error::Corrupt(format!("record {:02x?}: {e}", k.as_ref())))?
-            .nanos();
-        records.push(CachedRecord { key, nanos });
-    }
-    Ok(records.into())
+    let block = blocks::block_key_of(prefix);
+    Ok(match db.get(block)? {
+        Some(value) => blocks::amounts(&block, &value)?.into(),
+        None => Arc::new([]),
+    })
 }
 
 /// The distinct values of `level`'s component, seeking from each to the
@@ -314,9 +304,25 @@ mod tests {
         }
     }
 
+    /// Stores `units` under `key` (`None`: removes it) in its block.
+    fn set(db: &sled::Db, key: &RecordKey, units: Option<i64>) {
+        let block = blocks::block_key(key);
+        let mut edit = blocks::Edit::new(blocks::read(db, &block).unwrap());
+        edit.set(
+            key,
+            units.map(|units| crate::store::codec::RecordValue {
+                units,
+                ..Default::default()
+            }),
+        );
+        match edit.finish() {
+            Some(value) => db.insert(block, value).unwrap(),
+            None => db.remove(block).unwrap(),
+        };
+    }
+
     fn put(db: &sled::Db, key: &RecordKey, units: i64) {
-        let value = codec::RecordAmount { units, nanos: 0 }.encode_to_vec();
-        db.insert(keys::record_key(key), value).unwrap();
+        set(db, key, Some(units));
     }
 
     fn units(cache: &SeriesCache, db: &sled::Db, key: &RecordKey) -> Vec<i128> {
@@ -394,7 +400,7 @@ mod tests {
         cache.invalidate([(&kgz, true)]);
         assert_eq!(partners(&cache, &db), ["KAZ", "KGZ", "UZB"]);
         // A removed one drops the list, which is read again.
-        db.remove(keys::record_key(&uzb)).unwrap();
+        set(&db, &uzb, None);
         cache.invalidate([(&uzb, false)]);
         assert_eq!(partners(&cache, &db), ["KAZ", "KGZ"]);
         let reporters = cache.children(&db, Level::Reporters).unwrap();

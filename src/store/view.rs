@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use prost_types::Timestamp;
 
 use super::prefetch::{Freshness, Prefetch};
-use super::{codec, keys, requests, watches};
+use super::{blocks, codec, keys, requests, watches};
 use crate::collections::FastMap;
 use crate::core::volume::{shares_volume, volume_siblings};
 use crate::core::{State, StoredRequest, Watches};
 use crate::domain::{
-    Action, GroupName, PartnerGroup, RankBy, RecordKey, RequestId, SeriesSpec, StoredRecord, WatchId,
+    Action, GroupName, Money, PartnerGroup, RankBy, RecordKey, RequestId, SeriesSpec, StoredRecord, WatchId,
 };
 use crate::error::Result;
 use crate::milestones::Series;
@@ -66,11 +66,7 @@ impl State for View<'_> {
         if let Some(v) = self.values.borrow().get(key) {
             return Ok(*v);
         }
-        let k = keys::record_key(key);
-        self.db
-            .get(k)?
-            .map(|v| codec::decode_record(&k, &v).map(|r| r.record.value().nanos()))
-            .transpose()
+        Ok(blocks::get(self.db, key)?.map(|r| r.record.value().nanos()))
     }
 
     fn group(&self, name: &GroupName) -> Result<Option<(PartnerGroup, Timestamp)>> {
@@ -122,34 +118,45 @@ pub fn read_groups(db: &sled::Db) -> Result<BTreeMap<GroupName, PartnerGroup>> {
         .collect()
 }
 
-/// The stored record under `key`, in one scan with the records that share
-/// its trade volume, whose values (or their absence) go into `values`.
+/// The stored record under `key`, read with the records that share its
+/// trade volume (they are in its series' block), whose values (or their
+/// absence) go into `values`.
 pub fn read_with_siblings(
     db: &sled::Db,
     key: &RecordKey,
     values: &mut FastMap<RecordKey, Option<i128>>,
 ) -> Result<Option<StoredRecord>> {
-    let k = keys::record_key(key);
     if !shares_volume(key.flow) {
-        return db.get(k)?.map(|v| codec::decode_record(&k, &v)).transpose();
+        return blocks::get(db, key);
     }
     values.insert(*key, None);
     for sibling in volume_siblings(key) {
         values.insert(sibling, None);
     }
+    let block = blocks::block_key(key);
+    let Some(stored) = blocks::read(db, &block)? else {
+        return Ok(None);
+    };
+    let k = keys::record_key(key);
     let mut found = None;
-    // Every flow and currency of the key's reporter, partner, commodity and
-    // period.
-    for entry in db.scan_prefix(&k[..keys::RECORD_KEY_LEN - 4]) {
-        let (sk, v) = entry?;
-        let sibling = keys::decode_record_key(&sk)?;
-        if sibling.currency != key.currency || !shares_volume(sibling.flow) {
+    // Every flow and currency of the key's period.
+    for record in stored.records {
+        let sk = blocks::record_key_bytes(&block, record.tail);
+        if sk[..keys::record_offsets::FLOW] != k[..keys::record_offsets::FLOW]
+            || sk[keys::record_offsets::CURRENCY..] != k[keys::record_offsets::CURRENCY..]
+        {
             continue;
         }
-        let stored = codec::decode_record(&sk, &v)?;
-        values.insert(sibling, Some(stored.record.value().nanos()));
+        let sibling = keys::decode_record_key(&sk)?;
+        if !shares_volume(sibling.flow) {
+            continue;
+        }
+        let value = record
+            .value
+            .ok_or_else(|| crate::error::Error::Corrupt(format!("record {sibling}: no value")))?;
+        values.insert(sibling, Some(Money::join(value.units, value.nanos)));
         if sibling == *key {
-            found = Some(stored);
+            found = Some(codec::record_from_value(sibling, value));
         }
     }
     Ok(found)

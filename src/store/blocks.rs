@@ -1,0 +1,325 @@
+//! Records stored a series to a key (format 4): every record of one
+//! reporter, partner and commodity — each period of both frequencies, each
+//! flow and currency — in one sled value, in record key order.
+//!
+//! sled 0.34 splits a leaf of its tree beyond 16 entries, and pays for each
+//! leaf in its page table, its snapshot, each rewrite of it on disk and
+//! each first read of it after a start. One entry per record made a store
+//! of 1 M records take 400 MB for 54 MB of keys and values, and a question
+//! read as many leaves as the series it sums. One entry per series holds
+//! about twenty records (ten years of annual exports and imports) where a
+//! record held one, so the same questions read a twentieth of the leaves.
+//!
+//! A record is still named by its 22-byte record key (`keys::record_key`)
+//! everywhere else — page tokens, the command log, the caches: the block's
+//! key is that key's first 14 bytes (with this namespace's byte), and each
+//! record in it carries the other 8 as its `tail`.
+
+use prost::Message;
+
+use super::codec::{self, RecordAmount, RecordValue};
+use super::keys::{self, RECORD_KEY_LEN};
+use super::series_cache::{CachedRecord, SERIES_PREFIX_LEN, SeriesPrefix};
+use crate::domain::{RecordKey, StoredRecord};
+use crate::error::{Error, Result};
+
+/// Namespace of series blocks.
+pub const NS_SERIES: u8 = b'b';
+
+/// The records of one series as stored.
+#[derive(Clone, PartialEq, Message)]
+pub struct BlockValue {
+    #[prost(message, repeated, tag = "1")]
+    pub records: Vec<BlockRecord>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct BlockRecord {
+    /// Period (4 bytes), flow (1) and currency (3) of the record key, as a
+    /// big-endian number: the order of the keys.
+    #[prost(fixed64, tag = "1")]
+    pub tail: u64,
+    #[prost(message, optional, tag = "2")]
+    pub value: Option<RecordValue>,
+}
+
+/// A `BlockValue` read for its amounts only: the rest of each record is
+/// skipped, not decoded.
+#[derive(Clone, PartialEq, Message)]
+struct BlockAmounts {
+    #[prost(message, repeated, tag = "1")]
+    records: Vec<BlockAmount>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct BlockAmount {
+    #[prost(fixed64, tag = "1")]
+    tail: u64,
+    #[prost(message, optional, tag = "2")]
+    value: Option<RecordAmount>,
+}
+
+/// The key of the block holding `key`.
+pub fn block_key(key: &RecordKey) -> SeriesPrefix {
+    block_key_of(&keys::record_key(key))
+}
+
+/// The key of the block holding the record whose key bytes (or series
+/// prefix) are `record`.
+pub fn block_key_of(record: &[u8]) -> SeriesPrefix {
+    let mut out = [0u8; SERIES_PREFIX_LEN];
+    out.copy_from_slice(&record[..SERIES_PREFIX_LEN]);
+    out[0] = NS_SERIES;
+    out
+}
+
+/// The part of a record key a block keeps per record.
+pub fn tail(key: &RecordKey) -> u64 {
+    tail_of(&keys::record_key(key))
+}
+
+fn tail_of(record: &[u8; RECORD_KEY_LEN]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&record[SERIES_PREFIX_LEN..]);
+    u64::from_be_bytes(bytes)
+}
+
+/// The record key of the record `tail` in the block `block`.
+pub fn record_key_bytes(block: &[u8], tail: u64) -> [u8; RECORD_KEY_LEN] {
+    let mut out = [0u8; RECORD_KEY_LEN];
+    out[..SERIES_PREFIX_LEN].copy_from_slice(&block[..SERIES_PREFIX_LEN]);
+    out[0] = keys::NS_RECORD;
+    out[SERIES_PREFIX_LEN..].copy_from_slice(&tail.to_be_bytes());
+    out
+}
+
+fn corrupt(block: &[u8], e: impl std::fmt::Display) -> Error {
+    Error::Corrupt(format!("series block {block:02x?}: {e}"))
+}
+
+/// Decodes a block's value.
+pub fn decode(block: &[u8], value: &[u8]) -> Result<BlockValue> {
+    let bytes = codec::decompress(value).map_err(|e| corrupt(block, e))?;
+    BlockValue::decode(bytes.as_ref()).map_err(|e| corrupt(block, e))
+}
+
+/// The block stored under `block`, if any.
+pub fn read(db: &sled::Db, block: &SeriesPrefix) -> Result<Option<BlockValue>> {
+    db.get(block)?.map(|v| decode(block, &v)).transpose()
+}
+
+/// Each record of a block, as a stored record.
+pub fn records(block: &[u8], value: BlockValue) -> impl Iterator<Item = Result<StoredRecord>> + '_ {
+    value.records.into_iter().map(move |r| {
+        let key_bytes = record_key_bytes(block, r.tail);
+        let key = keys::decode_record_key(&key_bytes)?;
+        let value = r
+            .value
+            .ok_or_else(|| corrupt(block, "a record without a value"))?;
+        Ok(codec::record_from_value(key, value))
+    })
+}
+
+/// The record `key`, as stored.
+pub fn get(db: &sled::Db, key: &RecordKey) -> Result<Option<StoredRecord>> {
+    let block = block_key(key);
+    let Some(value) = read(db, &block)? else {
+        return Ok(None);
+    };
+    let tail = tail(key);
+    value
+        .records
+        .into_iter()
+        .find(|r| r.tail == tail)
+        .map(|r| {
+            let value = r
+                .value
+                .ok_or_else(|| corrupt(&block, "a record without a value"))?;
+            Ok(codec::record_from_value(*key, value))
+        })
+        .transpose()
+}
+
+/// The amounts of a block's records, with their keys, in key order.
+pub fn amounts(block: &[u8], value: &[u8]) -> Result<Vec<CachedRecord>> {
+    let bytes = codec::decompress(value).map_err(|e| corrupt(block, e))?;
+    let decoded = BlockAmounts::decode(bytes.as_ref()).map_err(|e| corrupt(block, e))?;
+    Ok(decoded
+        .records
+        .into_iter()
+        .map(|r| CachedRecord {
+            key: record_key_bytes(block, r.tail),
+            nanos: r.value.unwrap_or_default().nanos(),
+        })
+        .collect())
+}
+
+/// A block being changed by a write: its records in key order.
+pub struct Edit {
+    pub records: Vec<BlockRecord>,
+}
+
+impl Edit {
+    pub fn new(value: Option<BlockValue>) -> Edit {
+        Edit {
+            records: value.map(|v| v.records).unwrap_or_default(),
+        }
+    }
+
+    /// Puts (`Some`) or removes (`None`) the record `key`.
+    pub fn set(&mut self, key: &RecordKey, value: Option<RecordValue>) {
+        let tail = tail(key);
+        match (self.records.binary_search_by_key(&tail, |r| r.tail), value) {
+            (Ok(at), Some(value)) => self.records[at].value = Some(value),
+            (Ok(at), None) => {
+                self.records.remove(at);
+            }
+            (Err(at), Some(value)) => self.records.insert(
+                at,
+                BlockRecord {
+                    tail,
+                    value: Some(value),
+                },
+            ),
+            (Err(_), None) => {}
+        }
+    }
+
+    /// The block's new value; `None` when no record is left in it.
+    pub fn finish(self) -> Option<Vec<u8>> {
+        (!self.records.is_empty()).then(|| {
+            codec::compress(
+                BlockValue {
+                    records: self.records,
+                }
+                .encode_to_vec(),
+            )
+        })
+    }
+}
+
+/// Records moved per batch when a store of format 3 or before is
+/// upgraded: each batch moves whole series, so a restart in the middle
+/// finds every series either in records or in its block.
+const MIGRATE_BATCH: usize = 20_000;
+
+/// Moves records stored one to a key (formats 1 to 3, namespace `r`) into
+/// series blocks; returns how many. Each batch writes the blocks of whole
+/// series and removes their records atomically, so an upgrade cut short
+/// goes on where it stopped at the next start.
+pub fn migrate(db: &sled::Db) -> Result<u64> {
+    let mut moved = 0u64;
+    loop {
+        let n = migrate_batch(db, MIGRATE_BATCH)?;
+        if n == 0 {
+            db.flush()?;
+            return Ok(moved);
+        }
+        moved += n as u64;
+        tracing::info!(records = moved, "records moved into series blocks");
+    }
+}
+
+/// Moves the first whole series holding at least `size` records (or all
+/// that are left) into their blocks, in one atomic batch; returns how many
+/// records it moved.
+pub(super) fn migrate_batch(db: &sled::Db, size: usize) -> Result<usize> {
+    let mut batch = sled::Batch::default();
+    let mut moved = 0usize;
+    let mut current: Option<(SeriesPrefix, Edit)> = None;
+    for entry in db.scan_prefix([keys::NS_RECORD]) {
+        let (k, v) = entry?;
+        let block = block_key_of(&k);
+        if current.as_ref().is_none_or(|(b, _)| *b != block) {
+            if let Some((b, edit)) = current.take() {
+                flush_edit(&mut batch, &b, edit);
+                if moved >= size {
+                    break;
+                }
+            }
+            current = Some((block, Edit::new(None)));
+        }
+        let key = keys::decode_record_key(&k)?;
+        let value =
+            RecordValue::decode(v.as_ref()).map_err(|e| Error::Corrupt(format!("record {key}: {e}")))?;
+        if let Some((_, edit)) = current.as_mut() {
+            edit.set(&key, Some(value));
+        }
+        batch.remove(k);
+        moved += 1;
+    }
+    if let Some((b, edit)) = current {
+        flush_edit(&mut batch, &b, edit);
+    }
+    if moved > 0 {
+        db.apply_batch(batch)?;
+    }
+    Ok(moved)
+}
+
+fn flush_edit(batch: &mut sled::Batch, block: &SeriesPrefix, edit: Edit) {
+    if let Some(bytes) = edit.finish() {
+        batch.insert(block, bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Commodity, CountryCode, CurrencyCode, Flow, Period};
+
+    fn key(period: &str, flow: Flow) -> RecordKey {
+        RecordKey {
+            reporter: CountryCode::parse("CHN").unwrap(),
+            partner: CountryCode::parse("KAZ").unwrap(),
+            commodity: Commodity::TOTAL,
+            period: Period::parse(period).unwrap(),
+            flow,
+            currency: CurrencyCode::parse("USD").unwrap(),
+        }
+    }
+
+    fn value(units: i64) -> RecordValue {
+        RecordValue {
+            units,
+            source: "customs".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn records_keep_key_order_and_come_back_whole() {
+        let keys = [
+            key("2025", Flow::Import),
+            key("2024", Flow::Export),
+            key("2025-03", Flow::Export),
+            key("2025", Flow::Export),
+        ];
+        let mut edit = Edit::new(None);
+        for (i, k) in keys.iter().enumerate() {
+            edit.set(k, Some(value(i as i64 + 1)));
+        }
+        edit.set(&key("2023", Flow::Export), None);
+        let block = block_key(&keys[0]);
+        let bytes = edit.finish().unwrap();
+        let read: Vec<StoredRecord> = records(&block, decode(&block, &bytes).unwrap())
+            .collect::<Result<_>>()
+            .unwrap();
+        let mut sorted = keys.to_vec();
+        sorted.sort_by_key(keys::record_key);
+        assert_eq!(read.iter().map(|r| r.record.key).collect::<Vec<_>>(), sorted);
+        assert_eq!(read[0].record.source(), "customs");
+        let amounts = amounts(&block, &bytes).unwrap();
+        assert_eq!(
+            amounts.iter().map(|r| r.key).collect::<Vec<_>>(),
+            sorted.iter().map(keys::record_key).collect::<Vec<_>>()
+        );
+        assert_eq!(amounts[0].nanos, 2_000_000_000);
+
+        let mut edit = Edit::new(Some(decode(&block, &bytes).unwrap()));
+        for k in &keys {
+            edit.set(k, None);
+        }
+        assert!(edit.finish().is_none());
+    }
+}
