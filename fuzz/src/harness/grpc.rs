@@ -106,7 +106,9 @@ impl Rpc {
     }
 
     /// Statuses a decodable request may get besides OK. A write may get
-    /// ALREADY_EXISTS for a request id used before with another request.
+    /// ALREADY_EXISTS for a request id used before with another request; a
+    /// read DEADLINE_EXCEEDED for a `min_log_position` the store has not
+    /// reached (see [`server::READ_DEADLINE`]).
     fn allowed(self) -> &'static [Code] {
         use Code::*;
         match self {
@@ -114,20 +116,22 @@ impl Rpc {
             // Bad messages are counted in the summary, not answered with a
             // status; a reused request id ends the stream.
             Rpc::IngestRecords => &[ResourceExhausted, AlreadyExists],
-            Rpc::GetRecord => &[InvalidArgument, NotFound],
+            Rpc::GetRecord => &[InvalidArgument, NotFound, DeadlineExceeded],
             Rpc::DeleteRecord => &[InvalidArgument, NotFound, AlreadyExists],
-            Rpc::ListRecords => &[InvalidArgument],
+            Rpc::ListRecords => &[InvalidArgument, DeadlineExceeded],
             // A total beyond int64 units does not fit google.type.Money.
-            Rpc::Aggregate => &[InvalidArgument, OutOfRange],
+            Rpc::Aggregate => &[InvalidArgument, OutOfRange, DeadlineExceeded],
             Rpc::PutGroup => &[InvalidArgument, FailedPrecondition, AlreadyExists],
-            Rpc::GetGroup => &[InvalidArgument, NotFound],
+            Rpc::GetGroup => &[InvalidArgument, NotFound, DeadlineExceeded],
             // Only a page token the server never issued is refused.
-            Rpc::ListGroups | Rpc::ListWatches => &[InvalidArgument],
+            Rpc::ListGroups | Rpc::ListWatches => &[InvalidArgument, DeadlineExceeded],
             Rpc::DeleteGroup => &[InvalidArgument, NotFound, FailedPrecondition, AlreadyExists],
             Rpc::CreateWatch => &[InvalidArgument, AlreadyExists, OutOfRange, ResourceExhausted],
-            Rpc::GetWatch => &[InvalidArgument, NotFound],
+            Rpc::GetWatch => &[InvalidArgument, NotFound, DeadlineExceeded],
             Rpc::DeleteWatch => &[InvalidArgument, NotFound, AlreadyExists],
-            Rpc::Subscribe | Rpc::ListEvents => &[InvalidArgument, OutOfRange, ResourceExhausted],
+            Rpc::Subscribe | Rpc::ListEvents => {
+                &[InvalidArgument, OutOfRange, ResourceExhausted, DeadlineExceeded]
+            }
         }
     }
 
@@ -505,7 +509,7 @@ async fn one(state: &mut State, data: &[u8]) {
     let result = match rpc {
         Rpc::IngestRecords => server::client_streaming(&state.channel, rpc.path(), bodies.clone()).await,
         Rpc::Subscribe => server::first_streamed(&state.channel, rpc.path(), bodies[0].clone()).await,
-        _ => server::unary(&state.channel, rpc.path(), bodies[0].clone()).await,
+        _ => server::unary(&state.channel, rpc.path(), bodies[0].clone(), !rpc.writes()).await,
     };
     let context = format!(
         "{rpc:?} with {} message(s), the first {} bytes: {:02x?}",

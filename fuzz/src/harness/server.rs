@@ -181,16 +181,30 @@ impl Decoder for RawDecoder {
 /// The answer to a raw call: the response body or the status.
 pub type RawResult = Result<Bytes, Status>;
 
+/// The deadline reads are sent with: a read whose `min_log_position` lies
+/// ahead of the store waits for it until just before its deadline (without
+/// one, for 30 s, longer than [`CALL_TIMEOUT`]).
+pub const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A request for `body`, with [`READ_DEADLINE`] if it is a read.
+fn request(body: Bytes, read: bool) -> tonic::Request<Bytes> {
+    let mut request = tonic::Request::new(body);
+    if read {
+        request.set_timeout(READ_DEADLINE);
+    }
+    request
+}
+
 /// Sends `body` to the unary method `path` (`/tradewatch.v1.TradeService/
-/// PutRecords`).
-pub async fn unary(channel: &Channel, path: &'static str, body: Bytes) -> RawResult {
+/// PutRecords`); `read` for a method that reads (see [`READ_DEADLINE`]).
+pub async fn unary(channel: &Channel, path: &'static str, body: Bytes, read: bool) -> RawResult {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     let call = async {
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(format!("not ready: {e}")))?;
         let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
-        grpc.unary(tonic::Request::new(body), path, RawCodec)
+        grpc.unary(request(body, read), path, RawCodec)
             .await
             .map(tonic::Response::into_inner)
     };
@@ -222,7 +236,7 @@ pub async fn first_streamed(channel: &Channel, path: &'static str, body: Bytes) 
             .map_err(|e| Status::unavailable(format!("not ready: {e}")))?;
         let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
         let mut stream = grpc
-            .server_streaming(tonic::Request::new(body), path, RawCodec)
+            .server_streaming(request(body, true), path, RawCodec)
             .await?
             .into_inner();
         match stream.message().await? {
