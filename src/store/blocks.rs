@@ -5,10 +5,10 @@
 //! sled 0.34 splits a leaf of its tree beyond 16 entries, and pays for each
 //! leaf in its page table, its snapshot, each rewrite of it on disk and
 //! each first read of it after a start. One entry per record made a store
-//! of 1 M records take 400 MB for 54 MB of keys and values, and a question
-//! read as many leaves as the series it sums. One entry per series holds
-//! about twenty records (ten years of annual exports and imports) where a
-//! record held one, so the same questions read a twentieth of the leaves.
+//! of 1 M records take a 433 MB sled file for 54 MB of keys and values, and
+//! a question read as many leaves as the series it sums. One entry per
+//! series holds about twenty records (ten years of annual exports and
+//! imports) where a record held one (BENCHMARKS.md, "Size on disk").
 //!
 //! A record is still named by its 22-byte record key (`keys::record_key`)
 //! everywhere else — page tokens, the command log, the caches: the block's
@@ -20,7 +20,7 @@ use prost::Message;
 use super::codec::{self, RecordAmount, RecordValue};
 use super::keys::{self, RECORD_KEY_LEN};
 use super::series_cache::{CachedRecord, SERIES_PREFIX_LEN, SeriesPrefix};
-use crate::domain::{RecordKey, StoredRecord};
+use crate::domain::{CountryCode, RecordKey, StoredRecord};
 use crate::error::{Error, Result};
 
 /// Namespace of series blocks.
@@ -57,6 +57,19 @@ struct BlockAmount {
     tail: u64,
     #[prost(message, optional, tag = "2")]
     value: Option<RecordAmount>,
+}
+
+/// The start of the block keys of one reporter, or one reporter–partner
+/// pair (or of every block).
+pub fn prefix(reporter: Option<CountryCode>, partner: Option<CountryCode>) -> Vec<u8> {
+    let mut out = vec![NS_SERIES];
+    if let Some(r) = reporter {
+        out.extend_from_slice(&r.as_bytes());
+        if let Some(p) = partner {
+            out.extend_from_slice(&p.as_bytes());
+        }
+    }
+    out
 }
 
 /// The key of the block holding `key`.

@@ -99,20 +99,21 @@ pub fn scan_facts(
     match scan.source {
         FactSource::Records => {
             let in_periods = periods(scan);
-            match cache.map(|c| (c, series_prefixes(db, c, spec))) {
-                Some((cache, Some(prefixes))) => {
-                    let prefixes = prefixes?;
-                    scan_record_facts(scan, visit, &mut |on_record| {
-                        for prefix in &prefixes {
-                            for record in cache.records(db, prefix)?.iter() {
-                                if in_periods(&record.key) {
-                                    on_record(&record.key, record.nanos)?;
-                                }
+            let cached = match cache {
+                Some(cache) => series_prefixes(db, cache, spec)?.map(|prefixes| (cache, prefixes)),
+                None => None,
+            };
+            match cached {
+                Some((cache, prefixes)) => scan_record_facts(scan, visit, &mut |on_record| {
+                    for prefix in &prefixes {
+                        for record in cache.records(db, prefix)?.iter() {
+                            if in_periods(&record.key) {
+                                on_record(&record.key, record.nanos)?;
                             }
                         }
-                        Ok(())
-                    })
-                }
+                    }
+                    Ok(())
+                }),
                 _ => {
                     let components = [
                         country_component(spec.reporters.as_ref()),
@@ -176,74 +177,55 @@ const MAX_CACHED_SERIES: usize = 4096;
 /// The keys of every series a question reads, in key order: the reporters,
 /// partners and commodities it names, and where it leaves them open (every
 /// partner of a reporter, a commodity level) the ones the store holds, as
-/// the cache lists them. `None` when that is more than
+/// the cache lists them. `None` when they are more than
 /// [`MAX_CACHED_SERIES`].
 fn series_prefixes(
     db: &sled::Db,
     cache: &SeriesCache,
     spec: &SeriesSpec,
-) -> Option<Result<Vec<SeriesPrefix>>> {
+) -> Result<Option<Vec<SeriesPrefix>>> {
+    let named = |set: &BTreeSet<CountryCode>| -> Vec<[u8; 3]> { set.iter().map(|c| c.as_bytes()).collect() };
+    let reporters = match &spec.reporters {
+        Some(set) => named(set),
+        None => countries(&cache.children(db, Level::Reporters)?),
+    };
     let mut prefixes = Vec::new();
-    let listed = (|| -> Result<bool> {
-        let named =
-            |set: &BTreeSet<CountryCode>| -> Vec<[u8; 3]> { set.iter().map(|c| c.as_bytes()).collect() };
-        let reporters = match &spec.reporters {
+    for reporter in reporters {
+        let partners = match &spec.partners {
             Some(set) => named(set),
-            None => countries(&cache.children(db, Level::Reporters)?),
+            None => {
+                let mut all = countries(&cache.children(db, Level::Partners(reporter))?);
+                // Trade with the world is left out where partners are not
+                // named.
+                all.retain(|p| *p != CountryCode::WORLD.as_bytes());
+                all
+            }
         };
-        for reporter in reporters {
-            let partners = match &spec.partners {
-                Some(set) => named(set),
-                None => {
-                    let mut all = countries(&cache.children(db, Level::Partners(reporter))?);
-                    // Trade with the world is left out where partners are
-                    // not named.
-                    all.retain(|p| *p != CountryCode::WORLD.as_bytes());
-                    all
-                }
+        for partner in partners {
+            let commodities: Vec<[u8; 7]> = match &spec.commodities {
+                CommodityFilter::Exact(set) => set.iter().map(|c| keys::commodity_bytes(*c)).collect(),
+                CommodityFilter::Level(level, digits) => cache
+                    .children(db, Level::Commodities(reporter, partner))?
+                    .chunks_exact(7)
+                    .filter(|c| c[0] == keys::level_byte(*level) && c[1..].starts_with(digits.as_bytes()))
+                    .map(|c| c.try_into().unwrap_or_default())
+                    .collect(),
             };
-            for partner in partners {
-                let mut push = |commodity: &[u8]| -> bool {
-                    let mut prefix = [0u8; SERIES_PREFIX_LEN];
-                    prefix[0] = keys::NS_RECORD;
-                    prefix[1..4].copy_from_slice(&reporter);
-                    prefix[4..7].copy_from_slice(&partner);
-                    prefix[7..14].copy_from_slice(commodity);
-                    prefixes.push(prefix);
-                    prefixes.len() <= MAX_CACHED_SERIES
-                };
-                match &spec.commodities {
-                    CommodityFilter::Exact(set) => {
-                        for commodity in set {
-                            if !push(&keys::commodity_bytes(*commodity)) {
-                                return Ok(false);
-                            }
-                        }
-                    }
-                    CommodityFilter::Level(level, digits) => {
-                        let children = cache.children(db, Level::Commodities(reporter, partner))?;
-                        let wanted = |c: &&[u8]| {
-                            c[0] == keys::level_byte(*level) && c[1..].starts_with(digits.as_bytes())
-                        };
-                        for commodity in children.chunks_exact(7).filter(wanted) {
-                            if !push(commodity) {
-                                return Ok(false);
-                            }
-                        }
-                    }
+            for commodity in commodities {
+                if prefixes.len() == MAX_CACHED_SERIES {
+                    return Ok(None);
                 }
+                let mut prefix = [0u8; SERIES_PREFIX_LEN];
+                prefix[0] = keys::NS_RECORD;
+                prefix[1..4].copy_from_slice(&reporter);
+                prefix[4..7].copy_from_slice(&partner);
+                prefix[7..14].copy_from_slice(&commodity);
+                prefixes.push(prefix);
             }
         }
-        Ok(true)
-    })();
-    match listed {
-        Ok(true) => {
-            prefixes.sort_unstable();
-            Some(Ok(prefixes))
-        }
-        Ok(false) => None,
-        Err(e) => Some(Err(e)),
     }
+    prefixes.sort_unstable();
+    Ok(Some(prefixes))
 }
 
 /// Three-byte country codes, back to back, as a list.

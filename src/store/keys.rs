@@ -145,18 +145,6 @@ pub fn decode_record_key(bytes: &[u8]) -> Result<RecordKey> {
     })
 }
 
-/// Prefix of every record of one reporter, or of one reporter–partner pair.
-pub fn record_prefix(reporter: Option<CountryCode>, partner: Option<CountryCode>) -> Vec<u8> {
-    let mut out = vec![NS_RECORD];
-    if let Some(r) = reporter {
-        out.extend_from_slice(&r.as_bytes());
-        if let Some(p) = partner {
-            out.extend_from_slice(&p.as_bytes());
-        }
-    }
-    out
-}
-
 /// Key of a block of events, `first..=last`: namespace, first, last. Format
 /// 1 stores wrote one event per key (namespace, sequence); those are read as
 /// blocks of one.

@@ -333,11 +333,7 @@ impl Store {
 
     /// Block key prefixes to scan, sorted and disjoint.
     fn prefixes(plan: &ScanPlan<'_>) -> Vec<Vec<u8>> {
-        let prefix = |reporter, partner| {
-            let mut p = keys::record_prefix(reporter, partner);
-            p[0] = blocks::NS_SERIES;
-            p
-        };
+        let prefix = blocks::prefix;
         match (plan.reporters, plan.partners) {
             (None, _) => vec![prefix(None, None)],
             (Some(reporters), None) => reporters.iter().map(|&r| prefix(Some(r), None)).collect(),
