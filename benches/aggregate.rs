@@ -1,15 +1,19 @@
-//! Aggregate latency at 1 million and 10 million records, through the gRPC
-//! API on loopback, side by side with PostgreSQL 15 on the same rows.
+//! Aggregate latency at 1, 10 and 30 million records, through the gRPC API on
+//! loopback, side by side with PostgreSQL 15 on the same rows; and what the
+//! store costs to start and hold: start-up with the page cache dropped and
+//! with the files cached, each question's first answer after a restart, and
+//! the server's RSS after the load, after start and after the questions.
 //!
 //! ```sh
 //! scripts/bench-postgres.sh            # start PostgreSQL and prepare a database (optional)
-//! cargo bench --bench aggregate -- 1m  # or 10m, or "1m 10m"
+//! cargo bench --bench aggregate -- 1m  # or 10m, 30m, or "1m 10m 30m"
 //! cargo bench --bench aggregate -- 10m a c   # only questions (a) and (c)
 //! ```
 //!
 //! Without `TRADEWATCH_BENCH_PG` (a connection string) the PostgreSQL column
 //! is skipped. Stores are built under `target/bench-data/` and reused when
-//! already loaded (`--reload` rebuilds them).
+//! already loaded (`--reload` rebuilds them). Dropping the page cache needs
+//! root; elsewhere the bench says it was not dropped.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +32,8 @@ use server::Server;
 
 const BATCH: usize = 2000;
 const LOADERS: usize = 4;
+/// Restarts per question for its first answer after a restart.
+const RESTARTS: usize = 5;
 
 /// The four questions, as gRPC requests.
 fn questions() -> Vec<(&'static str, pb::AggregateRequest)> {
@@ -310,6 +316,17 @@ async fn load_postgres(
     Ok((rate, size as u64))
 }
 
+fn secs(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64())
+}
+
+/// Drops the OS page cache (written files first synced), as after a
+/// reboot; false where that is not allowed (not root).
+fn drop_page_cache() -> bool {
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
@@ -323,7 +340,7 @@ async fn main() -> anyhow::Result<()> {
     let mut sizes: Vec<&str> = args
         .iter()
         .map(String::as_str)
-        .filter(|a| ["1m", "10m"].contains(a))
+        .filter(|a| Dataset::named(a).is_some())
         .collect();
     if sizes.is_empty() {
         sizes.push("1m");
@@ -334,6 +351,7 @@ async fn main() -> anyhow::Result<()> {
         .map(String::as_str)
         .filter(|a| ["a", "b", "c", "d"].contains(a))
         .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|q| name.starts_with(&format!("({q})")));
     let pg_url = std::env::var("TRADEWATCH_BENCH_PG").ok();
     // The server's page cache, as `serve --cache-mb` would set it.
     let cache_mb: u64 = std::env::var("TRADEWATCH_CACHE_MB")
@@ -344,33 +362,82 @@ async fn main() -> anyhow::Result<()> {
 
     let mut report: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for size in sizes {
-        let data = if size == "1m" {
-            Dataset::new("1m", 5)
-        } else {
-            Dataset::new("10m", 50)
-        };
+        let data = Dataset::named(size).expect("a known size");
         let dir = root.join(data.name);
         let marker = dir.join("loaded");
         if reload && dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::create_dir_all(&dir)?;
-        let server = Server::start(&dir.join("store"), &["--cache-mb", &cache_mb.to_string()])?;
-        let addr = server.addr.clone();
-        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        let serve_args = ["--cache-mb".to_owned(), cache_mb.to_string()];
+        let serve_args: Vec<&str> = serve_args.iter().map(String::as_str).collect();
 
         let mut lines = vec![format!(
-            "## {} records ({} reporters)",
+            "## {} records ({} reporters, {} commodities per pair)",
             data.len(),
-            data.reporters.len()
+            data.reporters.len(),
+            data.commodities.len()
         )];
         if !marker.exists() {
             eprintln!("loading {} records into tradewatch…", data.len());
+            let server = Server::start(&dir.join("store"), &serve_args)?;
+            let channel = Channel::from_shared(format!("http://{}", server.addr))?
+                .connect()
+                .await?;
             let rate = load_tradewatch(channel.clone(), &data).await;
-            std::fs::write(&marker, format!("{rate:.0}"))?;
+            let rss = server.rss_bytes().unwrap_or(0);
+            drop(channel);
+            tokio::task::spawn_blocking(move || server.stop()).await??;
+            std::fs::write(&marker, format!("{rate:.0} {rss}"))?;
         }
-        let tw_rate: f64 = std::fs::read_to_string(&marker)?.trim().parse().unwrap_or(0.0);
+        let loaded = std::fs::read_to_string(&marker)?;
+        let mut loaded = loaded.split_whitespace().map(|v| v.parse::<f64>().unwrap_or(0.0));
+        let tw_rate = loaded.next().unwrap_or(0.0);
+        let rss_after_load = loaded.next().map(|b| b as u64);
         let tw_size = dir_size(&dir.join("store"));
+
+        // Start-up with the page cache dropped (a machine's first start, or a
+        // new node's), then with the files cached (a process restart).
+        let cold = drop_page_cache();
+        let started = Instant::now();
+        let server = Server::start(&dir.join("store"), &serve_args)?;
+        let cold_start = started.elapsed();
+        let rss_at_start = server.rss_bytes().unwrap_or(0);
+        tokio::task::spawn_blocking(move || server.stop()).await??;
+        // Each question asked first right after a restart of its own, over a
+        // connection opened (and its first call made) before; the median of
+        // RESTARTS restarts, as a server just started is busy for a moment.
+        let mut firsts = Vec::new();
+        let mut cached_starts = Vec::new();
+        for (name, request) in questions() {
+            if !wanted(name) {
+                continue;
+            }
+            let mut times = Vec::new();
+            for _ in 0..RESTARTS {
+                let started = Instant::now();
+                let server = Server::start(&dir.join("store"), &serve_args)?;
+                cached_starts.push(started.elapsed());
+                let channel = Channel::from_shared(format!("http://{}", server.addr))?
+                    .connect()
+                    .await?;
+                tonic_health::pb::health_client::HealthClient::new(channel.clone())
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await?;
+                let mut client = TradeServiceClient::new(channel.clone());
+                let asked = Instant::now();
+                client.aggregate(request.clone()).await?;
+                times.push(asked.elapsed());
+                drop((client, channel));
+                tokio::task::spawn_blocking(move || server.stop()).await??;
+            }
+            times.sort();
+            firsts.push(times[times.len() / 2]);
+        }
+
+        let server = Server::start(&dir.join("store"), &serve_args)?;
+        let addr = server.addr.clone();
+        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
 
         let pg = match &pg_url {
             Some(url) => {
@@ -429,12 +496,14 @@ async fn main() -> anyhow::Result<()> {
             ms(floor.p99)
         ));
         lines.push(String::new());
-        lines.push("| question | tradewatch p50 ms | p99 ms | runs | PostgreSQL p50 ms | p99 ms | runs | PG / tw (p50) |".into());
-        lines.push("|---|---|---|---|---|---|---|---|".into());
+        lines.push(format!("| question | tradewatch p50 ms | p99 ms | runs | first after a restart ms, median of {RESTARTS} (× p50) | PostgreSQL p50 ms | p99 ms | runs | PG / tw (p50) |"));
+        lines.push("|---|---|---|---|---|---|---|---|---|".into());
+        let mut firsts = firsts.into_iter();
         for ((name, request), sql) in questions().into_iter().zip(sql_questions()) {
-            if !only.is_empty() && !only.iter().any(|q| name.starts_with(&format!("({q})"))) {
+            if !wanted(name) {
                 continue;
             }
+            let first = firsts.next().expect("a first ask per question");
             let mut client = TradeServiceClient::new(channel.clone());
             let tw = measure(Duration::from_secs(5), 20_000, || {
                 let request = request.clone();
@@ -483,14 +552,31 @@ async fn main() -> anyhow::Result<()> {
                 None => "– | – | – | –".into(),
             };
             lines.push(format!(
-                "| {name} | {} | {} | {} | {pg_cells} |",
+                "| {name} | {} | {} | {} | {} ({:.1}×) | {pg_cells} |",
                 ms(tw.p50),
                 ms(tw.p99),
-                tw.runs
+                tw.runs,
+                ms(first),
+                first.as_secs_f64() / tw.p50.as_secs_f64()
             ));
         }
+        let rss_after_questions = server.rss_bytes().unwrap_or(0);
         lines.push(String::new());
         let mb = |b: u64| format!("{:.0} MB", b as f64 / 1e6);
+        cached_starts.sort();
+        lines.push(format!(
+            "- start-up (`serve` to its listening line): {} s with the page cache {}; {} s with the files cached (median of {})",
+            secs(cold_start),
+            if cold { "dropped" } else { "NOT dropped (not root)" },
+            cached_starts.get(cached_starts.len() / 2).map_or("–".into(), |d| secs(*d)),
+            cached_starts.len()
+        ));
+        lines.push(format!(
+            "- server RSS (`--cache-mb {cache_mb}`): {} after the bulk load, {} after start, {} after the questions",
+            rss_after_load.map_or("– (loaded before markers held it)".into(), mb),
+            mb(rss_at_start),
+            mb(rss_after_questions)
+        ));
         match &pg {
             Some((_, rate, size)) => {
                 lines.push(format!("- load rate: tradewatch {tw_rate:.0} records/s (gRPC PutRecords, {LOADERS} clients × {BATCH}-record batches, each batch durable); PostgreSQL {rate:.0} rows/s (COPY, then index build)"));

@@ -7,6 +7,9 @@
 //! cargo bench --bench aggregate -- 1m 10m     # builds the stores, once
 //! cargo bench --bench aggregate_inprocess     # or: -- 10m d
 //! ```
+//!
+//! Each question's first answer is the median over 5 openings
+//! (`TRADEWATCH_BENCH_OPENS` sets how many).
 
 use std::time::{Duration, Instant};
 
@@ -64,11 +67,30 @@ fn questions() -> anyhow::Result<Vec<(&'static str, Selector, AggregateRequest)>
     ])
 }
 
+/// One answer to a question, timed.
+fn ask(store: &Store, selector: &Selector, request: &AggregateRequest) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let resolved = ResolvedSelector::resolve(store, selector.clone(), "selector")?;
+    std::hint::black_box(aggregate(store, &resolved, request)?);
+    Ok(start.elapsed())
+}
+
+fn close(store: Store) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(store.close());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     let cache = tradewatch::Config::DEFAULT_CACHE_MB * 1024 * 1024;
-    for size in ["1m", "10m"] {
+    // Openings per question; the first answers' median is reported.
+    let opens: usize = std::env::var("TRADEWATCH_BENCH_OPENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    for size in ["1m", "10m", "30m"] {
         if args.iter().any(|a| a.ends_with('m')) && !args.iter().any(|a| a == size) {
             continue;
         }
@@ -80,7 +102,7 @@ fn main() -> anyhow::Result<()> {
             );
             continue;
         }
-        println!("{size}: question | first after opening | warm p50 | ratio");
+        println!("{size}: question | first after opening (median of {opens}) | warm p50 | ratio");
         let only: Vec<String> = args
             .iter()
             .filter(|a| a.len() == 1)
@@ -91,19 +113,25 @@ fn main() -> anyhow::Result<()> {
                 continue;
             }
             // Each question in a store of its own opening, so that its first
-            // answer reads nothing another question left in memory.
-            let store = Store::open(&dir, cache, 0)?;
-            let ask = || -> anyhow::Result<Duration> {
-                let start = Instant::now();
-                let resolved = ResolvedSelector::resolve(&store, selector.clone(), "selector")?;
-                std::hint::black_box(aggregate(&store, &resolved, &request)?);
-                Ok(start.elapsed())
-            };
-            let first = ask()?;
+            // answer reads nothing another question left in memory; opened
+            // `opens` times, for the median of its first answers.
+            let mut firsts = Vec::new();
+            let mut store = None;
+            for _ in 0..opens {
+                if let Some(store) = store.take() {
+                    close(store)?;
+                }
+                let opened = Store::open(&dir, cache, 0)?;
+                firsts.push(ask(&opened, &selector, &request)?);
+                store = Some(opened);
+            }
+            let store = store.expect("opened at least once");
+            firsts.sort();
+            let first = firsts[firsts.len() / 2];
             let mut warm = Vec::new();
             let started = Instant::now();
             while warm.len() < 20_000 && (started.elapsed() < Duration::from_secs(3) || warm.len() < 100) {
-                warm.push(ask()?);
+                warm.push(ask(&store, &selector, &request)?);
             }
             warm.sort();
             let p50 = warm[warm.len() / 2];
@@ -112,7 +140,7 @@ fn main() -> anyhow::Result<()> {
                 first.as_secs_f64() / p50.as_secs_f64(),
                 warm.len()
             );
-            tokio::runtime::Runtime::new()?.block_on(store.close());
+            close(store)?;
         }
     }
     Ok(())

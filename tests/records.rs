@@ -639,7 +639,7 @@ async fn a_store_of_another_format_is_refused_not_misread() {
         .unwrap();
     let message = error.to_string();
     assert!(
-        message.contains("format 99") && message.contains("format 4"),
+        message.contains("format 99") && message.contains("format 5"),
         "{message}"
     );
 

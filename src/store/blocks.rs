@@ -1,6 +1,6 @@
-//! Records stored a series to a key (format 4): every record of one
-//! reporter, partner and commodity — each period of both frequencies, each
-//! flow and currency — in one sled value, in record key order.
+//! Records stored a series to a key: every record of one reporter, partner
+//! and commodity — each period of both frequencies, each flow and currency —
+//! in one sled value, in record key order.
 //!
 //! sled 0.34 splits a leaf of its tree beyond 16 entries, and pays for each
 //! leaf in its page table, its snapshot, each rewrite of it on disk and
@@ -10,21 +10,41 @@
 //! series holds about twenty records (ten years of annual exports and
 //! imports) where a record held one (BENCHMARKS.md, "Size on disk").
 //!
-//! A record is still named by its 22-byte record key (`keys::record_key`)
-//! everywhere else — page tokens, the command log, the caches: the block's
-//! key is that key's first 14 bytes (with this namespace's byte), and each
-//! record in it carries the other 8 as its `tail`.
+//! A block's key (format 5) is reporter, commodity level, partner, code:
+//! a reporter's series of one level lie together, so that the questions
+//! that leave the partner open at one level — every partner's TOTAL, the
+//! most asked — read a run of neighbouring leaves, and so do those that
+//! leave the code open for one pair (every HS2 code of CHN → KAZ). Format
+//! 4 ordered them reporter, partner, commodity, which scattered a
+//! reporter's TOTAL series over as many leaves as it has partners.
+//!
+//! A record is still named by its 22-byte record key (`keys::record_key`,
+//! in natural order: reporter, partner, commodity, …) everywhere else —
+//! page tokens, the command log, the caches: the block's key is that key's
+//! first 14 bytes reordered (with this namespace's byte), and each record
+//! in it carries the other 8 as its `tail`.
 
 use prost::Message;
 
 use super::codec::{self, RecordAmount, RecordValue};
 use super::keys::{self, RECORD_KEY_LEN};
 use super::series_cache::{CachedRecord, SERIES_PREFIX_LEN, SeriesPrefix};
-use crate::domain::{CountryCode, RecordKey, StoredRecord};
+use crate::domain::{RecordKey, StoredRecord};
 use crate::error::{Error, Result};
 
 /// Namespace of series blocks.
-pub const NS_SERIES: u8 = b'b';
+pub const NS_SERIES: u8 = b's';
+/// Namespace of format 4's series blocks (reporter, partner, commodity),
+/// moved to [`NS_SERIES`] by the upgrade.
+pub const NS_SERIES_V4: u8 = b'b';
+
+/// Where the parts of a record key's first 14 bytes go in its block's key.
+mod at {
+    pub const REPORTER: usize = 1;
+    pub const LEVEL: usize = 4;
+    pub const PARTNER: usize = 5;
+    pub const CODE: usize = 8;
+}
 
 /// The records of one series as stored.
 #[derive(Clone, PartialEq, Message)]
@@ -59,14 +79,17 @@ struct BlockAmount {
     value: Option<RecordAmount>,
 }
 
-/// The start of the block keys of one reporter, or one reporter–partner
-/// pair (or of every block).
-pub fn prefix(reporter: Option<CountryCode>, partner: Option<CountryCode>) -> Vec<u8> {
+/// The start of the block keys of one reporter, of one reporter's
+/// commodity level, or of one pair's commodity level (or of every block).
+pub fn prefix(reporter: Option<[u8; 3]>, level: Option<u8>, partner: Option<[u8; 3]>) -> Vec<u8> {
     let mut out = vec![NS_SERIES];
     if let Some(r) = reporter {
-        out.extend_from_slice(&r.as_bytes());
-        if let Some(p) = partner {
-            out.extend_from_slice(&p.as_bytes());
+        out.extend_from_slice(&r);
+        if let Some(l) = level {
+            out.push(l);
+            if let Some(p) = partner {
+                out.extend_from_slice(&p);
+            }
         }
     }
     out
@@ -80,9 +103,26 @@ pub fn block_key(key: &RecordKey) -> SeriesPrefix {
 /// The key of the block holding the record whose key bytes (or series
 /// prefix) are `record`.
 pub fn block_key_of(record: &[u8]) -> SeriesPrefix {
+    use keys::record_offsets as r;
     let mut out = [0u8; SERIES_PREFIX_LEN];
-    out.copy_from_slice(&record[..SERIES_PREFIX_LEN]);
     out[0] = NS_SERIES;
+    out[at::REPORTER..at::REPORTER + 3].copy_from_slice(&record[r::REPORTER..r::REPORTER + 3]);
+    out[at::LEVEL] = record[r::COMMODITY];
+    out[at::PARTNER..at::PARTNER + 3].copy_from_slice(&record[r::PARTNER..r::PARTNER + 3]);
+    out[at::CODE..].copy_from_slice(&record[r::COMMODITY + 1..SERIES_PREFIX_LEN]);
+    out
+}
+
+/// The series prefix (the first 14 bytes of its records' keys) of the
+/// block `block`.
+pub fn series_of(block: &[u8]) -> SeriesPrefix {
+    use keys::record_offsets as r;
+    let mut out = [0u8; SERIES_PREFIX_LEN];
+    out[0] = keys::NS_RECORD;
+    out[r::REPORTER..r::REPORTER + 3].copy_from_slice(&block[at::REPORTER..at::REPORTER + 3]);
+    out[r::PARTNER..r::PARTNER + 3].copy_from_slice(&block[at::PARTNER..at::PARTNER + 3]);
+    out[r::COMMODITY] = block[at::LEVEL];
+    out[r::COMMODITY + 1..].copy_from_slice(&block[at::CODE..SERIES_PREFIX_LEN]);
     out
 }
 
@@ -100,8 +140,7 @@ fn tail_of(record: &[u8; RECORD_KEY_LEN]) -> u64 {
 /// The record key of the record `tail` in the block `block`.
 pub fn record_key_bytes(block: &[u8], tail: u64) -> [u8; RECORD_KEY_LEN] {
     let mut out = [0u8; RECORD_KEY_LEN];
-    out[..SERIES_PREFIX_LEN].copy_from_slice(&block[..SERIES_PREFIX_LEN]);
-    out[0] = keys::NS_RECORD;
+    out[..SERIES_PREFIX_LEN].copy_from_slice(&series_of(block));
     out[SERIES_PREFIX_LEN..].copy_from_slice(&tail.to_be_bytes());
     out
 }
@@ -216,21 +255,52 @@ impl Edit {
 /// finds every series either in records or in its block.
 const MIGRATE_BATCH: usize = 20_000;
 
-/// Moves records stored one to a key (formats 1 to 3, namespace `r`) into
-/// series blocks; returns how many. Each batch writes the blocks of whole
-/// series and removes their records atomically, so an upgrade cut short
-/// goes on where it stopped at the next start.
+/// Moves records stored one to a key (formats 1 to 3, namespace `r`) and
+/// format 4's blocks (namespace `b`) into series blocks as this format keys
+/// them; returns how many records and blocks. Each batch writes the blocks
+/// of whole series and removes what they replace atomically, so an upgrade
+/// cut short goes on where it stopped at the next start.
 pub fn migrate(db: &sled::Db) -> Result<u64> {
     let mut moved = 0u64;
     loop {
         let n = migrate_batch(db, MIGRATE_BATCH)?;
         if n == 0 {
-            db.flush()?;
-            return Ok(moved);
+            break;
         }
         moved += n as u64;
         tracing::info!(records = moved, "records moved into series blocks");
     }
+    let mut rekeyed = 0u64;
+    loop {
+        let n = rekey_batch(db, MIGRATE_BATCH)?;
+        if n == 0 {
+            db.flush()?;
+            return Ok(moved + rekeyed);
+        }
+        rekeyed += n as u64;
+        tracing::info!(blocks = rekeyed, "format 4 series blocks moved to their new keys");
+    }
+}
+
+/// Moves up to `size` of format 4's blocks to their keys in this format
+/// (the value is the same), in one atomic batch; returns how many.
+pub(super) fn rekey_batch(db: &sled::Db, size: usize) -> Result<usize> {
+    let mut batch = sled::Batch::default();
+    let mut moved = 0usize;
+    for entry in db.scan_prefix([NS_SERIES_V4]).take(size) {
+        let (old, value) = entry?;
+        if old.len() != SERIES_PREFIX_LEN {
+            return Err(corrupt(&old, "a format 4 block key of the wrong length"));
+        }
+        // Format 4's key was the series prefix with its namespace byte.
+        batch.insert(&block_key_of(&old), value);
+        batch.remove(old);
+        moved += 1;
+    }
+    if moved > 0 {
+        db.apply_batch(batch)?;
+    }
+    Ok(moved)
 }
 
 /// Moves the first whole series holding at least `size` records (or all

@@ -69,6 +69,40 @@ fn commodity_component(filter: &CommodityFilter) -> Component {
     }
 }
 
+/// The commodity levels a filter reads, each as its key byte, in order.
+fn commodity_levels(filter: &CommodityFilter) -> Vec<u8> {
+    match filter {
+        CommodityFilter::Exact(set) => {
+            let mut levels: Vec<u8> = set.iter().map(|c| keys::level_byte(c.level())).collect();
+            levels.sort_unstable();
+            levels.dedup();
+            levels
+        }
+        CommodityFilter::Level(level, _) => vec![keys::level_byte(*level)],
+    }
+}
+
+/// The components of a series block's key below its reporter (see
+/// [`blocks`]): commodity level, partner, code.
+fn block_components(reporters: Component, partners: Component, filter: &CommodityFilter) -> [Component; 4] {
+    let levels = Component::values(1, commodity_levels(filter).into_iter().map(|l| vec![l]));
+    let codes = match filter {
+        // Codes of one level cannot be taken for another's: their digit
+        // counts differ.
+        CommodityFilter::Exact(set) => {
+            Component::values(6, set.iter().map(|c| keys::commodity_bytes(*c)[1..].to_vec()))
+        }
+        CommodityFilter::Level(_, prefix) => {
+            let mut lo = prefix.as_bytes().to_vec();
+            let mut hi = lo.clone();
+            lo.resize(6, 0);
+            hi.resize(6, 0xff);
+            Component::between(lo, hi)
+        }
+    };
+    [reporters, levels, partners, codes]
+}
+
 fn corrupt(key: &[u8]) -> Error {
     Error::Corrupt(format!("bad aggregate key {key:02x?}"))
 }
@@ -115,11 +149,11 @@ pub fn scan_facts(
                     Ok(())
                 }),
                 _ => {
-                    let components = [
+                    let components = block_components(
                         country_component(spec.reporters.as_ref()),
                         country_component(spec.partners.as_ref()),
-                        commodity,
-                    ];
+                        &spec.commodities,
+                    );
                     scan_record_facts(scan, visit, &mut |on_record| {
                         skip_scan(db, &[blocks::NS_SERIES], &components, &mut |block, value| {
                             for record in blocks::amounts(block, value)? {
@@ -189,12 +223,21 @@ fn series_prefixes(
         Some(set) => named(set),
         None => countries(&cache.children(db, Level::Reporters)?),
     };
+    let levels = commodity_levels(&spec.commodities);
     let mut prefixes = Vec::new();
     for reporter in reporters {
         let partners = match &spec.partners {
             Some(set) => named(set),
             None => {
-                let mut all = countries(&cache.children(db, Level::Partners(reporter))?);
+                // The partners with series at the levels asked for.
+                let mut all = Vec::new();
+                for &level in &levels {
+                    all.extend(countries(&cache.children(db, Level::Partners(reporter, level))?));
+                }
+                if levels.len() > 1 {
+                    all.sort_unstable();
+                    all.dedup();
+                }
                 // Trade with the world is left out where partners are not
                 // named.
                 all.retain(|p| *p != CountryCode::WORLD.as_bytes());
@@ -204,12 +247,19 @@ fn series_prefixes(
         for partner in partners {
             let commodities: Vec<[u8; 7]> = match &spec.commodities {
                 CommodityFilter::Exact(set) => set.iter().map(|c| keys::commodity_bytes(*c)).collect(),
-                CommodityFilter::Level(level, digits) => cache
-                    .children(db, Level::Commodities(reporter, partner))?
-                    .chunks_exact(7)
-                    .filter(|c| c[0] == keys::level_byte(*level) && c[1..].starts_with(digits.as_bytes()))
-                    .map(|c| c.try_into().unwrap_or_default())
-                    .collect(),
+                CommodityFilter::Level(level, digits) => {
+                    let level = keys::level_byte(*level);
+                    cache
+                        .children(db, Level::Commodities(reporter, level, partner))?
+                        .chunks_exact(6)
+                        .filter(|code| code.starts_with(digits.as_bytes()))
+                        .map(|code| {
+                            let mut commodity = [level, 0, 0, 0, 0, 0, 0];
+                            commodity[1..].copy_from_slice(code);
+                            commodity
+                        })
+                        .collect()
+                }
             };
             for commodity in commodities {
                 if prefixes.len() == MAX_CACHED_SERIES {

@@ -80,6 +80,8 @@ pub const VOLUME_FLOW: u8 = 0;
 /// Byte offsets of the parts of a record key.
 pub mod record_offsets {
     pub const REPORTER: usize = 1;
+    pub const PARTNER: usize = 4;
+    pub const COMMODITY: usize = 7;
     pub const PERIOD: usize = 14;
     pub const FLOW: usize = 18;
     pub const CURRENCY: usize = 19;

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 pub use facts::{Fact, FactScan, FactSource};
 use prefetch::Prefetch;
 pub use rollup::Tally;
-use series_cache::{SERIES_PREFIX_LEN, SeriesCache};
+use series_cache::{Level, SERIES_PREFIX_LEN, SeriesCache};
 pub use writer::{Applied, Position, Refusal, Reply};
 use writer::{Writer, WriterHandle};
 
@@ -47,12 +47,14 @@ const PREFETCH_MIN_RECORDS: usize = 64;
 
 /// The on-disk layout version. A directory written with another version is
 /// refused rather than misread.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Older versions this build reads, and upgrades on open: format 1 stored
 /// one event per key, format 2 blocks of events uncompressed — both still
-/// read as they are — and formats 1 to 3 one record per key, which the
-/// upgrade moves into series blocks (see [`blocks`]).
-pub const UPGRADABLE_FORMATS: &[u32] = &[1, 2, 3];
+/// read as they are — formats 1 to 3 one record per key, which the upgrade
+/// moves into series blocks, and format 4 series blocks keyed reporter,
+/// partner, commodity, which it moves to their keys of reporter, level,
+/// partner, code (see [`blocks`]).
+pub const UPGRADABLE_FORMATS: &[u32] = &[1, 2, 3, 4];
 
 /// A page of records and where the next one starts.
 pub struct RecordPage {
@@ -193,7 +195,7 @@ impl Store {
                 let version = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).ok();
                 if version.is_some_and(|v| UPGRADABLE_FORMATS.contains(&v)) {
                     let moved = blocks::migrate(db)?;
-                    tracing::info!(dir = %dir.display(), records = moved, "records stored in series blocks");
+                    tracing::info!(dir = %dir.display(), moved, "records and format 4 blocks moved into series blocks");
                     db.insert(keys::META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
                     db.flush()?;
                     tracing::info!(dir = %dir.display(), from = version, to = FORMAT_VERSION, "store format upgraded");
@@ -276,39 +278,26 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<RecordPage> {
-        let prefixes = Self::prefixes(plan);
         let mut records = Vec::new();
-        // The resume point in the blocks' namespace: a record key's first
-        // 14 bytes are its block's key.
-        let resume = after.map(|a| {
-            let mut block = a.to_vec();
-            if let Some(ns) = block.first_mut() {
-                *ns = blocks::NS_SERIES;
-            }
-            block
-        });
-        for prefix in &prefixes {
-            let range = match &resume {
-                Some(r) if r >= prefix => {
-                    if !r.starts_with(prefix) {
-                        continue; // this whole prefix lies before the resume point
-                    }
-                    self.db.range(r[..r.len().min(SERIES_PREFIX_LEN)].to_vec()..)
+        for (natural, prefix) in self.runs(plan)? {
+            // Where this run starts reading: the resume point's block if it
+            // lies in this run; runs wholly before it are passed over.
+            let start = match after {
+                Some(a) if a.starts_with(&natural) && a.len() >= SERIES_PREFIX_LEN => {
+                    blocks::block_key_of(a).to_vec()
                 }
-                _ => self.db.range(prefix.as_slice()..),
+                Some(a) if natural.as_slice() < a && !a.starts_with(&natural) => continue,
+                _ => prefix.clone(),
             };
-            for entry in range {
+            for entry in self.db.range(start..) {
                 let (block, value) = entry?;
-                if !block.starts_with(prefix) {
+                if !block.starts_with(&prefix) {
                     break;
                 }
                 for stored in blocks::records(&block, blocks::decode(&block, &value)?) {
                     let stored = stored?;
                     let key = &stored.record.key;
-                    if after.is_some_and(|a| keys::record_key(key).as_slice() <= a)
-                        || plan.partners.is_some_and(|p| !p.contains(&key.partner))
-                        || !(plan.filter)(key)
-                    {
+                    if after.is_some_and(|a| keys::record_key(key).as_slice() <= a) || !(plan.filter)(key) {
                         continue;
                     }
                     records.push(stored);
@@ -331,17 +320,52 @@ impl Store {
         })
     }
 
-    /// Block key prefixes to scan, sorted and disjoint.
-    fn prefixes(plan: &ScanPlan<'_>) -> Vec<Vec<u8>> {
-        let prefix = blocks::prefix;
-        match (plan.reporters, plan.partners) {
-            (None, _) => vec![prefix(None, None)],
-            (Some(reporters), None) => reporters.iter().map(|&r| prefix(Some(r), None)).collect(),
-            (Some(reporters), Some(partners)) => reporters
-                .iter()
-                .flat_map(|&r| partners.iter().map(move |&p| prefix(Some(r), Some(p))))
+    /// The runs of series blocks `plan` reads, in records' key order: one
+    /// per reporter, partner and commodity level that has series (a run's
+    /// blocks are in code order), each as the first bytes of its records'
+    /// keys and its blocks' key prefix.
+    fn runs(&self, plan: &ScanPlan<'_>) -> Result<Vec<([u8; 8], Vec<u8>)>> {
+        const LEVELS: [u8; 4] = [0, 2, 4, 6];
+        let children = |level| self.series.children(&self.db, level);
+        let reporters: Vec<[u8; 3]> = match plan.reporters {
+            Some(set) => set.iter().map(|c| c.as_bytes()).collect(),
+            None => children(Level::Reporters)?
+                .chunks_exact(3)
+                .map(|c| [c[0], c[1], c[2]])
                 .collect(),
+        };
+        let mut runs = Vec::new();
+        for r in reporters {
+            // Each level's partners, as three-byte codes back to back.
+            let per_level = LEVELS
+                .iter()
+                .map(|&l| children(Level::Partners(r, l)))
+                .collect::<Result<Vec<_>>>()?;
+            let has = |level: usize, p: &[u8; 3]| per_level[level].chunks_exact(3).any(|c| c == p);
+            let partners: Vec<[u8; 3]> = match plan.partners {
+                Some(set) => set.iter().map(|c| c.as_bytes()).collect(),
+                None => {
+                    let mut all: Vec<[u8; 3]> = per_level
+                        .iter()
+                        .flat_map(|list| list.chunks_exact(3).map(|c| [c[0], c[1], c[2]]))
+                        .collect();
+                    all.sort_unstable();
+                    all.dedup();
+                    all
+                }
+            };
+            for p in partners {
+                for (i, &l) in LEVELS.iter().enumerate() {
+                    if has(i, &p) {
+                        let mut natural = [keys::NS_RECORD, 0, 0, 0, 0, 0, 0, l];
+                        natural[1..4].copy_from_slice(&r);
+                        natural[4..7].copy_from_slice(&p);
+                        runs.push((natural, blocks::prefix(Some(r), Some(l), Some(p))));
+                    }
+                }
+            }
         }
+        Ok(runs)
     }
 
     /// Applies a command (see [`crate::core`]) as the next in this store's
@@ -781,6 +805,140 @@ mod tests {
         assert_eq!(
             store.get_record(&before[3].record.key).unwrap().as_ref(),
             Some(&before[3])
+        );
+        store.close().await;
+    }
+
+    /// Records of three partners of CHN (and one of DEU) at three
+    /// commodity levels and two periods.
+    fn mixed_records(units: i64) -> Vec<TradeRecord> {
+        let mut out = Vec::new();
+        for reporter in ["CHN", "DEU"] {
+            for partner in ["UZB", "KAZ", "KGZ", "WLD"] {
+                for commodity in ["TOTAL", "27", "85", "2701", "270111"] {
+                    for period in ["2024", "2025", "2025-03"] {
+                        let key = RawKey {
+                            reporter,
+                            partner,
+                            flow: 1,
+                            period,
+                            commodity,
+                            currency: "USD",
+                        };
+                        out.push(
+                            TradeRecord::parse(&RawRecord {
+                                key,
+                                units,
+                                ..Default::default()
+                            })
+                            .expect("valid record"),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn list_all(store: &Store, page: usize) -> Vec<StoredRecord> {
+        let plan = ScanPlan {
+            reporters: None,
+            partners: None,
+            filter: &|_| true,
+        };
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let got = store.list_records(&plan, after.as_deref(), page).unwrap();
+            out.extend(got.records);
+            match got.resume_after {
+                Some(a) => after = Some(a),
+                None => return out,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn records_are_listed_in_key_order_across_levels_and_pages() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path(), 0);
+        store.put_records(mixed_records(5), None).await.unwrap();
+        let mut expected: Vec<RecordKey> = mixed_records(5).iter().map(|r| r.key).collect();
+        expected.sort_by_key(keys::record_key);
+        for page in [1, 7, 1000] {
+            let listed: Vec<RecordKey> = list_all(&store, page).iter().map(|r| r.record.key).collect();
+            assert_eq!(listed, expected, "pages of {page}");
+        }
+        // One reporter and two partners, named.
+        let reporters: BTreeSet<CountryCode> = [CountryCode::parse("CHN").unwrap()].into();
+        let partners: BTreeSet<CountryCode> = [
+            CountryCode::parse("KGZ").unwrap(),
+            CountryCode::parse("UZB").unwrap(),
+        ]
+        .into();
+        let plan = ScanPlan {
+            reporters: Some(&reporters),
+            partners: Some(&partners),
+            filter: &|_| true,
+        };
+        let listed: Vec<RecordKey> = store
+            .list_records(&plan, None, 1000)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.record.key)
+            .collect();
+        let wanted: Vec<RecordKey> = expected
+            .iter()
+            .filter(|k| reporters.contains(&k.reporter) && partners.contains(&k.partner))
+            .copied()
+            .collect();
+        assert_eq!(listed, wanted);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_format_4_store_has_its_blocks_moved_to_their_new_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path(), 0);
+        store.put_records(mixed_records(7), None).await.unwrap();
+        let before = list_all(&store, 1000);
+        assert_eq!(before.len(), mixed_records(7).len());
+        store.close().await;
+        drop(store);
+        // Rewrite the blocks under format 4's keys (the series prefix with
+        // namespace `b`) and move part of them back, as an upgrade cut
+        // short would leave them.
+        let blocks_count = {
+            let db = Store::open_sled(tmp.path(), 64 << 20).unwrap();
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for entry in db.scan_prefix([blocks::NS_SERIES]) {
+                let (k, v) = entry.unwrap();
+                let mut old = blocks::series_of(&k);
+                old[0] = blocks::NS_SERIES_V4;
+                batch.remove(k.clone());
+                batch.insert(&old, v);
+                n += 1;
+            }
+            batch.insert(keys::META_FORMAT_VERSION, &4u32.to_be_bytes());
+            db.apply_batch(batch).unwrap();
+            assert_eq!(db.scan_prefix([blocks::NS_SERIES]).count(), 0);
+            assert_eq!(blocks::rekey_batch(&db, 5).unwrap(), 5);
+            assert_eq!(db.scan_prefix([blocks::NS_SERIES]).count(), 5);
+            db.flush().unwrap();
+            n
+        };
+        let store = open(tmp.path(), 0);
+        assert_eq!(list_all(&store, 1000), before);
+        assert_eq!(list_all(&store, 3), before);
+        assert_eq!(store.db.scan_prefix([blocks::NS_SERIES_V4]).count(), 0);
+        assert_eq!(store.db.scan_prefix([blocks::NS_SERIES]).count(), blocks_count);
+        let version = store.db.get(keys::META_FORMAT_VERSION).unwrap().unwrap();
+        assert_eq!(version.as_ref(), &FORMAT_VERSION.to_be_bytes());
+        assert_eq!(
+            store.get_record(&before[17].record.key).unwrap().as_ref(),
+            Some(&before[17])
         );
         store.close().await;
     }

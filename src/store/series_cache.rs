@@ -34,36 +34,33 @@ pub struct CachedRecord {
 /// The records of one series in key order.
 pub type SeriesRecords = Arc<[CachedRecord]>;
 
-/// Where the records of a level of the key tree start: every reporter
-/// (the namespace byte alone), every partner of a reporter (namespace and
-/// reporter), every commodity of a reporter–partner pair (namespace,
-/// reporter, partner).
+/// A level of the series blocks' key tree (see [`blocks`]): every reporter,
+/// every partner a reporter has series of at one commodity level, every
+/// code a reporter–partner pair has at one level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Level {
     Reporters,
-    Partners([u8; 3]),
-    Commodities([u8; 3], [u8; 3]),
+    /// Reporter, level byte.
+    Partners([u8; 3], u8),
+    /// Reporter, level byte, partner.
+    Commodities([u8; 3], u8, [u8; 3]),
 }
 
 impl Level {
     fn prefix(&self) -> Vec<u8> {
-        let mut out = vec![blocks::NS_SERIES];
-        match self {
-            Level::Reporters => {}
-            Level::Partners(r) => out.extend_from_slice(r),
-            Level::Commodities(r, p) => {
-                out.extend_from_slice(r);
-                out.extend_from_slice(p);
-            }
+        match *self {
+            Level::Reporters => blocks::prefix(None, None, None),
+            Level::Partners(r, l) => blocks::prefix(Some(r), Some(l), None),
+            Level::Commodities(r, l, p) => blocks::prefix(Some(r), Some(l), Some(p)),
         }
-        out
     }
 
-    /// The width of the key component below the prefix.
+    /// The width of the key component below the prefix: a country, or a
+    /// commodity code's six digit bytes.
     pub fn width(&self) -> usize {
         match self {
-            Level::Reporters | Level::Partners(_) => 3,
-            Level::Commodities(..) => 7,
+            Level::Reporters | Level::Partners(..) => 3,
+            Level::Commodities(..) => 6,
         }
     }
 }
@@ -207,10 +204,11 @@ impl SeriesCache {
             entries.remove(&Key::Series(*prefix));
             let reporter = [prefix[1], prefix[2], prefix[3]];
             let partner = [prefix[4], prefix[5], prefix[6]];
+            let level = prefix[7];
             let lists = [
                 (Level::Reporters, &prefix[1..4]),
-                (Level::Partners(reporter), &prefix[4..7]),
-                (Level::Commodities(reporter, partner), &prefix[7..14]),
+                (Level::Partners(reporter, level), &prefix[4..7]),
+                (Level::Commodities(reporter, level, partner), &prefix[8..14]),
             ];
             for (level, child) in lists {
                 let key = Key::Children(level);
@@ -263,14 +261,16 @@ fn read(db: &sled::Db, prefix: &SeriesPrefix) -> Result<SeriesRecords> {
     })
 }
 
-/// The distinct values of `level`'s component, seeking from each to the
-/// next.
+/// The distinct values of `level`'s component, in one pass over the
+/// level's blocks where each is a child of its own (a pair's codes, a
+/// reporter's partners at TOTAL), seeking past a child only where its
+/// blocks go on (a reporter's partners at HS2, each with many codes).
 fn read_children(db: &sled::Db, level: Level) -> Result<Children> {
     let prefix = level.prefix();
     let width = level.width();
-    let mut out = Vec::new();
-    let mut seek = prefix.clone();
-    while let Some(entry) = db.range(seek.as_slice()..).next() {
+    let mut out: Vec<u8> = Vec::new();
+    let mut entries = db.range(prefix.as_slice()..);
+    while let Some(entry) = entries.next() {
         let (k, _) = entry?;
         let Some(child) = k
             .strip_prefix(prefix.as_slice())
@@ -278,12 +278,17 @@ fn read_children(db: &sled::Db, level: Level) -> Result<Children> {
         else {
             break;
         };
-        out.extend_from_slice(child);
-        seek.truncate(prefix.len());
-        match super::scan::successor(child) {
-            Some(next) => seek.extend_from_slice(&next),
-            None => break,
+        if out.ends_with(child) {
+            // This child's blocks go on: seek past them.
+            let mut seek = prefix.clone();
+            match super::scan::successor(child) {
+                Some(next) => seek.extend_from_slice(&next),
+                None => break,
+            }
+            entries = db.range(seek.as_slice()..);
+            continue;
         }
+        out.extend_from_slice(child);
     }
     Ok(out.into())
 }
@@ -369,7 +374,7 @@ mod tests {
 
     fn partners(cache: &SeriesCache, db: &sled::Db) -> Vec<String> {
         let chn = CountryCode::parse("CHN").unwrap().as_bytes();
-        let children = cache.children(db, Level::Partners(chn)).unwrap();
+        let children = cache.children(db, Level::Partners(chn, 0)).unwrap();
         children
             .chunks(3)
             .map(|c| String::from_utf8(c.to_vec()).unwrap())
@@ -407,9 +412,62 @@ mod tests {
         assert_eq!(&reporters[..], b"CHNDEU");
         let chn = kaz.reporter.as_bytes();
         let commodities = cache
-            .children(&db, Level::Commodities(chn, kaz.partner.as_bytes()))
+            .children(&db, Level::Commodities(chn, 0, kaz.partner.as_bytes()))
             .unwrap();
-        assert_eq!(&commodities[..], keys::commodity_bytes(Commodity::TOTAL));
+        assert_eq!(&commodities[..], &keys::commodity_bytes(Commodity::TOTAL)[1..]);
+    }
+
+    #[test]
+    fn children_are_listed_per_commodity_level() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let cache = SeriesCache::new(1 << 20);
+        let chn = CountryCode::parse("CHN").unwrap().as_bytes();
+        let at = |partner: &str, commodity: &str| {
+            let mut k = key("2025");
+            k.partner = CountryCode::parse(partner).unwrap();
+            k.commodity = Commodity::parse(commodity).unwrap();
+            k
+        };
+        // Partners with many HS2 codes each (listed by seeking past each
+        // one's codes), one with TOTAL only, one with an HS4 code only.
+        for (partner, commodity) in [
+            ("KAZ", "27"),
+            ("KAZ", "28"),
+            ("KAZ", "84"),
+            ("KGZ", "TOTAL"),
+            ("TJK", "2701"),
+            ("UZB", "27"),
+            ("UZB", "85"),
+        ] {
+            put(&db, &at(partner, commodity), 1);
+        }
+        let list = |level| -> Vec<String> {
+            let children = cache.children(&db, level).unwrap();
+            children
+                .chunks(level.width())
+                .map(|c| {
+                    String::from_utf8(c.to_vec())
+                        .unwrap()
+                        .trim_end_matches('\0')
+                        .to_owned()
+                })
+                .collect()
+        };
+        assert_eq!(list(Level::Partners(chn, 0)), ["KGZ"]);
+        assert_eq!(list(Level::Partners(chn, 2)), ["KAZ", "UZB"]);
+        assert_eq!(list(Level::Partners(chn, 4)), ["TJK"]);
+        assert!(list(Level::Partners(chn, 6)).is_empty());
+        assert_eq!(list(Level::Commodities(chn, 2, *b"KAZ")), ["27", "28", "84"]);
+        assert_eq!(list(Level::Commodities(chn, 2, *b"UZB")), ["27", "85"]);
+        assert_eq!(list(Level::Reporters), ["CHN"]);
+        // A record written at a level adds its partner to that level's list
+        // only.
+        let kgz = at("KGZ", "85");
+        put(&db, &kgz, 1);
+        cache.invalidate([(&kgz, true)]);
+        assert_eq!(list(Level::Partners(chn, 2)), ["KAZ", "KGZ", "UZB"]);
+        assert_eq!(list(Level::Partners(chn, 0)), ["KGZ"]);
+        assert_eq!(list(Level::Commodities(chn, 2, *b"KGZ")), ["85"]);
     }
 
     #[test]
