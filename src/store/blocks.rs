@@ -175,21 +175,22 @@ pub fn records(block: &[u8], value: BlockValue) -> impl Iterator<Item = Result<S
 /// The record `key`, as stored.
 pub fn get(db: &sled::Db, key: &RecordKey) -> Result<Option<StoredRecord>> {
     let block = block_key(key);
-    let Some(value) = read(db, &block)? else {
+    match read(db, &block)? {
+        Some(value) => find(&block, &value, key, tail(key)),
+        None => Ok(None),
+    }
+}
+
+/// The record `key`, whose tail is `tail`, from its block `block` as read.
+pub fn find(block: &[u8], value: &BlockValue, key: &RecordKey, tail: u64) -> Result<Option<StoredRecord>> {
+    let Ok(at) = value.records.binary_search_by_key(&tail, |r| r.tail) else {
         return Ok(None);
     };
-    let tail = tail(key);
-    value
-        .records
-        .into_iter()
-        .find(|r| r.tail == tail)
-        .map(|r| {
-            let value = r
-                .value
-                .ok_or_else(|| corrupt(&block, "a record without a value"))?;
-            Ok(codec::record_from_value(*key, value))
-        })
-        .transpose()
+    let value = value.records[at]
+        .value
+        .clone()
+        .ok_or_else(|| corrupt(block, "a record without a value"))?;
+    Ok(Some(codec::record_from_value(*key, value)))
 }
 
 /// The amounts of a block's records, with their keys, in key order.
@@ -240,8 +241,8 @@ impl Edit {
     /// The block's new value; `None` when no record is left in it.
     pub fn finish(self) -> Option<Vec<u8>> {
         (!self.records.is_empty()).then(|| {
-            codec::compress(
-                BlockValue {
+            codec::compress_fast(
+                &BlockValue {
                     records: self.records,
                 }
                 .encode_to_vec(),

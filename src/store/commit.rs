@@ -9,6 +9,7 @@ use prost::Message;
 
 use std::collections::BTreeMap;
 
+use super::blocks::BlockValue;
 use super::codec::{self, EventBlock};
 use super::disk::Disk;
 use super::rollup::RollupDeltas;
@@ -36,15 +37,16 @@ pub struct Commit {
 impl Commit {
     /// Writes `effect`, the effect of `command` on a store whose last event
     /// is `head`, in one atomic batch with the command's log `position`,
-    /// after checking the disk has room for it. Returns what it wrote, to
-    /// count.
+    /// after checking the disk has room for it. The series blocks it
+    /// changes come from `prefetched` where it has them as they are stored
+    /// now, else from `db`. Returns what it wrote, to count.
     pub fn write(
         &self,
         db: &sled::Db,
         disk: &mut Disk,
         (head, position): (u64, u64),
-        command: &Command,
-        effect: &Effect,
+        (command, effect): (&Command, &Effect),
+        prefetched: &mut dyn FnMut(&SeriesPrefix) -> Option<Option<BlockValue>>,
     ) -> Result<WriteTally> {
         let mut batch = sled::Batch::default();
         let mut tally = WriteTally::default();
@@ -60,7 +62,11 @@ impl Commit {
                 .push(change);
         }
         for (block, changes) in edits {
-            let mut edit = blocks::Edit::new(blocks::read(db, &block)?);
+            let stored = match prefetched(&block) {
+                Some(stored) => stored,
+                None => blocks::read(db, &block)?,
+            };
+            let mut edit = blocks::Edit::new(stored);
             for change in changes {
                 edit.set(&change.key, change.after.as_ref().map(codec::encode_record));
             }

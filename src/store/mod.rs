@@ -898,6 +898,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn batches_queued_together_each_see_the_blocks_the_ones_before_wrote() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path(), 0);
+        // Each batch adds a period to the same 100 series and revises the
+        // period of the batch before: read ahead while the ones before are
+        // still queued, each must still build on what they wrote.
+        let batch = |year: u32, units: i64| -> Vec<TradeRecord> {
+            let mut out = records_of(100, units, &year.to_string());
+            if year > 2000 {
+                out.extend(records_of(100, units, &(year - 1).to_string()));
+            }
+            out
+        };
+        let mut queued = Vec::new();
+        for (i, year) in (2000..2020).enumerate() {
+            queued.push(
+                store
+                    .queue_records(batch(year, i as i64 + 1), None)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for q in queued {
+            q.await.unwrap();
+        }
+        let everything = list_all(&store, 10_000);
+        assert_eq!(everything.len(), 100 * 20);
+        for stored in &everything {
+            let year = stored.record.key.period.year();
+            let i = i64::from(year - 2000);
+            // Written by its own batch, then revised by the next one (but the
+            // last year's).
+            let (units, revision) = if year == 2019 { (i + 1, 1) } else { (i + 2, 2) };
+            assert_eq!(
+                stored.record.value().nanos(),
+                i128::from(units) * 1_000_000_000,
+                "{}",
+                stored.record.key
+            );
+            assert_eq!(stored.revision, revision, "{}", stored.record.key);
+        }
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn a_format_4_store_has_its_blocks_moved_to_their_new_keys() {
         let tmp = tempfile::tempdir().unwrap();
         let store = open(tmp.path(), 0);

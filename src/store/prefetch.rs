@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::view::read_with_siblings;
+use super::blocks::{self, BlockValue};
+use super::series_cache::SeriesPrefix;
+use super::view::in_block;
 use crate::collections::FastMap;
 use crate::core::Change;
 use crate::core::volume::volume_siblings;
@@ -17,30 +19,52 @@ use crate::error::Result;
 /// A prefetch older than this many commits is read again.
 const RECENT_COMMITS: usize = 64;
 
-/// Each record of a batch as stored and its siblings' values, as of the
-/// writer's `as_of`-th commit. The writer uses the reads that
-/// [`Freshness::still_fresh`] confirms and reads the others again.
+/// Each record of a batch as stored and its siblings' values, and the
+/// series blocks holding them as decoded, as of the writer's `as_of`-th
+/// commit. The writer uses the reads that [`Freshness`] confirms and reads
+/// the others again.
 pub struct Prefetch {
     pub as_of: u64,
     pub stored: FastMap<RecordKey, Option<StoredRecord>>,
     pub values: FastMap<RecordKey, Option<i128>>,
+    /// Each block read (`None`: not stored), for the commit to change.
+    blocks: FastMap<SeriesPrefix, Option<BlockValue>>,
 }
 
 impl Prefetch {
-    /// Reads `keys` from `db`; `commits` is the writer's count of applied
-    /// commits, read before the first read.
+    /// Reads `keys` from `db`, each block once; `commits` is the writer's
+    /// count of applied commits, read before the first read.
     pub fn read(db: &sled::Db, commits: &AtomicU64, keys: &[RecordKey]) -> Result<Prefetch> {
         let as_of = commits.load(Ordering::Acquire);
+        let mut by_block: FastMap<SeriesPrefix, Vec<RecordKey>> = FastMap::default();
+        for key in keys {
+            by_block.entry(blocks::block_key(key)).or_default().push(*key);
+        }
         let mut values = FastMap::default();
-        let stored = keys
-            .iter()
-            .map(|key| Ok((*key, read_with_siblings(db, key, &mut values)?)))
-            .collect::<Result<_>>()?;
+        let mut stored = FastMap::default();
+        let mut read = FastMap::default();
+        for (block, keys) in by_block {
+            let value = blocks::read(db, &block)?;
+            for key in keys {
+                stored.insert(key, in_block(&block, value.as_ref(), &key, &mut values)?);
+            }
+            read.insert(block, value);
+        }
         Ok(Prefetch {
             as_of,
             stored,
             values,
+            blocks: read,
         })
+    }
+
+    /// The block `block` as read ahead, if it was and no commit since has
+    /// written to it: taken out, for a commit to change.
+    pub fn take_block(&mut self, block: &SeriesPrefix, freshness: &Freshness) -> Option<Option<BlockValue>> {
+        if !freshness.block_fresh(block, self.as_of) {
+            return None;
+        }
+        self.blocks.remove(block)
     }
 
     /// The prefetched values of `key` and its siblings, into `values`.
@@ -61,6 +85,8 @@ pub struct Freshness {
     applied: Arc<AtomicU64>,
     recent: VecDeque<(u64, Vec<RecordKey>)>,
     last_write: FastMap<RecordKey, u64>,
+    /// The same for the series blocks those keys are in.
+    last_block_write: FastMap<SeriesPrefix, u64>,
 }
 
 impl Freshness {
@@ -70,7 +96,15 @@ impl Freshness {
             applied,
             recent: VecDeque::with_capacity(RECENT_COMMITS + 1),
             last_write: FastMap::default(),
+            last_block_write: FastMap::default(),
         }
+    }
+
+    /// Whether the block `block` read when the writer had applied `as_of`
+    /// commits still holds: no commit since wrote to it.
+    pub fn block_fresh(&self, block: &SeriesPrefix, as_of: u64) -> bool {
+        let window_start = self.commits - self.recent.len() as u64;
+        as_of >= window_start && self.last_block_write.get(block).is_none_or(|&c| c <= as_of)
     }
 
     /// Whether reads of `key`'s record and its trade-volume siblings made
@@ -91,6 +125,7 @@ impl Freshness {
         let keys: Vec<RecordKey> = changes.iter().map(|c| c.key).collect();
         for key in &keys {
             self.last_write.insert(*key, self.commits);
+            self.last_block_write.insert(blocks::block_key(key), self.commits);
         }
         self.recent.push_back((self.commits, keys));
         if self.recent.len() > RECENT_COMMITS
@@ -99,6 +134,10 @@ impl Freshness {
             for key in keys {
                 if self.last_write.get(&key) == Some(&commit) {
                     self.last_write.remove(&key);
+                }
+                let block = blocks::block_key(&key);
+                if self.last_block_write.get(&block) == Some(&commit) {
+                    self.last_block_write.remove(&block);
                 }
             }
         }

@@ -126,22 +126,37 @@ pub fn read_with_siblings(
     key: &RecordKey,
     values: &mut FastMap<RecordKey, Option<i128>>,
 ) -> Result<Option<StoredRecord>> {
-    if !shares_volume(key.flow) {
-        return blocks::get(db, key);
-    }
-    values.insert(*key, None);
-    for sibling in volume_siblings(key) {
-        values.insert(sibling, None);
-    }
     let block = blocks::block_key(key);
-    let Some(stored) = blocks::read(db, &block)? else {
+    in_block(&block, blocks::read(db, &block)?.as_ref(), key, values)
+}
+
+/// [`read_with_siblings`] from the block `block` as read (`None`: there is
+/// none).
+pub fn in_block(
+    block: &[u8],
+    stored: Option<&blocks::BlockValue>,
+    key: &RecordKey,
+    values: &mut FastMap<RecordKey, Option<i128>>,
+) -> Result<Option<StoredRecord>> {
+    let volume = shares_volume(key.flow);
+    if volume {
+        values.insert(*key, None);
+        for sibling in volume_siblings(key) {
+            values.insert(sibling, None);
+        }
+    }
+    let Some(stored) = stored else {
         return Ok(None);
     };
+    let tail = blocks::tail(key);
+    if !volume {
+        return blocks::find(block, stored, key, tail);
+    }
     let k = keys::record_key(key);
     let mut found = None;
     // Every flow and currency of the key's period.
-    for record in stored.records {
-        let sk = blocks::record_key_bytes(&block, record.tail);
+    for record in &stored.records {
+        let sk = blocks::record_key_bytes(block, record.tail);
         if sk[..keys::record_offsets::FLOW] != k[..keys::record_offsets::FLOW]
             || sk[keys::record_offsets::CURRENCY..] != k[keys::record_offsets::CURRENCY..]
         {
@@ -153,10 +168,11 @@ pub fn read_with_siblings(
         }
         let value = record
             .value
+            .as_ref()
             .ok_or_else(|| crate::error::Error::Corrupt(format!("record {sibling}: no value")))?;
         values.insert(sibling, Some(Money::join(value.units, value.nanos)));
-        if sibling == *key {
-            found = Some(codec::record_from_value(sibling, value));
+        if record.tail == tail {
+            found = Some(codec::record_from_value(sibling, value.clone()));
         }
     }
     Ok(found)

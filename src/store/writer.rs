@@ -246,13 +246,13 @@ impl Writer {
                     Job::Apply {
                         command,
                         position,
-                        prefetch,
+                        mut prefetch,
                         reply,
                         queued,
                     } => {
                         let outcome = match self.disk.refused() {
                             Some(refused) => Err(Refusal::Failed(refused)),
-                            None => self.apply(&command, position, prefetch.as_ref()),
+                            None => self.apply(&command, position, prefetch.as_mut()),
                         };
                         replies.push((reply, outcome, queued));
                     }
@@ -307,7 +307,7 @@ impl Writer {
 
     /// Applies one command at `position`: the core decides, the commit
     /// writes.
-    fn apply(&mut self, command: &Command, position: Position, prefetch: Option<&Prefetch>) -> Reply {
+    fn apply(&mut self, command: &Command, position: Position, mut prefetch: Option<&mut Prefetch>) -> Reply {
         let logged = match position {
             Position::Next => None,
             Position::Logged(p) if p == self.position + 1 => Some(p),
@@ -321,7 +321,7 @@ impl Writer {
         let decided = {
             let mut view = View::new(&self.db, self.head, &self.watches, &command.action);
             view.fingerprint = command.request.as_ref().map(|r| r.fingerprint);
-            view.prefetch = prefetch.map(|p| (p, &self.freshness));
+            view.prefetch = prefetch.as_deref().map(|p| (p, &self.freshness));
             core::apply(&view, command)
         };
         let effect = match decided {
@@ -340,9 +340,18 @@ impl Writer {
             }
         };
         let position = logged.unwrap_or(self.position + 1);
+        let freshness = &self.freshness;
+        // Blocks read ahead (and not written since) are changed as read.
+        let mut prefetched = |block: &_| prefetch.as_deref_mut()?.take_block(block, freshness);
         let tally = self
             .commit
-            .write(&self.db, &mut self.disk, (self.head, position), command, &effect)
+            .write(
+                &self.db,
+                &mut self.disk,
+                (self.head, position),
+                (command, &effect),
+                &mut prefetched,
+            )
             .map_err(|e| Refusal::Failed(self.disk.job_failed(&self.db, e)))?;
         self.position = position;
         self.freshness.remember(&effect.changes);
