@@ -316,6 +316,46 @@ async fn load_postgres(
     Ok((rate, size as u64))
 }
 
+/// Each wanted question asked first right after a restart of its own, over
+/// a connection opened (and its first call made) before: the median of
+/// [`RESTARTS`] restarts each, as a server just started is busy for a
+/// moment; and the start-up times of those restarts (files cached).
+async fn first_answers(
+    store: &Path,
+    serve_args: &[&str],
+    wanted: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let mut firsts = Vec::new();
+    let mut starts = Vec::new();
+    for (name, request) in questions() {
+        if !wanted(name) {
+            continue;
+        }
+        let mut times = Vec::new();
+        for _ in 0..RESTARTS {
+            let started = Instant::now();
+            let server = Server::start(store, serve_args)?;
+            starts.push(started.elapsed());
+            let channel = Channel::from_shared(format!("http://{}", server.addr))?
+                .connect()
+                .await?;
+            tonic_health::pb::health_client::HealthClient::new(channel.clone())
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await?;
+            let mut client = TradeServiceClient::new(channel.clone());
+            let asked = Instant::now();
+            client.aggregate(request.clone()).await?;
+            times.push(asked.elapsed());
+            drop((client, channel));
+            tokio::task::spawn_blocking(move || server.stop()).await??;
+        }
+        times.sort();
+        firsts.push(times[times.len() / 2]);
+    }
+    starts.sort();
+    Ok((firsts, starts))
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64())
 }
@@ -404,37 +444,6 @@ async fn main() -> anyhow::Result<()> {
         let cold_start = started.elapsed();
         let rss_at_start = server.rss_bytes().unwrap_or(0);
         tokio::task::spawn_blocking(move || server.stop()).await??;
-        // Each question asked first right after a restart of its own, over a
-        // connection opened (and its first call made) before; the median of
-        // RESTARTS restarts, as a server just started is busy for a moment.
-        let mut firsts = Vec::new();
-        let mut cached_starts = Vec::new();
-        for (name, request) in questions() {
-            if !wanted(name) {
-                continue;
-            }
-            let mut times = Vec::new();
-            for _ in 0..RESTARTS {
-                let started = Instant::now();
-                let server = Server::start(&dir.join("store"), &serve_args)?;
-                cached_starts.push(started.elapsed());
-                let channel = Channel::from_shared(format!("http://{}", server.addr))?
-                    .connect()
-                    .await?;
-                tonic_health::pb::health_client::HealthClient::new(channel.clone())
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await?;
-                let mut client = TradeServiceClient::new(channel.clone());
-                let asked = Instant::now();
-                client.aggregate(request.clone()).await?;
-                times.push(asked.elapsed());
-                drop((client, channel));
-                tokio::task::spawn_blocking(move || server.stop()).await??;
-            }
-            times.sort();
-            firsts.push(times[times.len() / 2]);
-        }
-
         let server = Server::start(&dir.join("store"), &serve_args)?;
         let addr = server.addr.clone();
         let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
@@ -498,12 +507,11 @@ async fn main() -> anyhow::Result<()> {
         lines.push(String::new());
         lines.push(format!("| question | tradewatch p50 ms | p99 ms | runs | first after a restart ms, median of {RESTARTS} (× p50) | PostgreSQL p50 ms | p99 ms | runs | PG / tw (p50) |"));
         lines.push("|---|---|---|---|---|---|---|---|---|".into());
-        let mut firsts = firsts.into_iter();
+        let mut rows = Vec::new();
         for ((name, request), sql) in questions().into_iter().zip(sql_questions()) {
             if !wanted(name) {
                 continue;
             }
-            let first = firsts.next().expect("a first ask per question");
             let mut client = TradeServiceClient::new(channel.clone());
             let tw = measure(Duration::from_secs(5), 20_000, || {
                 let request = request.clone();
@@ -551,6 +559,16 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => "– | – | – | –".into(),
             };
+            rows.push((name, tw, pg_cells));
+        }
+        let rss_after_questions = server.rss_bytes().unwrap_or(0);
+        drop(channel);
+        // Stopped from a thread of its own, so that this runtime's thread
+        // stays free to close the client's side of the connection.
+        tokio::task::spawn_blocking(move || server.stop()).await??;
+        // Then restarted for each question's first answer.
+        let (firsts, cached_starts) = first_answers(&dir.join("store"), &serve_args, &wanted).await?;
+        for ((name, tw, pg_cells), first) in rows.into_iter().zip(firsts) {
             lines.push(format!(
                 "| {name} | {} | {} | {} | {} ({:.1}×) | {pg_cells} |",
                 ms(tw.p50),
@@ -560,10 +578,8 @@ async fn main() -> anyhow::Result<()> {
                 first.as_secs_f64() / tw.p50.as_secs_f64()
             ));
         }
-        let rss_after_questions = server.rss_bytes().unwrap_or(0);
         lines.push(String::new());
         let mb = |b: u64| format!("{:.0} MB", b as f64 / 1e6);
-        cached_starts.sort();
         lines.push(format!(
             "- start-up (`serve` to its listening line): {} s with the page cache {}; {} s with the files cached (median of {})",
             secs(cold_start),
@@ -593,10 +609,6 @@ async fn main() -> anyhow::Result<()> {
         }
         println!("{}", lines.join("\n"));
         report.insert(data.name, lines);
-        drop(channel);
-        // Stopped from a thread of its own, so that this runtime's thread
-        // stays free to close the client's side of the connection.
-        tokio::task::spawn_blocking(move || server.stop()).await??;
     }
     Ok(())
 }
