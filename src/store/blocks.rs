@@ -24,6 +24,7 @@
 //! first 14 bytes reordered (with this namespace's byte), and each record
 //! in it carries the other 8 as its `tail`.
 
+use bytes::Bytes;
 use prost::Message;
 
 use super::codec::{self, RecordAmount, RecordValue};
@@ -59,8 +60,27 @@ pub struct BlockRecord {
     /// big-endian number: the order of the keys.
     #[prost(fixed64, tag = "1")]
     pub tail: u64,
-    #[prost(message, optional, tag = "2")]
-    pub value: Option<RecordValue>,
+    /// The record's `RecordValue`, encoded (the same bytes on the wire as
+    /// the message): decoded only where it is read, and copied as it is
+    /// when a write rewrites the block around it.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
+}
+
+impl BlockRecord {
+    /// The record's value, decoded.
+    pub fn value(&self, block: &[u8]) -> Result<RecordValue> {
+        // A stored record has a revision, so its value is never empty.
+        if self.value.is_empty() {
+            return Err(corrupt(block, "a record without a value"));
+        }
+        RecordValue::decode(self.value.as_ref()).map_err(|e| corrupt(block, e))
+    }
+
+    /// The record's amount alone.
+    pub fn amount(&self, block: &[u8]) -> Result<RecordAmount> {
+        RecordAmount::decode(self.value.as_ref()).map_err(|e| corrupt(block, e))
+    }
 }
 
 /// A `BlockValue` read for its amounts only: the rest of each record is
@@ -152,7 +172,9 @@ fn corrupt(block: &[u8], e: impl std::fmt::Display) -> Error {
 /// Decodes a block's value.
 pub fn decode(block: &[u8], value: &[u8]) -> Result<BlockValue> {
     let bytes = codec::decompress(value).map_err(|e| corrupt(block, e))?;
-    BlockValue::decode(bytes.as_ref()).map_err(|e| corrupt(block, e))
+    // Decoded from `Bytes`, each record's value is a slice of them, not a
+    // copy.
+    BlockValue::decode(Bytes::from(bytes.into_owned())).map_err(|e| corrupt(block, e))
 }
 
 /// The block stored under `block`, if any.
@@ -165,10 +187,7 @@ pub fn records(block: &[u8], value: BlockValue) -> impl Iterator<Item = Result<S
     value.records.into_iter().map(move |r| {
         let key_bytes = record_key_bytes(block, r.tail);
         let key = keys::decode_record_key(&key_bytes)?;
-        let value = r
-            .value
-            .ok_or_else(|| corrupt(block, "a record without a value"))?;
-        Ok(codec::record_from_value(key, value))
+        Ok(codec::record_from_value(key, r.value(block)?))
     })
 }
 
@@ -186,11 +205,10 @@ pub fn find(block: &[u8], value: &BlockValue, key: &RecordKey, tail: u64) -> Res
     let Ok(at) = value.records.binary_search_by_key(&tail, |r| r.tail) else {
         return Ok(None);
     };
-    let value = value.records[at]
-        .value
-        .clone()
-        .ok_or_else(|| corrupt(block, "a record without a value"))?;
-    Ok(Some(codec::record_from_value(*key, value)))
+    Ok(Some(codec::record_from_value(
+        *key,
+        value.records[at].value(block)?,
+    )))
 }
 
 /// The amounts of a block's records, with their keys, in key order.
@@ -222,18 +240,13 @@ impl Edit {
     /// Puts (`Some`) or removes (`None`) the record `key`.
     pub fn set(&mut self, key: &RecordKey, value: Option<RecordValue>) {
         let tail = tail(key);
+        let value = value.map(|v| Bytes::from(v.encode_to_vec()));
         match (self.records.binary_search_by_key(&tail, |r| r.tail), value) {
-            (Ok(at), Some(value)) => self.records[at].value = Some(value),
+            (Ok(at), Some(value)) => self.records[at].value = value,
             (Ok(at), None) => {
                 self.records.remove(at);
             }
-            (Err(at), Some(value)) => self.records.insert(
-                at,
-                BlockRecord {
-                    tail,
-                    value: Some(value),
-                },
-            ),
+            (Err(at), Some(value)) => self.records.insert(at, BlockRecord { tail, value }),
             (Err(_), None) => {}
         }
     }

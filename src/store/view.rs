@@ -12,7 +12,7 @@ use crate::collections::FastMap;
 use crate::core::volume::{shares_volume, volume_siblings};
 use crate::core::{State, StoredRequest, Watches};
 use crate::domain::{
-    Action, GroupName, Money, PartnerGroup, RankBy, RecordKey, RequestId, SeriesSpec, StoredRecord, WatchId,
+    Action, GroupName, PartnerGroup, RankBy, RecordKey, RequestId, SeriesSpec, StoredRecord, WatchId,
 };
 use crate::error::Result;
 use crate::milestones::Series;
@@ -166,13 +166,10 @@ pub fn in_block(
         if !shares_volume(sibling.flow) {
             continue;
         }
-        let value = record
-            .value
-            .as_ref()
-            .ok_or_else(|| crate::error::Error::Corrupt(format!("record {sibling}: no value")))?;
-        values.insert(sibling, Some(Money::join(value.units, value.nanos)));
+        let amount = record.amount(block)?;
+        values.insert(sibling, Some(amount.nanos()));
         if record.tail == tail {
-            found = Some(codec::record_from_value(sibling, value.clone()));
+            found = Some(codec::record_from_value(sibling, record.value(block)?));
         }
     }
     Ok(found)
