@@ -4,6 +4,9 @@
 //! ```sh
 //! cargo bench --bench import            # 3 runs of each file order
 //! cargo bench --bench import -- 5       # 5 runs
+//! scripts/bench-postgres.sh             # then, with PostgreSQL's COPY alongside:
+//! TRADEWATCH_BENCH_PG="host=127.0.0.1 user=postgres password=bench dbname=tradewatch_bench" \
+//!   cargo bench --bench import
 //! ```
 //!
 //! The rows are the 1 M store of the aggregate bench (5 reporters × 100
@@ -92,6 +95,40 @@ fn run_once(bin: &str, file: &Path, rows: usize) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
+/// PostgreSQL's `COPY` of the same CSV file (as `psql \\copy` sends it)
+/// into a fresh table with the primary key and the index a DBA would add
+/// (see `benches/aggregate.rs`), in one transaction; its wall-clock time.
+async fn pg_copy_once(pg: &tokio_postgres::Client, file: &Path) -> anyhow::Result<Duration> {
+    use futures_util::SinkExt;
+    pg.batch_execute(
+        "DROP TABLE IF EXISTS trade_import;
+         CREATE TABLE trade_import (
+           reporter char(3) NOT NULL, partner char(3) NOT NULL, flow text NOT NULL,
+           period smallint NOT NULL, month smallint NOT NULL DEFAULT 0, monthly boolean NOT NULL DEFAULT false,
+           commodity varchar(6) NOT NULL, currency char(3) NOT NULL, value numeric(38, 9) NOT NULL,
+           source text, released_at timestamptz,
+           PRIMARY KEY (reporter, partner, commodity, monthly, period, month, flow, currency));
+         CREATE INDEX ON trade_import (commodity, currency, reporter, partner, period);",
+    )
+    .await?;
+    let started = Instant::now();
+    let bytes = std::fs::read(file)?;
+    let sink = pg
+        .copy_in(
+            "COPY trade_import (reporter, partner, flow, period, commodity, currency, value, source, released_at) \
+             FROM STDIN WITH (FORMAT csv, HEADER true)",
+        )
+        .await?;
+    futures_util::pin_mut!(sink);
+    for chunk in bytes.chunks(1 << 20) {
+        sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
+    }
+    let rows = sink.as_mut().finish().await?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(rows > 0, "COPY stored nothing");
+    Ok(elapsed)
+}
+
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
@@ -106,6 +143,22 @@ fn main() -> anyhow::Result<()> {
         binaries.insert(0, (other.clone(), other));
     }
     std::fs::create_dir_all(bench_dir())?;
+    // With TRADEWATCH_BENCH_PG (a connection string), PostgreSQL's COPY of
+    // the same file runs alongside (see `scripts/bench-postgres.sh`).
+    let pg = match std::env::var("TRADEWATCH_BENCH_PG") {
+        Ok(url) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let client = runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                Ok::<_, tokio_postgres::Error>(client)
+            })?;
+            Some((client, runtime))
+        }
+        Err(_) => None,
+    };
     let data = Dataset::new("1m", 5);
     println!(
         "import --server of {} rows, {runs} runs per file order and binary, fresh store each run",
@@ -121,11 +174,16 @@ fn main() -> anyhow::Result<()> {
             "by-commodity.csv"
         });
         let rows = write_csv(&data, by_partner, &file)?;
-        // Runs alternate between the binaries; each starts its own server.
+        // Runs alternate between the binaries (each starting its own
+        // server) and PostgreSQL's COPY.
         let mut times = vec![Vec::new(); binaries.len()];
+        let mut pg_times = Vec::new();
         for _ in 0..runs {
             for (i, (_, bin)) in binaries.iter().enumerate() {
                 times[i].push(run_once(bin, &file, rows)?);
+            }
+            if let Some((pg, runtime)) = &pg {
+                pg_times.push(runtime.block_on(pg_copy_once(pg, &file))?);
             }
         }
         for ((label, _), times) in binaries.iter().zip(times) {
@@ -141,6 +199,22 @@ fn main() -> anyhow::Result<()> {
                 rows as f64 / m.as_secs_f64()
             );
         }
+        if !pg_times.is_empty() {
+            let m = median(pg_times.clone());
+            println!(
+                "| {name} | PostgreSQL COPY (primary key + index, one transaction) | {} | {:.2} | {:.0} |",
+                pg_times
+                    .iter()
+                    .map(|t| format!("{:.2}", t.as_secs_f64()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                m.as_secs_f64(),
+                rows as f64 / m.as_secs_f64()
+            );
+        }
+    }
+    if let Some((pg, runtime)) = &pg {
+        runtime.block_on(pg.batch_execute("DROP TABLE IF EXISTS trade_import"))?;
     }
     write_latency(&binaries, runs)?;
     let _ = std::fs::remove_dir_all(bench_dir().join("store"));
