@@ -26,6 +26,8 @@ use tradewatch::pb::{self, trade_service_client::TradeServiceClient};
 #[path = "common/dataset.rs"]
 mod dataset;
 use dataset::{Dataset, to_record};
+#[path = "common/postgres.rs"]
+mod postgres;
 #[path = "common/server.rs"]
 mod server;
 use server::Server;
@@ -273,15 +275,7 @@ async fn load_postgres(
     pg: &tokio_postgres::Client,
     data: &Dataset,
 ) -> Result<(f64, u64), tokio_postgres::Error> {
-    pg.batch_execute(
-        "DROP TABLE IF EXISTS trade_loading;
-         CREATE TABLE trade_loading (
-           reporter char(3) NOT NULL, partner char(3) NOT NULL, flow text NOT NULL,
-           period smallint NOT NULL, month smallint NOT NULL DEFAULT 0, monthly boolean NOT NULL DEFAULT false,
-           commodity varchar(6) NOT NULL, currency char(3) NOT NULL, value numeric(38, 9) NOT NULL,
-           source text, PRIMARY KEY (reporter, partner, commodity, monthly, period, month, flow, currency))",
-    )
-    .await?;
+    pg.batch_execute(&postgres::create_table("trade_loading")).await?;
     let start = Instant::now();
     let sink = pg
         .copy_in(
@@ -304,10 +298,11 @@ async fn load_postgres(
     // What a DBA would add for these questions: the primary key serves
     // reporter–partner lookups, this one a commodity of a reporter over
     // all its partners.
-    pg.batch_execute(
-        "CREATE INDEX ON trade_loading (commodity, currency, reporter, partner, period); ANALYZE trade_loading;",
-    )
-        .await?;
+    pg.batch_execute(&format!(
+        "{}; ANALYZE trade_loading;",
+        postgres::index("trade_loading")
+    ))
+    .await?;
     let rate = data.len() as f64 / start.elapsed().as_secs_f64();
     let size: i64 = pg
         .query_one("SELECT pg_total_relation_size('trade_loading')", &[])

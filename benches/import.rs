@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 #[path = "common/dataset.rs"]
 mod dataset;
 use dataset::Dataset;
+#[path = "common/postgres.rs"]
+mod postgres;
 #[path = "common/server.rs"]
 mod server;
 use server::Server;
@@ -100,16 +102,11 @@ fn run_once(bin: &str, file: &Path, rows: usize) -> anyhow::Result<Duration> {
 /// (see `benches/aggregate.rs`), in one transaction; its wall-clock time.
 async fn pg_copy_once(pg: &tokio_postgres::Client, file: &Path) -> anyhow::Result<Duration> {
     use futures_util::SinkExt;
-    pg.batch_execute(
-        "DROP TABLE IF EXISTS trade_import;
-         CREATE TABLE trade_import (
-           reporter char(3) NOT NULL, partner char(3) NOT NULL, flow text NOT NULL,
-           period smallint NOT NULL, month smallint NOT NULL DEFAULT 0, monthly boolean NOT NULL DEFAULT false,
-           commodity varchar(6) NOT NULL, currency char(3) NOT NULL, value numeric(38, 9) NOT NULL,
-           source text, released_at timestamptz,
-           PRIMARY KEY (reporter, partner, commodity, monthly, period, month, flow, currency));
-         CREATE INDEX ON trade_import (commodity, currency, reporter, partner, period);",
-    )
+    pg.batch_execute(&format!(
+        "{}; {}",
+        postgres::create_table("trade_import"),
+        postgres::index("trade_import")
+    ))
     .await?;
     let started = Instant::now();
     let bytes = std::fs::read(file)?;
@@ -127,6 +124,18 @@ async fn pg_copy_once(pg: &tokio_postgres::Client, file: &Path) -> anyhow::Resul
     let elapsed = started.elapsed();
     anyhow::ensure!(rows > 0, "COPY stored nothing");
     Ok(elapsed)
+}
+
+/// One line of the table: the runs, their median and the rate it makes.
+fn print_row(order: &str, label: &str, times: &[Duration], rows: usize) {
+    let m = median(times.to_vec());
+    let runs: Vec<String> = times.iter().map(|t| format!("{:.2}", t.as_secs_f64())).collect();
+    println!(
+        "| {order} | {label} | {} | {:.2} | {:.0} |",
+        runs.join(", "),
+        m.as_secs_f64(),
+        rows as f64 / m.as_secs_f64()
+    );
 }
 
 fn median(mut xs: Vec<Duration>) -> Duration {
@@ -187,29 +196,14 @@ fn main() -> anyhow::Result<()> {
             }
         }
         for ((label, _), times) in binaries.iter().zip(times) {
-            let m = median(times.clone());
-            println!(
-                "| {name} | {label} | {} | {:.2} | {:.0} |",
-                times
-                    .iter()
-                    .map(|t| format!("{:.2}", t.as_secs_f64()))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                m.as_secs_f64(),
-                rows as f64 / m.as_secs_f64()
-            );
+            print_row(name, label, &times, rows);
         }
         if !pg_times.is_empty() {
-            let m = median(pg_times.clone());
-            println!(
-                "| {name} | PostgreSQL COPY (primary key + index, one transaction) | {} | {:.2} | {:.0} |",
-                pg_times
-                    .iter()
-                    .map(|t| format!("{:.2}", t.as_secs_f64()))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                m.as_secs_f64(),
-                rows as f64 / m.as_secs_f64()
+            print_row(
+                name,
+                "PostgreSQL COPY (primary key + index, one transaction)",
+                &pg_times,
+                rows,
             );
         }
     }

@@ -59,14 +59,20 @@ fn commodity_component(filter: &CommodityFilter) -> Component {
             Component::values(7, set.iter().map(|c| keys::commodity_bytes(*c).to_vec()))
         }
         CommodityFilter::Level(level, prefix) => {
-            let mut lo = vec![keys::level_byte(*level)];
-            lo.extend_from_slice(prefix.as_bytes());
-            let mut hi = lo.clone();
-            lo.resize(7, 0);
-            hi.resize(7, 0xff);
-            Component::between(lo, hi)
+            let mut start = vec![keys::level_byte(*level)];
+            start.extend_from_slice(prefix.as_bytes());
+            starting_with(start, 7)
         }
     }
+}
+
+/// Every `width`-byte value that starts with `start`.
+fn starting_with(start: Vec<u8>, width: usize) -> Component {
+    let mut lo = start;
+    let mut hi = lo.clone();
+    lo.resize(width, 0);
+    hi.resize(width, 0xff);
+    Component::between(lo, hi)
 }
 
 /// The commodity levels a filter reads, each as its key byte, in order.
@@ -92,13 +98,7 @@ fn block_components(reporters: Component, partners: Component, filter: &Commodit
         CommodityFilter::Exact(set) => {
             Component::values(6, set.iter().map(|c| keys::commodity_bytes(*c)[1..].to_vec()))
         }
-        CommodityFilter::Level(_, prefix) => {
-            let mut lo = prefix.as_bytes().to_vec();
-            let mut hi = lo.clone();
-            lo.resize(6, 0);
-            hi.resize(6, 0xff);
-            Component::between(lo, hi)
-        }
+        CommodityFilter::Level(_, prefix) => starting_with(prefix.as_bytes().to_vec(), 6),
     };
     [reporters, levels, partners, codes]
 }

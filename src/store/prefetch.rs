@@ -83,7 +83,8 @@ pub struct Freshness {
     /// Commits applied so far, also published for prefetching readers.
     commits: u64,
     applied: Arc<AtomicU64>,
-    recent: VecDeque<(u64, Vec<RecordKey>)>,
+    /// Each recent commit's record keys and series blocks.
+    recent: VecDeque<(u64, Vec<RecordKey>, Vec<SeriesPrefix>)>,
     last_write: FastMap<RecordKey, u64>,
     /// The same for the series blocks those keys are in.
     last_block_write: FastMap<SeriesPrefix, u64>,
@@ -119,23 +120,30 @@ impl Freshness {
         fresh(key) && volume_siblings(key).all(|k| fresh(&k))
     }
 
-    /// Counts an applied commit and remembers the record keys it wrote.
+    /// Counts an applied commit and remembers the record keys it wrote, and
+    /// their blocks.
     pub fn remember(&mut self, changes: &[Change]) {
         self.commits += 1;
         let keys: Vec<RecordKey> = changes.iter().map(|c| c.key).collect();
+        let mut blocks: Vec<SeriesPrefix> = keys.iter().map(blocks::block_key).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
         for key in &keys {
             self.last_write.insert(*key, self.commits);
-            self.last_block_write.insert(blocks::block_key(key), self.commits);
         }
-        self.recent.push_back((self.commits, keys));
+        for block in &blocks {
+            self.last_block_write.insert(*block, self.commits);
+        }
+        self.recent.push_back((self.commits, keys, blocks));
         if self.recent.len() > RECENT_COMMITS
-            && let Some((commit, keys)) = self.recent.pop_front()
+            && let Some((commit, keys, blocks)) = self.recent.pop_front()
         {
             for key in keys {
                 if self.last_write.get(&key) == Some(&commit) {
                     self.last_write.remove(&key);
                 }
-                let block = blocks::block_key(&key);
+            }
+            for block in blocks {
                 if self.last_block_write.get(&block) == Some(&commit) {
                     self.last_block_write.remove(&block);
                 }
