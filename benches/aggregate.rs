@@ -315,10 +315,15 @@ async fn load_postgres(
 /// a connection opened (and its first call made) before: the median of
 /// [`RESTARTS`] restarts each, as a server just started is busy for a
 /// moment; and the start-up times of those restarts (files cached).
+///
+/// With `forget_cache`, each restart first deletes the list of what the
+/// series cache held (as after a crash before the server first wrote it),
+/// so the server starts with nothing to warm.
 async fn first_answers(
     store: &Path,
     serve_args: &[&str],
     wanted: &dyn Fn(&str) -> bool,
+    forget_cache: bool,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let mut firsts = Vec::new();
     let mut starts = Vec::new();
@@ -328,6 +333,12 @@ async fn first_answers(
         }
         let mut times = Vec::new();
         for _ in 0..RESTARTS {
+            if forget_cache {
+                match std::fs::remove_file(store.join("series-cache.keys")) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
             let started = Instant::now();
             let server = Server::start(store, serve_args)?;
             starts.push(started.elapsed());
@@ -500,8 +511,8 @@ async fn main() -> anyhow::Result<()> {
             ms(floor.p99)
         ));
         lines.push(String::new());
-        lines.push(format!("| question | tradewatch p50 ms | p99 ms | runs | first after a restart ms, median of {RESTARTS} (× p50) | PostgreSQL p50 ms | p99 ms | runs | PG / tw (p50) |"));
-        lines.push("|---|---|---|---|---|---|---|---|---|".into());
+        lines.push(format!("| question | tradewatch p50 ms | p99 ms | runs | first after a restart ms, median of {RESTARTS} (× p50) | the same, nothing to warm | PostgreSQL p50 ms | p99 ms | runs | PG / tw (p50) |"));
+        lines.push("|---|---|---|---|---|---|---|---|---|---|".into());
         let mut rows = Vec::new();
         for ((name, request), sql) in questions().into_iter().zip(sql_questions()) {
             if !wanted(name) {
@@ -562,15 +573,18 @@ async fn main() -> anyhow::Result<()> {
         // stays free to close the client's side of the connection.
         tokio::task::spawn_blocking(move || server.stop()).await??;
         // Then restarted for each question's first answer.
-        let (firsts, cached_starts) = first_answers(&dir.join("store"), &serve_args, &wanted).await?;
-        for ((name, tw, pg_cells), first) in rows.into_iter().zip(firsts) {
+        let (firsts, cached_starts) = first_answers(&dir.join("store"), &serve_args, &wanted, false).await?;
+        let (unwarmed, _) = first_answers(&dir.join("store"), &serve_args, &wanted, true).await?;
+        for (((name, tw, pg_cells), first), unwarmed) in rows.into_iter().zip(firsts).zip(unwarmed) {
+            let times_p50 =
+                |d: Duration| format!("{} ({:.1}×)", ms(d), d.as_secs_f64() / tw.p50.as_secs_f64());
             lines.push(format!(
-                "| {name} | {} | {} | {} | {} ({:.1}×) | {pg_cells} |",
+                "| {name} | {} | {} | {} | {} | {} | {pg_cells} |",
                 ms(tw.p50),
                 ms(tw.p99),
                 tw.runs,
-                ms(first),
-                first.as_secs_f64() / tw.p50.as_secs_f64()
+                times_p50(first),
+                times_p50(unwarmed),
             ));
         }
         lines.push(String::new());

@@ -75,6 +75,11 @@ fn incoming(
 /// How long open calls get to finish after shutdown is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// How often a serving store writes down what its series cache holds, so
+/// that a restart after a crash warms it as well as one after a clean stop
+/// (which writes it down on closing).
+const CACHE_KEYS_EVERY: Duration = Duration::from_secs(300);
+
 /// What a server needs besides its listener.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -280,6 +285,7 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
+        let saving_cache_keys = tokio::spawn(save_cache_keys_every(self.store.clone(), stop.clone()));
         let cut = CancellationToken::new();
         // Stops with the gRPC server (also when dropped on an error).
         let metrics_endpoint = self.metrics_endpoint.map(metrics::Endpoint::spawn);
@@ -346,6 +352,7 @@ impl Application {
             endpoint.stop().await;
         }
         stop.cancel();
+        let _ = saving_cache_keys.await;
         if let Some((follower, reporter)) = following {
             reporter.abort();
             let _ = follower.await;
@@ -361,6 +368,22 @@ impl Application {
         self.store.close().await;
         served?;
         Ok(())
+    }
+}
+
+/// Writes down what the store's series cache holds every
+/// [`CACHE_KEYS_EVERY`], until `stop`.
+async fn save_cache_keys_every(store: Arc<store::Store>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(CACHE_KEYS_EVERY);
+    every.tick().await; // the first tick is at once
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                let store = store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.save_cache_keys()).await;
+            }
+            () = stop.cancelled() => return,
+        }
     }
 }
 

@@ -1418,6 +1418,101 @@ async fn answers_survive_a_restart() {
     }
 }
 
+/// The two kinds of question that read many series: every partner of a
+/// reporter, and every HS2 code of a pair.
+fn open_level_questions() -> [pb::AggregateRequest; 2] {
+    let by_partner = pb::AggregateRequest {
+        order_by: pb::OrderBy::TotalDesc.into(),
+        ..ask(
+            pb::RecordSelector {
+                reporters: strings(&["CHN"]),
+                ..Default::default()
+            },
+            &[Dimension::Partner],
+        )
+    };
+    let by_code = ask(
+        pb::RecordSelector {
+            reporters: strings(&["CHN"]),
+            partners: strings(&["KAZ"]),
+            flows: flows(&[Flow::Export]),
+            commodity_level: pb::CommodityLevel::Hs2.into(),
+            ..Default::default()
+        },
+        &[Dimension::Commodity],
+    );
+    [by_partner, by_code]
+}
+
+/// (group, total) of each row.
+fn totals(response: &pb::AggregateResponse) -> Vec<(String, i64)> {
+    response
+        .rows
+        .iter()
+        .map(|r| {
+            let group = format!("{}{}", r.partner, r.commodity);
+            (group, r.total.as_ref().unwrap().units)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restart_warms_the_cache_from_the_data_dir_as_it_is_then() {
+    let mut server = TestServer::start().await;
+    let mut client = server.client().await;
+    let hs2 = |partner, code, units| fact("CHN", partner, Flow::Export, "2025", code, "USD", units, 0);
+    store(
+        &mut client,
+        vec![
+            usd_fact("CHN", "KAZ", Flow::Export, "2025", 30),
+            usd_fact("CHN", "UZB", Flow::Export, "2025", 20),
+            hs2("KAZ", "27", 5),
+            hs2("KAZ", "84", 7),
+        ],
+    )
+    .await;
+    let questions = open_level_questions();
+    for q in &questions {
+        aggregate(&mut client, q.clone()).await;
+    }
+    drop(client);
+    server.stop().await;
+    // A clean stop writes down what the cache held.
+    let keys = server.data_dir.join("series-cache.keys");
+    let listed = std::fs::read(&keys).unwrap();
+    assert!(listed.len() > 40, "{} bytes", listed.len());
+
+    // The data changes after the list was written (as after a crash that
+    // came later than the last list): warming must read it as it is now.
+    let mut server = server.restart().await;
+    let mut client = server.client().await;
+    store(
+        &mut client,
+        vec![
+            usd_fact("CHN", "KAZ", Flow::Export, "2025", 10),
+            usd_fact("CHN", "TKM", Flow::Export, "2025", 15),
+            hs2("KAZ", "27", 9),
+            hs2("KAZ", "01", 1),
+        ],
+    )
+    .await;
+    drop(client);
+    server.stop().await;
+    std::fs::write(&keys, &listed).unwrap();
+
+    let server = server.restart().await;
+    let mut client = server.client().await;
+    let [by_partner, by_code] = questions;
+    assert_eq!(
+        totals(&aggregate(&mut client, by_partner).await),
+        [("UZB".into(), 20), ("TKM".into(), 15), ("KAZ".into(), 10)]
+    );
+    assert_eq!(
+        totals(&aggregate(&mut client, by_code).await),
+        [("01".into(), 1), ("27".into(), 9), ("84".into(), 7)]
+    );
+}
+
 #[tokio::test]
 async fn an_empty_question_or_store_gives_a_zero_total() {
     let server = TestServer::start().await;

@@ -103,6 +103,10 @@ pub type Groups = Arc<BTreeMap<GroupName, PartnerGroup>>;
 /// sled's page cache gets the rest.
 const SERIES_CACHE_SHARE: u64 = 16;
 
+/// The longest an opening spends reading back what the series cache held
+/// before (see [`series_cache`]); what is not read by then stays cold.
+const WARM_UP_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Store {
     /// Opens (or creates) the store in `dir`, refusing a directory of another
     /// format. `cache_bytes` is the memory for its caches: 1/16 for decoded
@@ -154,6 +158,18 @@ impl Store {
                 metrics: metrics.clone(),
             },
         )?;
+        let warm_keys = dir.join(series_cache::KEYS_FILE);
+        let started = std::time::Instant::now();
+        match series.warm(&db, &warm_keys, WARM_UP_BUDGET) {
+            Ok((0, 0)) => {}
+            Ok((warmed, listed)) => tracing::info!(
+                warmed,
+                listed,
+                ms = started.elapsed().as_millis() as u64,
+                "series cache warmed with what it held before the restart"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not warm the series cache; starting cold"),
+        }
         Ok(Store {
             db,
             dir: dir.to_owned(),
@@ -237,6 +253,16 @@ impl Store {
         let thread = self.writer_thread.lock().ok().and_then(|mut t| t.take());
         if let Some(thread) = thread {
             self.writer.close(thread).await;
+            self.save_cache_keys();
+        }
+    }
+
+    /// Writes down which series the cache holds, for the next opening to
+    /// read back before it serves (see [`series_cache`]).
+    pub fn save_cache_keys(&self) {
+        let path = self.dir.join(series_cache::KEYS_FILE);
+        if let Err(e) = self.series.save_keys(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the series cache's keys");
         }
     }
 

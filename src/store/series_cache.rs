@@ -11,8 +11,18 @@
 //! kept if the writer applied anything between the fill's start and its end
 //! (see [`SeriesCache::invalidate`]). The same counter tells the store when
 //! to reread its partner groups.
+//!
+//! A restart would empty the cache, and the first questions after it would
+//! read sled again, each several times slower than when warm. So the store
+//! writes the keys the cache holds to a file when it closes (and from time
+//! to time while it runs, see [`SeriesCache::save_keys`]), and the next
+//! opening reads those entries again before it serves
+//! ([`SeriesCache::warm`]), as a database reloads its buffer pool.
 
+use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::blocks;
 use super::keys::{self, RECORD_KEY_LEN};
@@ -75,6 +85,67 @@ enum Key {
     Children(Level),
 }
 
+/// The file in the data dir that lists what the cache held.
+pub const KEYS_FILE: &str = "series-cache.keys";
+
+/// The first line of a keys file; the format after it is this module's.
+const KEYS_MAGIC: &[u8] = b"tradewatch series cache keys 1\n";
+
+impl Key {
+    /// Appends the key to a keys file: a byte naming its kind, then its
+    /// bytes.
+    fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            Key::Series(prefix) => {
+                out.push(b'S');
+                out.extend_from_slice(&prefix);
+            }
+            Key::Children(Level::Reporters) => out.push(b'R'),
+            Key::Children(Level::Partners(r, l)) => {
+                out.push(b'P');
+                out.extend_from_slice(&r);
+                out.push(l);
+            }
+            Key::Children(Level::Commodities(r, l, p)) => {
+                out.push(b'C');
+                out.extend_from_slice(&r);
+                out.push(l);
+                out.extend_from_slice(&p);
+            }
+        }
+    }
+
+    /// The key at the start of `bytes` and what follows it; `None` at the
+    /// end or where the bytes are not a key.
+    fn decode(bytes: &[u8]) -> Option<(Key, &[u8])> {
+        let (&kind, rest) = bytes.split_first()?;
+        let three = |at: usize| -> Option<[u8; 3]> { rest.get(at..at + 3)?.try_into().ok() };
+        let (key, len) = match kind {
+            b'S' => (
+                Key::Series(rest.get(..SERIES_PREFIX_LEN)?.try_into().ok()?),
+                SERIES_PREFIX_LEN,
+            ),
+            b'R' => (Key::Children(Level::Reporters), 0),
+            b'P' => (Key::Children(Level::Partners(three(0)?, *rest.get(3)?)), 4),
+            b'C' => (
+                Key::Children(Level::Commodities(three(0)?, *rest.get(3)?, three(4)?)),
+                7,
+            ),
+            _ => return None,
+        };
+        Some((key, &rest[len..]))
+    }
+
+    /// Where the key's entry starts in sled: warming in this order reads
+    /// sled's pages front to back.
+    fn position(&self) -> Vec<u8> {
+        match self {
+            Key::Series(prefix) => blocks::block_key_of(prefix).to_vec(),
+            Key::Children(level) => level.prefix(),
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Entry {
     Records(SeriesRecords),
@@ -103,6 +174,8 @@ pub struct SeriesCache {
     /// Fills compare it before and after reading; the writer raises it
     /// while holding the lock.
     generation: Mutex<u64>,
+    /// Held while the keys are written down, one writer at a time.
+    saving: Mutex<()>,
 }
 
 impl SeriesCache {
@@ -116,6 +189,7 @@ impl SeriesCache {
         SeriesCache {
             entries,
             generation: Mutex::new(0),
+            saving: Mutex::new(()),
         }
     }
 
@@ -149,6 +223,68 @@ impl SeriesCache {
         let children = read_children(db, level)?;
         self.finish_fill(fill, key, Entry::Children(children.clone()));
         Ok(children)
+    }
+
+    /// Writes the key of every entry held to `path`, through a file beside
+    /// it renamed over it, for [`SeriesCache::warm`] to read at the next
+    /// opening; returns how many. Not synced: a file lost or cut short only
+    /// leaves the next opening with less to warm.
+    pub fn save_keys(&self, path: &Path) -> std::io::Result<usize> {
+        let mut keys: Vec<Key> = match &self.entries {
+            Some(entries) => entries.iter().map(|(key, _)| key).collect(),
+            None => Vec::new(),
+        };
+        keys.sort_unstable_by_key(Key::position);
+        let mut out = KEYS_MAGIC.to_vec();
+        for key in &keys {
+            key.encode(&mut out);
+        }
+        let _one_at_a_time = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&out)?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        Ok(keys.len())
+    }
+
+    /// Fills the cache with the entries whose keys [`SeriesCache::save_keys`]
+    /// wrote to `path`, read from `db` in key order, until the cache is full
+    /// or `budget` has passed. A missing file warms nothing; a damaged one as
+    /// many entries as it names before the damage. Returns how many entries
+    /// were read and how many the file named.
+    pub fn warm(&self, db: &sled::Db, path: &Path, budget: Duration) -> Result<(usize, usize)> {
+        let Some(entries) = &self.entries else {
+            return Ok((0, 0));
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the series cache's keys; starting cold");
+                return Ok((0, 0));
+            }
+        };
+        let mut keys = Vec::new();
+        let mut rest = bytes.strip_prefix(KEYS_MAGIC).unwrap_or_default();
+        while let Some((key, after)) = Key::decode(rest) {
+            keys.push(key);
+            rest = after;
+        }
+        keys.sort_unstable_by_key(Key::position);
+        let started = Instant::now();
+        let mut warmed = 0;
+        for key in &keys {
+            if started.elapsed() >= budget || entries.weight() >= entries.capacity() {
+                break;
+            }
+            match *key {
+                Key::Series(prefix) => drop(self.records(db, &prefix)?),
+                Key::Children(level) => drop(self.children(db, level)?),
+            }
+            warmed += 1;
+        }
+        Ok((warmed, keys.len()))
     }
 
     /// Taken before reading from sled.
@@ -487,5 +623,89 @@ mod tests {
         assert_eq!(units(&cache, &db, &k), [1]);
         put(&db, &k, 2);
         assert_eq!(units(&cache, &db, &k), [2]);
+    }
+
+    /// The keys a cache holds, in key order.
+    fn held(cache: &SeriesCache) -> Vec<Key> {
+        let mut keys: Vec<Key> = cache.entries.as_ref().unwrap().iter().map(|(k, _)| k).collect();
+        keys.sort_unstable_by_key(Key::position);
+        keys
+    }
+
+    #[test]
+    fn a_new_cache_warms_what_the_last_one_held_with_what_sled_holds_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEYS_FILE);
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let kaz = key("2025");
+        let mut uzb = kaz;
+        uzb.partner = CountryCode::parse("UZB").unwrap();
+        put(&db, &kaz, 1);
+        put(&db, &uzb, 2);
+        let before = SeriesCache::new(1 << 20);
+        assert_eq!(units(&before, &db, &kaz), [1]);
+        assert_eq!(partners(&before, &db), ["KAZ", "UZB"]);
+        let chn = kaz.reporter.as_bytes();
+        before
+            .children(&db, Level::Commodities(chn, 0, kaz.partner.as_bytes()))
+            .unwrap();
+        before.children(&db, Level::Reporters).unwrap();
+        assert_eq!(before.save_keys(&path).unwrap(), 4);
+
+        // Changed while no cache was open: warming reads sled as it is.
+        put(&db, &kaz, 3);
+        let after = SeriesCache::new(1 << 20);
+        assert_eq!(after.warm(&db, &path, Duration::from_secs(60)).unwrap(), (4, 4));
+        assert_eq!(held(&after), held(&before));
+        set(&db, &kaz, None);
+        // Served from memory: what sled holds now is not read.
+        assert_eq!(units(&after, &db, &kaz), [3]);
+        assert_eq!(partners(&after, &db), ["KAZ", "UZB"]);
+
+        // No time to warm: nothing is read.
+        let hurried = SeriesCache::new(1 << 20);
+        assert_eq!(hurried.warm(&db, &path, Duration::ZERO).unwrap(), (0, 4));
+        assert!(held(&hurried).is_empty());
+    }
+
+    #[test]
+    fn a_missing_or_damaged_keys_file_warms_what_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEYS_FILE);
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let cache = SeriesCache::new(1 << 20);
+        let forever = Duration::from_secs(60);
+        assert_eq!(cache.warm(&db, &path, forever).unwrap(), (0, 0), "missing");
+
+        let k = key("2025");
+        put(&db, &k, 1);
+        let mut bytes = KEYS_MAGIC.to_vec();
+        Key::Children(Level::Reporters).encode(&mut bytes);
+        Key::Series(series_prefix(&k)).encode(&mut bytes);
+        for (damage, warmed) in [
+            (b"".as_slice(), 2),
+            (b"S\x01\x02", 2), // cut short
+            (b"X", 2),         // an unknown kind
+            (b"P", 2),         // a kind without its bytes
+        ] {
+            let mut file = bytes.clone();
+            file.extend_from_slice(damage);
+            std::fs::write(&path, &file).unwrap();
+            let cache = SeriesCache::new(1 << 20);
+            assert_eq!(
+                cache.warm(&db, &path, forever).unwrap(),
+                (warmed, warmed),
+                "{damage:?}"
+            );
+        }
+        std::fs::write(&path, b"another format\nR").unwrap();
+        assert_eq!(
+            SeriesCache::new(1 << 20).warm(&db, &path, forever).unwrap(),
+            (0, 0)
+        );
+        // Caching off: nothing to save or warm.
+        let off = SeriesCache::new(0);
+        assert_eq!(off.save_keys(&path).unwrap(), 0);
+        assert_eq!(off.warm(&db, &path, forever).unwrap(), (0, 0));
     }
 }
