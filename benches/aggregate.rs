@@ -26,6 +26,8 @@ use tradewatch::pb::{self, trade_service_client::TradeServiceClient};
 #[path = "common/dataset.rs"]
 mod dataset;
 use dataset::{Dataset, to_record};
+#[path = "common/h2load.rs"]
+mod h2load;
 #[path = "common/postgres.rs"]
 mod postgres;
 #[path = "common/server.rs"]
@@ -34,6 +36,9 @@ use server::Server;
 
 const BATCH: usize = 2000;
 const LOADERS: usize = 4;
+/// Calls per question measured by h2load, and seconds of pgbench.
+const H2LOAD_RUNS: usize = 5_000;
+const PGBENCH_SECONDS: u32 = 6;
 /// Restarts per question for its first answer after a restart.
 const RESTARTS: usize = 5;
 
@@ -164,7 +169,6 @@ fn answer_rows(answer: &pb::AggregateResponse) -> Vec<AnswerRow> {
 struct Stats {
     p50: Duration,
     p99: Duration,
-    runs: usize,
 }
 
 /// Runs `f` repeatedly (after a warm-up) for up to `budget` or `max_runs`.
@@ -188,7 +192,6 @@ where
     Stats {
         p50: at(0.5),
         p99: at(0.99),
-        runs: samples.len(),
     }
 }
 
@@ -405,6 +408,10 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(tradewatch::Config::DEFAULT_CACHE_MB);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    let h2load = h2load::find();
+    if let Err(why) = &h2load {
+        eprintln!("no h2load columns: {why}");
+    }
 
     let mut report: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for size in sizes {
@@ -504,14 +511,23 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         };
+        let h2_call = |method: &str, request: &dyn Fn() -> Vec<u8>| match &h2load {
+            Ok(path) => h2load::unary(path, &addr, method, &request(), H2LOAD_RUNS).map(Some),
+            Err(_) => Ok(None),
+        };
+        let h2_floor = h2_call("/grpc.health.v1.Health/Check", &|| {
+            prost::Message::encode_to_vec(&tonic_health::pb::HealthCheckRequest::default())
+        })?;
         lines.push(String::new());
         lines.push(format!(
-            "Round trip of a health check on the same connection (the floor): p50 {} ms, p99 {} ms.",
+            "Round trip of a health check on the same connection (the floor): h2load p50 {} ms, p99 {} ms; the bench's tonic client p50 {} ms, p99 {} ms.",
+            h2_floor.as_ref().map_or("–".into(), |f| ms(f.p50)),
+            h2_floor.as_ref().map_or("–".into(), |f| ms(f.p99)),
             ms(floor.p50),
             ms(floor.p99)
         ));
         lines.push(String::new());
-        lines.push(format!("| question | tradewatch p50 ms | p99 ms | runs | first after a restart ms, median of {RESTARTS} (× p50) | the same, nothing to warm | PostgreSQL p50 ms | p99 ms | runs | PG / tw (p50) |"));
+        lines.push(format!("| question | h2load p50 ms | p99 ms | × floor | pgbench p50 ms | p99 ms | PG / tw (p50) | tonic client p50 ms | first after a restart ms, median of {RESTARTS} (× tonic p50) | the same, nothing to warm |"));
         lines.push("|---|---|---|---|---|---|---|---|---|---|".into());
         let mut rows = Vec::new();
         for ((name, request), sql) in questions().into_iter().zip(sql_questions()) {
@@ -548,24 +564,36 @@ async fn main() -> anyhow::Result<()> {
                         answered == expected,
                         "{name}: tradewatch and PostgreSQL answer differently\n  tradewatch: {answered:?}\n  PostgreSQL: {expected:?}"
                     );
-                    let s = measure(Duration::from_secs(5), 2_000, || {
-                        let statement = statement.clone();
-                        async move {
-                            pg.query(&statement, &[]).await.expect("query");
-                        }
-                    })
-                    .await;
-                    format!(
-                        "{} | {} | {} | {:.1}×",
-                        ms(s.p50),
-                        ms(s.p99),
-                        s.runs,
-                        s.p50.as_secs_f64() / tw.p50.as_secs_f64()
-                    )
+                    let table = format!("trade_{}", data.name);
+                    let sql = sql.replace("FROM trade", &format!("FROM {table}"));
+                    let url = pg_url.as_deref().expect("a PostgreSQL to compare with");
+                    Some(postgres::pgbench(url, &sql, PGBENCH_SECONDS)?)
                 }
-                None => "– | – | – | –".into(),
+                None => None,
             };
-            rows.push((name, tw, pg_cells));
+            let h2 = h2_call("/tradewatch.v1.TradeService/Aggregate", &|| {
+                prost::Message::encode_to_vec(&request)
+            })?;
+            let h2_cells = match (&h2, &h2_floor) {
+                (Some(h2), Some(floor)) => format!(
+                    "{} | {} | {:.1}×",
+                    ms(h2.p50),
+                    ms(h2.p99),
+                    h2.p50.as_secs_f64() / floor.p50.as_secs_f64()
+                ),
+                _ => "– | – | –".into(),
+            };
+            let pg_cells = match (&pg_cells, &h2) {
+                (Some((p50, p99)), Some(h2)) => format!(
+                    "{} | {} | {:.1}×",
+                    ms(*p50),
+                    ms(*p99),
+                    p50.as_secs_f64() / h2.p50.as_secs_f64()
+                ),
+                (Some((p50, p99)), None) => format!("{} | {} | –", ms(*p50), ms(*p99)),
+                _ => "– | – | –".into(),
+            };
+            rows.push((name, tw, format!("{h2_cells} | {pg_cells}")));
         }
         let rss_after_questions = server.rss_bytes().unwrap_or(0);
         drop(channel);
@@ -575,14 +603,12 @@ async fn main() -> anyhow::Result<()> {
         // Then restarted for each question's first answer.
         let (firsts, cached_starts) = first_answers(&dir.join("store"), &serve_args, &wanted, false).await?;
         let (unwarmed, _) = first_answers(&dir.join("store"), &serve_args, &wanted, true).await?;
-        for (((name, tw, pg_cells), first), unwarmed) in rows.into_iter().zip(firsts).zip(unwarmed) {
+        for (((name, tw, neutral_cells), first), unwarmed) in rows.into_iter().zip(firsts).zip(unwarmed) {
             let times_p50 =
                 |d: Duration| format!("{} ({:.1}×)", ms(d), d.as_secs_f64() / tw.p50.as_secs_f64());
             lines.push(format!(
-                "| {name} | {} | {} | {} | {} | {} | {pg_cells} |",
+                "| {name} | {neutral_cells} | {} | {} | {} |",
                 ms(tw.p50),
-                ms(tw.p99),
-                tw.runs,
                 times_p50(first),
                 times_p50(unwarmed),
             ));
