@@ -254,7 +254,6 @@ impl Application {
     /// Serves until `shutdown` completes, then stops taking calls, gives
     /// open ones a short grace, and closes the store.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        use pb::milestone_service_server::MilestoneServiceServer;
         use pb::trade_service_server::TradeServiceServer;
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -312,14 +311,12 @@ impl Application {
                     )
                     .max_decoding_message_size(max_request_bytes),
                 )
-                .add_service(
-                    MilestoneServiceServer::new(
-                        api::MilestoneApi::new(self.store.clone(), stop.clone())
-                            .with_limits(self.limits)
-                            .with_writes(writes),
-                    )
-                    .max_decoding_message_size(max_request_bytes),
-                )
+                .add_service(api::MilestoneServer::new(
+                    api::MilestoneApi::new(self.store.clone(), stop.clone())
+                        .with_limits(self.limits)
+                        .with_writes(writes),
+                    max_request_bytes,
+                ))
                 .serve_with_incoming_shutdown(
                     incoming(self.listener, cut.clone()),
                     stop.clone().cancelled_owned(),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -32,20 +31,22 @@ pub struct MilestoneApi {
     store: Arc<Store>,
     /// Where writes go.
     writes: Writes,
-    shutdown: CancellationToken,
+    /// What subscriptions wait on; stops at shutdown.
+    heads: stream::Heads,
     limits: Limits,
     /// One permit per open `Subscribe` stream.
     subscribers: Arc<Semaphore>,
 }
 
 impl MilestoneApi {
-    /// With the default [`Limits`].
+    /// With the default [`Limits`]; subscriptions end at `shutdown`. Must
+    /// be called within the runtime.
     pub fn new(store: Arc<Store>, shutdown: CancellationToken) -> Self {
         let limits = Limits::default();
         MilestoneApi {
             writes: Writes::Local(store.clone()),
+            heads: stream::Heads::follow(&store, shutdown),
             store,
-            shutdown,
             subscribers: Arc::new(Semaphore::new(limits.max_subscribers)),
             limits,
         }
@@ -405,6 +406,43 @@ fn watch_to_pb(def: &WatchDef, created_at: prost_types::Timestamp) -> pb::Watch 
     }
 }
 
+impl MilestoneApi {
+    /// Checks a `Subscribe` request and opens its subscription: the
+    /// messages to send, then `UNAVAILABLE` when it ends (shutdown, store
+    /// failure), never OK, so that the client resumes from its last
+    /// sequence + 1. The stream holds a subscriber permit while it lives.
+    pub(super) async fn open_subscription(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<impl Stream<Item = Result<Message, Status>> + Send + 'static, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let wanted = EventFilter::parse(&request.kinds, &request.watch_ids)?;
+        super::caught_up(&self.store, request.min_log_position, &metadata).await?;
+        // Released when the stream is dropped: ended, or its client gone.
+        let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {
+            let max = self.limits.max_subscribers;
+            Error::ResourceExhausted(format!(
+                "{max} Subscribe streams are open, the most this server allows \
+                 (max_subscribers, --max-subscribers); try again later"
+            ))
+        })?;
+        let subscription = stream::subscribe(
+            self.store.clone(),
+            &self.heads,
+            request.from_sequence,
+            move |event| wanted.matches(event),
+        )?;
+        let messages = tokio_stream::StreamExt::map(subscription, move |message| {
+            let _held = &permit;
+            message.map_err(Status::from)
+        });
+        let ended = tokio_stream::once(Err(Status::unavailable(
+            "subscription ended (server shutting down); resume from the last sequence seen + 1",
+        )));
+        Ok(tokio_stream::StreamExt::chain(messages, ended))
+    }
+}
+
 /// Which events a subscriber or a listing wants.
 #[derive(Clone, Default)]
 struct EventFilter {
@@ -526,57 +564,17 @@ impl MilestoneService for MilestoneApi {
 
     type SubscribeStream = SubscribeStream;
 
+    /// The server routes `Subscribe` to [`MilestoneApi::subscribe_encoded`]
+    /// (see `super::subscribe`); this is the same stream, message by
+    /// message, for a `MilestoneServiceServer` used on its own.
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        let wanted = EventFilter::parse(&request.kinds, &request.watch_ids)?;
-        super::caught_up(&self.store, request.min_log_position, &metadata).await?;
-        // Released when the stream is dropped: ended, or its client gone.
-        let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {
-            let max = self.limits.max_subscribers;
-            Error::ResourceExhausted(format!(
-                "{max} Subscribe streams are open, the most this server allows \
-                 (max_subscribers, --max-subscribers); try again later"
-            ))
-        })?;
-        let rx = stream::subscribe(
-            self.store.clone(),
-            request.from_sequence,
-            move |event| wanted.matches(event),
-            self.shutdown.clone(),
-        )?;
-        let responses = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |message| {
-            let message = match message? {
-                Message::Event(event) => {
-                    pb::subscribe_response::Message::Event(convert::event_to_pb(&event)?)
-                }
-                Message::CaughtUp { head } => {
-                    pb::subscribe_response::Message::CaughtUp(pb::CaughtUp { head_sequence: head })
-                }
-                Message::Progress { head, next } => pb::subscribe_response::Message::Progress(pb::Progress {
-                    head_sequence: head,
-                    next_sequence: next,
-                }),
-            };
-            Ok(pb::SubscribeResponse {
-                message: Some(message),
-            })
-        });
-        let responses = tokio_stream::StreamExt::map(responses, move |r: Result<pb::SubscribeResponse>| {
-            let _held = &permit;
-            r.map_err(Status::from)
-        });
-        // A subscription never ends with OK: when it stops (shutdown, store
-        // failure) the client gets UNAVAILABLE and resumes from its last
-        // sequence + 1.
-        let ended = tokio_stream::once(Err(Status::unavailable(
-            "subscription ended (server shutting down); resume from the last sequence seen + 1",
-        )));
-        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(
-            responses, ended,
-        ))))
+        let messages = self.open_subscription(request).await?;
+        let responses =
+            tokio_stream::StreamExt::map(messages, |message| Ok(super::subscribe::to_pb(&message?)?));
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn list_events(

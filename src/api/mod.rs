@@ -4,10 +4,12 @@ mod convert;
 mod milestones;
 mod paging;
 mod request_id;
+mod subscribe;
 mod trade;
 
 pub(crate) use convert::event_to_pb;
 pub use milestones::MilestoneApi;
+pub use subscribe::MilestoneServer;
 pub use trade::TradeApi;
 
 /// Longest a read without a deadline of its own waits for its

@@ -176,3 +176,29 @@ pub struct YearToDate {
     pub caused_by: Vec<RecordKey>,
     pub headline: String,
 }
+
+/// A `RecordStored` event for CHN's 2025 turnover with KAZ, for tests.
+#[cfg(test)]
+pub fn record_stored_for_tests(sequence: u64) -> Event {
+    let key = RecordKey::parse(
+        &super::RawKey {
+            reporter: "CHN",
+            partner: "KAZ",
+            flow: 3,
+            period: "2025",
+            commodity: "TOTAL",
+            currency: "USD",
+        },
+        "currency",
+    )
+    .expect("a valid key");
+    Event {
+        sequence,
+        time: Timestamp::default(),
+        kind: EventKind::RecordStored(RecordStored {
+            key,
+            before: None,
+            after: None,
+        }),
+    }
+}

@@ -14,6 +14,9 @@ mod selector;
 mod series;
 mod watch;
 
+#[cfg(test)]
+pub use event::record_stored_for_tests;
+
 pub use code::{CountryCode, CurrencyCode, Party};
 pub use command::{
     Action, Command, GroupWritten, NewWatch, Outcome, PutOutcome, RecordDeleted, SequenceRange, WatchWritten,

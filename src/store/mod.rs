@@ -31,6 +31,8 @@ use crate::domain::{
     RecordDeleted, RecordKey, RequestTag, StoredRecord, TradeRecord, WatchDef, WatchId, WatchWritten,
 };
 use crate::error::{Error, Result};
+/// Events kept decoded for live subscribers (see `recent`).
+pub const RECENT_EVENTS: usize = recent::CAPACITY;
 pub use facts::{Fact, FactScan, FactSource};
 use prefetch::Prefetch;
 pub use rollup::Tally;

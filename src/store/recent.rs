@@ -68,35 +68,10 @@ impl RecentEvents {
 
 #[cfg(test)]
 mod tests {
-    use prost_types::Timestamp;
-
     use super::*;
-    use crate::domain::{EventKind, RecordKey, RecordStored};
 
     fn events(range: std::ops::RangeInclusive<u64>) -> Vec<Event> {
-        let key = RecordKey::parse(
-            &crate::domain::RawKey {
-                reporter: "CHN",
-                partner: "KAZ",
-                flow: 3,
-                period: "2025",
-                commodity: "TOTAL",
-                currency: "USD",
-            },
-            "currency",
-        )
-        .unwrap();
-        range
-            .map(|sequence| Event {
-                sequence,
-                time: Timestamp::default(),
-                kind: EventKind::RecordStored(RecordStored {
-                    key,
-                    before: None,
-                    after: None,
-                }),
-            })
-            .collect()
+        range.map(crate::domain::record_stored_for_tests).collect()
     }
 
     fn sequences(read: Option<Vec<Arc<Event>>>) -> Option<Vec<u64>> {

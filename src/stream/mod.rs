@@ -1,27 +1,83 @@
 //! Subscriptions: replay from the stored log, then follow it live.
 //!
-//! Every subscriber reads the durable event log at its own pace and is woken
-//! when the durable head moves. A slow subscriber therefore never slows a
-//! writer, holds at most one small read and its outgoing buffer in memory,
-//! and cannot miss an event: whatever it has not read yet is still in the
-//! log.
+//! A subscription is a stream that reads the durable event log at its own
+//! pace, polled by the connection that sends its messages: it reads only
+//! when the client has room for more, and waits for the durable head to
+//! move when it has sent everything. A slow subscriber therefore never
+//! slows a writer, holds at most one chunk of the log in memory, and cannot
+//! miss an event: whatever it has not read yet is still in the log.
+//!
+//! There is no task or channel per subscriber: with 10,000 subscribers,
+//! each new event costs 10,000 polls of these streams and nothing else
+//! (see `RecentEvents` for how the event itself is shared).
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Event;
 use crate::error::{Error, Result};
+use crate::metrics::SubscriberPosition;
 use crate::store::Store;
 
-/// How often an idle subscriber hears the head sequence.
+/// How often an idle subscriber hears the head sequence: a subscription
+/// that sent nothing for a tick of this clock sends a `Progress` at the
+/// next one.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Events read from the log at a time.
 const READ_CHUNK: usize = 256;
-/// Messages buffered per subscriber before it must read.
-const OUTGOING_BUFFER: usize = 64;
+
+/// What every subscription waits for, in one value: the durable head and a
+/// clock for `Progress`.
+#[derive(Debug, Clone, Copy)]
+struct Beat {
+    head: u64,
+    tick: u64,
+}
+
+/// The durable head and the progress clock, as the subscriptions of one
+/// server watch them. One task follows the store's head for all of them and
+/// stops at shutdown; the channel then closes, and that ends every
+/// subscription. An idle subscription waits on this alone: with 10,000
+/// of them, waiting costs one registration each, not one per thing waited
+/// for.
+#[derive(Debug, Clone)]
+pub struct Heads(watch::Receiver<Beat>);
+
+impl Heads {
+    /// Follows `store` until `shutdown` (or until the store closes). Must
+    /// be called within the runtime.
+    pub fn follow(store: &Store, shutdown: CancellationToken) -> Heads {
+        let mut head_rx = store.subscribe_head();
+        let head = *head_rx.borrow_and_update();
+        let (tx, rx) = watch::channel(Beat { head, tick: 0 });
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + PROGRESS_EVERY;
+            let mut clock = tokio::time::interval_at(start, PROGRESS_EVERY);
+            loop {
+                tokio::select! {
+                    changed = head_rx.changed() => {
+                        if changed.is_err() {
+                            break; // the store closed
+                        }
+                        let head = *head_rx.borrow_and_update();
+                        tx.send_modify(|beat| beat.head = head);
+                    }
+                    _ = clock.tick() => tx.send_modify(|beat| beat.tick += 1),
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        });
+        Heads(rx)
+    }
+}
 
 /// What a subscription sends, in order.
 #[derive(Debug, Clone)]
@@ -31,19 +87,25 @@ pub enum Message {
     Progress { head: u64, next: u64 },
 }
 
-/// Starts a subscription from `from` (0: after the current head) and
-/// returns the receiving end. `wanted` filters events. The subscription only
-/// ends when the client goes away, the server shuts down or the store fails;
-/// the receiver then closes, and the caller must end the client's stream
+/// Which events a subscription sends.
+type Wanted = Box<dyn Fn(&Event) -> bool + Send>;
+
+/// Starts a subscription from `from` (0: after the current head); `wanted`
+/// filters events. The stream only ends when `heads` stops (shutdown, or
+/// the store closed), the store fails (after an `Err`), or it is dropped
+/// (the client went away); the caller must then end the client's stream
 /// with an error (never OK), so the client knows to resume.
 pub fn subscribe(
     store: Arc<Store>,
+    heads: &Heads,
     from: u64,
     wanted: impl Fn(&Event) -> bool + Send + 'static,
-    shutdown: CancellationToken,
-) -> Result<mpsc::Receiver<Result<Message>>> {
-    let mut head_rx = store.subscribe_head();
-    let head = *head_rx.borrow_and_update();
+) -> Result<Subscription> {
+    let mut beats = heads.0.clone();
+    let beat = *beats.borrow_and_update();
+    // The store's own head may be a moment ahead of the one `heads` has
+    // passed on.
+    let head = store.durable_head().max(beat.head);
     let oldest = store.oldest_sequence();
     if from != 0 && from < oldest {
         return Err(Error::EventsTrimmed {
@@ -51,71 +113,121 @@ pub fn subscribe(
             oldest,
         });
     }
-    let mut next = if from == 0 { head + 1 } else { from };
-    let (tx, rx) = mpsc::channel(OUTGOING_BUFFER);
-    // Counts in the subscriber gauges for as long as the task runs.
-    let position = store.metrics().subscriber(head_rx.clone(), next - 1);
-    tokio::spawn(async move {
-        // Gives up when the client is gone or the server shuts down, even
-        // while the client is not reading.
-        let send = |message: Message| {
-            let (tx, shutdown) = (&tx, &shutdown);
-            async move {
-                tokio::select! {
-                    sent = tx.send(Ok(message)) => sent.is_ok(),
-                    () = shutdown.cancelled() => false,
+    let next = if from == 0 { head + 1 } else { from };
+    // Counts in the subscriber gauges for as long as the stream lives.
+    let position = store.metrics().subscriber(store.subscribe_head(), next - 1);
+    Ok(Subscription {
+        store,
+        wanted: Box::new(wanted),
+        head,
+        next,
+        beats: WatchStream::from_changes(beats),
+        tick: beat.tick,
+        chunk: VecDeque::new(),
+        first: Some(Message::Progress { head, next }),
+        caught_up: false,
+        sent: 0,
+        sent_by_last_tick: 0,
+        ended: false,
+        position,
+    })
+}
+
+/// The messages of one subscription (see [`subscribe`]).
+pub struct Subscription {
+    store: Arc<Store>,
+    wanted: Wanted,
+    /// The durable head as last seen.
+    head: u64,
+    /// The sequence to consider next.
+    next: u64,
+    /// Each move of the durable head or the progress clock.
+    beats: WatchStream<Beat>,
+    /// The progress clock as last seen.
+    tick: u64,
+    /// Events read from the log and not considered yet.
+    chunk: VecDeque<Arc<Event>>,
+    /// The opening `Progress`, until sent.
+    first: Option<Message>,
+    caught_up: bool,
+    /// Events and catch-up marks sent, and sent by the last tick of the
+    /// progress clock.
+    sent: u64,
+    sent_by_last_tick: u64,
+    ended: bool,
+    position: SubscriberPosition,
+}
+
+impl Subscription {
+    fn send(&mut self, message: Message) -> Poll<Option<Result<Message>>> {
+        if !matches!(message, Message::Progress { .. }) {
+            self.sent += 1;
+        }
+        Poll::Ready(Some(Ok(message)))
+    }
+
+    fn end(&mut self, last: Option<Error>) -> Poll<Option<Result<Message>>> {
+        self.ended = true;
+        Poll::Ready(last.map(Err))
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Message>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return this.end(None);
+        }
+        if let Some(first) = this.first.take() {
+            return this.send(first);
+        }
+        loop {
+            while let Some(event) = this.chunk.pop_front() {
+                let sequence = event.sequence;
+                this.next = sequence + 1;
+                this.position.delivered(sequence);
+                if (this.wanted)(&event) {
+                    return this.send(Message::Event(event));
                 }
             }
-        };
-        if !send(Message::Progress { head, next }).await {
-            return;
-        }
-        let mut caught_up = false;
-        loop {
-            let head = *head_rx.borrow_and_update();
-            while next <= head {
+            if this.next <= this.head {
                 // Retention may have trimmed events this subscriber had not
                 // read yet: it is told so rather than skip them.
-                let chunk = match store.read_log(next, head, READ_CHUNK) {
-                    Ok(chunk) => chunk,
-                    Err(e) => {
-                        let _ = tx.try_send(Err(e));
-                        return;
+                match this.store.read_log(this.next, this.head, READ_CHUNK) {
+                    Ok(chunk) if !chunk.is_empty() => {
+                        this.chunk = chunk.into();
+                        continue;
                     }
-                };
-                if chunk.is_empty() {
-                    break;
-                }
-                for event in chunk {
-                    let sequence = event.sequence;
-                    next = sequence + 1;
-                    if wanted(&event) && !send(Message::Event(event)).await {
-                        return;
-                    }
-                    position.delivered(sequence);
+                    Ok(_) => {}
+                    Err(e) => return this.end(Some(e)),
                 }
             }
-            if !caught_up {
-                caught_up = true;
-                if !send(Message::CaughtUp { head }).await {
-                    return;
-                }
+            if !this.caught_up {
+                this.caught_up = true;
+                return this.send(Message::CaughtUp { head: this.head });
             }
-            tokio::select! {
-                changed = head_rx.changed() => {
-                    if changed.is_err() {
-                        return; // the store closed
+            match Pin::new(&mut this.beats).poll_next(cx) {
+                Poll::Ready(Some(beat)) => {
+                    this.head = this.head.max(beat.head);
+                    if beat.tick != this.tick {
+                        this.tick = beat.tick;
+                        // Nothing but progress sent for a whole tick: idle.
+                        let idle = this.sent == this.sent_by_last_tick;
+                        this.sent_by_last_tick = this.sent;
+                        if idle && this.next > this.head {
+                            let (head, next) = (this.head, this.next);
+                            return this.send(Message::Progress { head, next });
+                        }
                     }
+                    continue;
                 }
-                () = tokio::time::sleep(PROGRESS_EVERY) => {
-                    if !send(Message::Progress { head, next }).await {
-                        return;
-                    }
-                }
-                () = tx.closed() => return,
-                () = shutdown.cancelled() => return,
+                // Shutdown, or the store closed.
+                Poll::Ready(None) => return this.end(None),
+                Poll::Pending => {}
             }
+            return Poll::Pending;
         }
-    });
-    Ok(rx)
+    }
 }

@@ -39,10 +39,10 @@ pub fn stream(
         from
     };
     let wanted = move |event: &crate::domain::Event| !milestones_only || event.kind.watch_id().is_some();
-    let messages = stream::subscribe(store, from, wanted, stop)?;
+    let heads = stream::Heads::follow(&store, stop);
+    let messages = stream::subscribe(store, &heads, from, wanted)?;
     let retry = Bytes::from(format!("retry: {RETRY_MS}\n\n"));
-    let frames =
-        tokio_stream::wrappers::ReceiverStream::new(messages).map(|message| Bytes::from(frame(message)));
+    let frames = messages.map(|message| Bytes::from(frame(message)));
     Ok(tokio_stream::once(retry).chain(frames))
 }
 
