@@ -8,12 +8,12 @@
 //! HTTP/2 flushes after every batch of frames its connection task writes,
 //! and that task runs right after each stream task that gives it a frame:
 //! when one event goes to 100 subscribers on a connection, that was 100
-//! `send` calls of one small frame each, most of the server's time at
-//! 10,000 subscribers. A flush is therefore put off behind the tasks already
+//! `send` calls of one small frame each, the largest part of the server's
+//! time at 10,000 subscribers. A flush is therefore put off behind the tasks already
 //! waiting to run, and again as long as they keep writing (up to
 //! [`MOST_PUT_OFFS`] times, or until [`HOLD`] bytes are held): the frames
-//! they write go out together. An idle server puts a flush off once, which
-//! costs a few microseconds.
+//! they write go out together. An idle server puts a flush off once (the
+//! health check's round trip in the aggregate bench stayed at 0.09 ms).
 
 use std::future::Future;
 use std::io;
@@ -33,8 +33,8 @@ const MOST_PUT_OFFS: u32 = 16;
 
 /// A TCP connection that fails every read and write once `cut` is
 /// cancelled, so that the task serving it ends and drops what it holds;
-/// writes are held until a flush, and a flush waits for one turn of the
-/// other tasks.
+/// writes are held until a flush, and a flush waits behind the other tasks
+/// while they keep writing (see the module's documentation).
 pub struct Cuttable {
     stream: TcpStream,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,

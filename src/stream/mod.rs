@@ -124,7 +124,7 @@ pub fn subscribe(
         beats: WatchStream::from_changes(beats),
         tick: beat.tick,
         chunk: VecDeque::new(),
-        first: Some(Message::Progress { head, next }),
+        opened: false,
         caught_up: false,
         sent: 0,
         sent_by_last_tick: 0,
@@ -147,8 +147,8 @@ pub struct Subscription {
     tick: u64,
     /// Events read from the log and not considered yet.
     chunk: VecDeque<Arc<Event>>,
-    /// The opening `Progress`, until sent.
-    first: Option<Message>,
+    /// The opening `Progress` has been sent.
+    opened: bool,
     caught_up: bool,
     /// Events and catch-up marks sent, and sent by the last tick of the
     /// progress clock.
@@ -180,8 +180,10 @@ impl Stream for Subscription {
         if this.ended {
             return this.end(None);
         }
-        if let Some(first) = this.first.take() {
-            return this.send(first);
+        if !this.opened {
+            this.opened = true;
+            let (head, next) = (this.head, this.next);
+            return this.send(Message::Progress { head, next });
         }
         loop {
             while let Some(event) = this.chunk.pop_front() {
