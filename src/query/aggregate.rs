@@ -66,6 +66,48 @@ impl Accumulator {
             *self.months.entry(fact.period).or_default() += fact.tally.nanos;
         }
     }
+
+    fn merge(&mut self, other: Accumulator) {
+        self.tally.nanos += other.tally.nanos;
+        self.tally.count += other.tally.count;
+        for (period, nanos) in other.months {
+            *self.months.entry(period).or_default() += nanos;
+        }
+    }
+}
+
+/// Sums per group. Facts come in key order, so that one group's facts
+/// often follow one another (a series' periods, when rows are commodities
+/// or partners): those are summed aside and looked up in the map once.
+#[derive(Default)]
+struct Sums {
+    groups: FastMap<GroupKey, Accumulator>,
+    current: Option<(GroupKey, Accumulator)>,
+}
+
+impl Sums {
+    fn add(&mut self, group: GroupKey, fact: &Fact, monthly: bool) {
+        match &mut self.current {
+            Some((current, sum)) if *current == group => sum.add(fact, monthly),
+            _ => {
+                self.put_aside();
+                let mut sum = Accumulator::default();
+                sum.add(fact, monthly);
+                self.current = Some((group, sum));
+            }
+        }
+    }
+
+    fn put_aside(&mut self) {
+        if let Some((group, sum)) = self.current.take() {
+            self.groups.entry(group).or_default().merge(sum);
+        }
+    }
+
+    fn into_groups(mut self) -> FastMap<GroupKey, Accumulator> {
+        self.put_aside();
+        self.groups
+    }
 }
 
 /// One row of the answer.
@@ -261,18 +303,19 @@ impl<'a> Plan<'a> {
         // `rows` holds the periods asked for; `everything`, when rows are
         // periods, also the year before them, for year-over-year
         // comparisons.
-        let mut rows: FastMap<GroupKey, Accumulator> = FastMap::default();
-        let mut everything: FastMap<GroupKey, Accumulator> = FastMap::default();
+        let mut rows = Sums::default();
+        let mut everything = Sums::default();
         store.scan_facts(&scan, &mut |fact| {
             let group = self.group_of(&fact);
             if by_period {
-                everything.entry(group).or_default().add(&fact, monthly);
+                everything.add(group, &fact, monthly);
             }
             if fact.period >= self.spec.from {
-                rows.entry(group).or_default().add(&fact, monthly);
+                rows.add(group, &fact, monthly);
             }
         })?;
-        let mut rows: Vec<(GroupKey, Accumulator)> = rows.into_iter().collect();
+        let everything = everything.into_groups();
+        let mut rows: Vec<(GroupKey, Accumulator)> = rows.into_groups().into_iter().collect();
         rows.sort_unstable_by_key(|(group, _)| *group);
 
         let grand: i128 = rows.iter().map(|(_, a)| a.tally.nanos).sum();

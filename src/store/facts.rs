@@ -133,6 +133,8 @@ pub fn scan_facts(
     match scan.source {
         FactSource::Records => {
             let in_periods = periods(scan);
+            let from = keys::period_bytes(scan.from);
+            let before_periods = |k: &[u8; RECORD_KEY_LEN]| k[at::PERIOD..at::FLOW] < from[..];
             let cached = match cache {
                 Some(cache) => series_prefixes(db, cache, spec)?.map(|prefixes| (cache, prefixes)),
                 None => None,
@@ -140,10 +142,15 @@ pub fn scan_facts(
             match cached {
                 Some((cache, prefixes)) => scan_record_facts(scan, visit, &mut |on_record| {
                     for prefix in &prefixes {
-                        for record in cache.records(db, prefix)?.iter() {
-                            if in_periods(&record.key) {
-                                on_record(&record.key, record.nanos)?;
+                        let records = cache.records(db, prefix)?;
+                        // A series' records are in key order, by period
+                        // first: the periods asked for are one run of them.
+                        let start = records.partition_point(|r| before_periods(&r.key));
+                        for record in &records[start..] {
+                            if !in_periods(&record.key) {
+                                break;
                             }
+                            on_record(&record.key, record.nanos)?;
                         }
                     }
                     Ok(())
@@ -298,6 +305,9 @@ fn scan_record_facts(
     // Volume needs every flow of one reporter–partner–commodity–period
     // together; they are adjacent in key order.
     let mut group: Option<VolumeGroup> = None;
+    // Records come series by series: its reporter, partner and commodity
+    // are decoded once, at its first record.
+    let mut series: Option<SeriesParts> = None;
     let flush = |group: &mut Option<VolumeGroup>, visit: &mut dyn FnMut(Fact)| {
         if let Some((_, mut fact, [t, x, m])) = group.take() {
             fact.tally = volume(t, x, m);
@@ -316,32 +326,39 @@ fn scan_record_facts(
         {
             return Ok(());
         }
-        let key = keys::decode_record_key(k)?;
-        if spec.partners.is_none() && key.partner == CountryCode::WORLD {
+        let parts = match &series {
+            Some(parts) if k.first_chunk::<SERIES_PREFIX_LEN>() == Some(&parts.prefix) => parts,
+            _ => series.insert(SeriesParts::decode(k)?),
+        };
+        if spec.partners.is_none() && parts.partner == CountryCode::WORLD {
             return Ok(());
         }
+        let (period, flow) = keys::decode_period(&k[at::PERIOD..at::FLOW])
+            .zip(Flow::from_code(i32::from(k[at::FLOW])).ok())
+            .ok_or_else(|| corrupt(k))?;
         let fact = Fact {
-            reporter: Some(key.reporter),
-            partner: Some(key.partner),
-            flow: Some(key.flow),
-            commodity: key.commodity,
-            period: key.period,
+            reporter: Some(parts.reporter),
+            partner: Some(parts.partner),
+            flow: Some(flow),
+            commodity: parts.commodity,
+            period,
             tally: Tally { nanos, count: 1 },
         };
         match &spec.measure {
             Measure::Flows(flows) => {
-                if flows.contains(&key.flow) {
+                if flows.contains(&flow) {
                     visit(fact);
                 }
             }
             Measure::Volume => {
-                let base = &k[at::REPORTER..at::FLOW];
-                if group.as_ref().is_none_or(|(b, _, _)| b.as_slice() != base) {
+                let mut base = [0u8; at::FLOW - at::REPORTER];
+                base.copy_from_slice(&k[at::REPORTER..at::FLOW]);
+                if group.as_ref().is_none_or(|(b, _, _)| *b != base) {
                     flush(&mut group, visit);
-                    group = Some((base.to_vec(), Fact { flow: None, ..fact }, [None; 3]));
+                    group = Some((base, Fact { flow: None, ..fact }, [None; 3]));
                 }
                 if let Some((_, _, flows)) = group.as_mut() {
-                    match key.flow {
+                    match flow {
                         Flow::Turnover => flows[0] = Some(nanos),
                         Flow::Export => flows[1] = Some(nanos),
                         Flow::Import => flows[2] = Some(nanos),
@@ -358,7 +375,30 @@ fn scan_record_facts(
 
 /// Key bytes shared by one volume's flows, its fact, and its turnover,
 /// export and import values.
-type VolumeGroup = (Vec<u8>, Fact, [Option<i128>; 3]);
+type VolumeGroup = ([u8; at::FLOW - at::REPORTER], Fact, [Option<i128>; 3]);
+
+/// What the records of one series share: the start of their keys, and
+/// its reporter, partner and commodity decoded.
+struct SeriesParts {
+    prefix: SeriesPrefix,
+    reporter: CountryCode,
+    partner: CountryCode,
+    commodity: Commodity,
+}
+
+impl SeriesParts {
+    fn decode(k: &[u8]) -> Result<SeriesParts> {
+        let key = keys::decode_record_key(k)?;
+        let mut prefix = [0u8; SERIES_PREFIX_LEN];
+        prefix.copy_from_slice(&k[..SERIES_PREFIX_LEN]);
+        Ok(SeriesParts {
+            prefix,
+            reporter: key.reporter,
+            partner: key.partner,
+            commodity: key.commodity,
+        })
+    }
+}
 
 /// One rollup entry as a fact, if its flow is wanted.
 #[allow(clippy::too_many_arguments)]
