@@ -598,14 +598,13 @@ async fn main() -> anyhow::Result<()> {
                 .zip(median(&|(f, _)| f.p99))
                 .map(|(p50, p99)| h2load::Latency { p50, p99 });
             let h2_cells = match (&h2, &h2_floor) {
-                (Some(h2), Some(floor)) => {
-                    format!(
-                        "{} | {} | {:.1}×",
-                        ms(h2.p50),
-                        ms(h2.p99),
-                        h2.p50.as_secs_f64() / floor.p50.as_secs_f64()
-                    ) + &format!(" (floor {})", ms(floor.p50))
-                }
+                (Some(h2), Some(floor)) => format!(
+                    "{} | {} | {:.1}× (floor {})",
+                    ms(h2.p50),
+                    ms(h2.p99),
+                    h2.p50.as_secs_f64() / floor.p50.as_secs_f64(),
+                    ms(floor.p50)
+                ),
                 _ => "– | – | –".into(),
             };
             let pg_cells = match (&pg_cells, &h2) {
