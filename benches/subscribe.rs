@@ -9,7 +9,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
@@ -20,11 +19,13 @@ use tradewatch::pb::{
 };
 use tradewatch::{Application, Config};
 
+#[path = "common/lean_subscribers.rs"]
+mod lean;
 #[path = "common/measure.rs"]
 mod measure;
 #[path = "common/server.rs"]
 mod process;
-use measure::{ms, percentile, record, spawn_subscriber};
+use measure::{ms, percentile, record};
 
 /// The subscriber counts measured, side by side in one run.
 const SUBSCRIBERS: [usize; 2] = [1_000, 10_000];
@@ -85,22 +86,13 @@ async fn latency(subscribers: usize) -> anyhow::Result<()> {
     let limit = subscribers.to_string();
     let server = process::Server::start(dir.path(), &["--max-subscribers", &limit])?;
     let idle_rss = server.rss_bytes().unwrap_or(0);
-    let mut channels = Vec::new();
-    for _ in 0..subscribers.div_ceil(STREAMS_PER_CONNECTION) {
-        channels.push(connect(&server.addr).await?);
+    let mut connections = Vec::new();
+    for c in 0..subscribers.div_ceil(STREAMS_PER_CONNECTION) {
+        let streams = STREAMS_PER_CONNECTION.min(subscribers - c * STREAMS_PER_CONNECTION);
+        connections.push(lean::connect(&server.addr, streams, LATENCY_WRITES).await?);
     }
-    let delivered: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
-    let mut ready = Vec::new();
-    for s in 0..subscribers {
-        let client = MilestoneServiceClient::new(channels[s / STREAMS_PER_CONNECTION].clone());
-        let delivered = delivered.clone();
-        let (ready_rx, _) = spawn_subscriber(client, LATENCY_WRITES, move |sequence| {
-            delivered.lock().unwrap().push((sequence, Instant::now()));
-        });
-        ready.push(ready_rx);
-    }
-    for r in ready {
-        r.await?;
+    for connection in &mut connections {
+        (&mut connection.ready).await?;
     }
     let subscribed_rss = server.rss_bytes().unwrap_or(0);
     let mut trade = TradeServiceClient::new(connect(&server.addr).await?);
@@ -135,7 +127,10 @@ async fn latency(subscribers: usize) -> anyhow::Result<()> {
         (s - server_cpu, b - bench_cpu)
     };
     let after_rss = server.rss_bytes().unwrap_or(0);
-    let delivered = delivered.lock().unwrap().clone();
+    let delivered: Vec<(u64, Instant)> = connections
+        .iter()
+        .flat_map(|c| c.deliveries.lock().unwrap().clone())
+        .collect();
     for (label, from_send) in [("write ack → delivery", false), ("write sent → delivery", true)] {
         let mut latencies: Vec<Duration> = delivered
             .iter()
@@ -166,7 +161,9 @@ async fn latency(subscribers: usize) -> anyhow::Result<()> {
         server_used / wall,
         bench_used / wall
     );
-    drop(channels);
+    for connection in connections {
+        connection.reader.abort();
+    }
     server.stop()
 }
 

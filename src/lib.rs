@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod milestones;
 pub mod query;
 pub mod security;
+mod serve;
 pub mod store;
 pub mod stream;
 pub mod web;
@@ -29,7 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use limits::Limits;
@@ -56,21 +56,6 @@ pub const SERVED_DESCRIPTORS: &[&[u8]] = &[
     tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
 ];
-
-/// Accepted connections, with Nagle's algorithm off: small responses must
-/// not wait for the client's delayed ACK.
-/// Each can be cut when shutdown's grace runs out.
-fn incoming(
-    listener: TcpListener,
-    cut: CancellationToken,
-) -> impl tokio_stream::Stream<Item = std::io::Result<connection::Cuttable>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(move |conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(connection::Cuttable::new(conn, &cut))
-    })
-}
 
 /// How long open calls get to finish after shutdown is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -150,7 +135,7 @@ pub struct Application {
     metrics: Arc<metrics::Metrics>,
     metrics_endpoint: Option<metrics::Endpoint>,
     web_endpoint: Option<web::Endpoint>,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     auth: security::Auth,
     limits: Limits,
     /// In cluster mode, this node of the cluster.
@@ -165,7 +150,11 @@ impl Application {
         if config.auth_reads && config.auth_token.is_none() {
             anyhow::bail!("--auth-reads needs --auth-token: there is no token to ask readers for");
         }
-        let tls = config.tls.as_ref().map(TlsFiles::load).transpose()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|files| files.acceptor(b"h2"))
+            .transpose()?;
         if config.auth_token.is_some() && tls.is_none() && !listen.ip().is_loopback() {
             tracing::warn!(%listen, "an auth token without TLS: callers send it in plaintext");
         }
@@ -289,18 +278,12 @@ impl Application {
         // Stops with the gRPC server (also when dropped on an error).
         let metrics_endpoint = self.metrics_endpoint.map(metrics::Endpoint::spawn);
         let web_endpoint = self.web_endpoint.map(web::Endpoint::spawn);
-        let builder = match self.tls {
-            Some(tls) => tonic::transport::Server::builder().tls_config(tls)?,
-            None => tonic::transport::Server::builder(),
-        };
         let max_request_bytes = self.limits.max_request_bytes;
-        // The server (and the services it holds) is dropped at the end of
-        // this block.
-        let served = {
-            let server = builder
-                .layer(metrics::GrpcLayer::new(self.metrics.clone()))
-                .layer(guard::GuardLayer::new(self.auth, max_request_bytes))
-                .add_service(health_service)
+        // The services (and the store they hold) are dropped with the server
+        // at the end of this block.
+        {
+            use tower_layer::Layer as _;
+            let routes = tonic::service::Routes::new(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(
@@ -317,31 +300,28 @@ impl Application {
                         .with_writes(writes),
                     max_request_bytes,
                 ))
-                .serve_with_incoming_shutdown(
-                    incoming(self.listener, cut.clone()),
-                    stop.clone().cancelled_owned(),
-                );
+                .prepare();
+            let service = metrics::GrpcLayer::new(self.metrics.clone())
+                .layer(guard::GuardLayer::new(self.auth, max_request_bytes).layer(routes));
+            let server = serve::serve(self.listener, self.tls, service, stop.clone(), cut.clone());
             tokio::pin!(server);
 
             tokio::select! {
-                result = &mut server => result,
+                () = &mut server => {}
                 () = shutdown => {
                     tracing::info!("shutting down");
                     stop.cancel();
                     set_health(&health, false).await;
-                    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-                        Ok(result) => result,
-                        Err(_) => {
-                            tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing their connections");
-                            cut.cancel();
-                            // The connections' tasks end at their next read or
-                            // write, letting go of the store.
-                            tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.unwrap_or(Ok(()))
-                        }
+                    if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+                        tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing their connections");
+                        cut.cancel();
+                        // The connections' tasks end at their next read or
+                        // write, letting go of the store.
+                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
                     }
                 }
             }
-        };
+        }
         if let Some(endpoint) = metrics_endpoint {
             endpoint.stop().await;
         }
@@ -363,7 +343,6 @@ impl Application {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.store.close().await;
-        served?;
         Ok(())
     }
 }

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use subtle::ConstantTimeEq;
+use tokio_rustls::TlsAcceptor;
 use tonic::Status;
 use tonic::codegen::http::HeaderMap;
-use tonic::transport::{Identity, ServerTlsConfig};
 
 /// The shared secret that callers present as `authorization: Bearer
 /// <token>`. Its `Debug` output does not show it.
@@ -136,8 +136,11 @@ pub struct TlsFiles {
 
 impl TlsFiles {
     /// Reads and checks both files, so that a bad one stops the server at
-    /// start with a message naming it.
-    pub fn load(&self) -> anyhow::Result<ServerTlsConfig> {
+    /// start with a message naming it; the acceptor offers `alpn` (`h2` for
+    /// gRPC, `http/1.1` for the web page).
+    pub(crate) fn acceptor(&self, alpn: &[u8]) -> anyhow::Result<TlsAcceptor> {
+        use tokio_rustls::rustls::{self, pki_types::pem::PemObject as _};
+
         let cert = read(&self.cert, "certificate")?;
         let key = read(&self.key, "private key")?;
         if !contains(&cert, b"-----BEGIN CERTIFICATE-----") {
@@ -152,10 +155,17 @@ impl TlsFiles {
                 self.key.display()
             );
         }
-        let config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        // Building the acceptor parses both and checks that they belong together.
-        tonic::transport::Server::builder()
-            .tls_config(config.clone())
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("TLS certificate {}: {e}", self.cert.display()))?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key)
+            .map_err(|e| anyhow::anyhow!("TLS key {}: {e}", self.key.display()))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        // Building the config parses both and checks that they belong together.
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
             .map_err(|e| {
                 anyhow::anyhow!(
                     "TLS certificate {} with key {}: {}",
@@ -164,7 +174,8 @@ impl TlsFiles {
                     chain(&e)
                 )
             })?;
-        Ok(config)
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(TlsAcceptor::from(std::sync::Arc::new(config)))
     }
 }
 

@@ -1,5 +1,6 @@
 //! What the latency benches share: the synthetic record they write, a live
 //! subscriber, and percentiles printed in milliseconds.
+#![allow(dead_code)]
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -21,7 +21,7 @@ use crate::limits::Limits;
 use crate::pb::{self, milestone_service_server::MilestoneService};
 use crate::query::ResolvedSelector;
 use crate::store::{Applied, Store};
-use crate::stream::{self, Message};
+use crate::stream;
 use crate::writes::Writes;
 
 const DEFAULT_EVENTS_PAGE: usize = 100;
@@ -406,15 +406,26 @@ fn watch_to_pb(def: &WatchDef, created_at: prost_types::Timestamp) -> pb::Watch 
     }
 }
 
+/// An open subscription and the subscriber permit it holds while it lives.
+pub(super) struct OpenSubscription {
+    pub messages: stream::Subscription,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// How a subscription that stopped without an error ends its stream: never
+/// OK, so that the client resumes from its last sequence + 1.
+pub(super) fn subscription_ended() -> Status {
+    Status::unavailable("subscription ended (server shutting down); resume from the last sequence seen + 1")
+}
+
 impl MilestoneApi {
     /// Checks a `Subscribe` request and opens its subscription: the
-    /// messages to send, then `UNAVAILABLE` when it ends (shutdown, store
-    /// failure), never OK, so that the client resumes from its last
-    /// sequence + 1. The stream holds a subscriber permit while it lives.
+    /// messages to send; when they stop, the stream ends with their error
+    /// (a store failure) or [`subscription_ended`].
     pub(super) async fn open_subscription(
         &self,
         request: Request<pb::SubscribeRequest>,
-    ) -> Result<impl Stream<Item = Result<Message, Status>> + Send + 'static, Status> {
+    ) -> Result<OpenSubscription, Status> {
         let (metadata, _, request) = request.into_parts();
         let wanted = EventFilter::parse(&request.kinds, &request.watch_ids)?;
         super::caught_up(&self.store, request.min_log_position, &metadata).await?;
@@ -426,20 +437,13 @@ impl MilestoneApi {
                  (max_subscribers, --max-subscribers); try again later"
             ))
         })?;
-        let subscription = stream::subscribe(
+        let messages = stream::subscribe(
             self.store.clone(),
             &self.heads,
             request.from_sequence,
             move |event| wanted.matches(event),
         )?;
-        let messages = tokio_stream::StreamExt::map(subscription, move |message| {
-            let _held = &permit;
-            message.map_err(Status::from)
-        });
-        let ended = tokio_stream::once(Err(Status::unavailable(
-            "subscription ended (server shutting down); resume from the last sequence seen + 1",
-        )));
-        Ok(tokio_stream::StreamExt::chain(messages, ended))
+        Ok(OpenSubscription { messages, permit })
     }
 }
 
@@ -564,17 +568,22 @@ impl MilestoneService for MilestoneApi {
 
     type SubscribeStream = SubscribeStream;
 
-    /// The server routes `Subscribe` to [`MilestoneApi::subscribe_encoded`]
-    /// (see `super::subscribe`); this is the same stream, message by
-    /// message, for a `MilestoneServiceServer` used on its own.
+    /// The server answers `Subscribe` itself (`super::subscribe`); this is
+    /// the same stream, message by message, for a `MilestoneServiceServer`
+    /// used on its own.
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let messages = self.open_subscription(request).await?;
-        let responses =
-            tokio_stream::StreamExt::map(messages, |message| Ok(super::subscribe::to_pb(&message?)?));
-        Ok(Response::new(Box::pin(responses)))
+        let OpenSubscription { messages, permit } = self.open_subscription(request).await?;
+        let responses = tokio_stream::StreamExt::map(messages, move |message| {
+            let _held = &permit;
+            Ok(super::subscribe::to_pb(&message?)?)
+        });
+        let ended = tokio_stream::once(Err(subscription_ended()));
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::chain(
+            responses, ended,
+        ))))
     }
 
     async fn list_events(

@@ -1,36 +1,50 @@
-//! `Subscribe` with each event encoded once for all its subscribers.
+//! `Subscribe`, answered by the server itself: each event framed once for
+//! all its subscribers, and the frames of a stream written with no layer
+//! between the subscription and HTTP/2.
 //!
 //! Live subscribers all send the same newest events at the same moment.
-//! Through the generated service, each stream turned each event into its
-//! API message and encoded it: 10,000 times over for 10,000 subscribers.
+//! Through the generated service, each stream turned each event into its API
+//! message, encoded it, copied it behind a gRPC prefix, and passed it up
+//! through tonic's streaming body: 10,000 times over for 10,000 subscribers.
 //! [`MilestoneServer`] serves `MilestoneService` as generated, except that
-//! `Subscribe` answers with messages already encoded: an event's
-//! `SubscribeResponse` is encoded by the first stream that sends it and
-//! kept ([`ENCODED_EVENTS`] of the newest), and every other stream sends the
-//! same bytes.
+//! `Subscribe` answers with a body of its own ([`SubscribeBody`]): an
+//! event's `SubscribeResponse`, with its gRPC prefix, is framed by the first
+//! stream that sends it and kept ([`FRAMED_EVENTS`] of the newest), and every
+//! other stream sends the same bytes. A stream behind by several messages
+//! sends them together, in one HTTP/2 frame.
+//!
+//! The request is read as tonic reads it (its decoder, size limit and
+//! errors); the response is what tonic would send: `content-type:
+//! application/grpc`, length-prefixed messages, `grpc-status` in trailers.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::Frame;
 use prost::Message as _;
 use tokio_stream::Stream;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, Streaming};
 use tonic::codegen::{BoxFuture, StdError};
+use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 use tonic_prost::ProstCodec;
 
 use super::MilestoneApi;
+use super::milestones::{OpenSubscription, subscription_ended};
 use crate::pb::{self, milestone_service_server::MilestoneServiceServer};
-use crate::stream::Message;
+use crate::stream::{Message, Subscription};
 
 const SUBSCRIBE_PATH: &str = "/tradewatch.v1.MilestoneService/Subscribe";
-/// Encoded events kept: as many as the store keeps decoded for live
+/// Framed events kept: as many as the store keeps decoded for live
 /// subscribers.
-pub const ENCODED_EVENTS: usize = crate::store::RECENT_EVENTS;
+pub const FRAMED_EVENTS: usize = crate::store::RECENT_EVENTS;
+/// A stream behind by several messages sends up to this many bytes of them
+/// in one frame.
+const MOST_BYTES_TOGETHER: usize = 16 * 1024;
 
 /// A `Subscribe` message as the API sends it.
 pub(super) fn to_pb(message: &Message) -> crate::error::Result<pb::SubscribeResponse> {
@@ -49,38 +63,34 @@ pub(super) fn to_pb(message: &Message) -> crate::error::Result<pb::SubscribeResp
     })
 }
 
-/// The newest events' `SubscribeResponse`s, encoded, by sequence.
-type Encoded = quick_cache::sync::Cache<u64, Bytes>;
+/// The newest events' `SubscribeResponse`s, framed, by sequence.
+type Framed = quick_cache::sync::Cache<u64, Bytes>;
 
-fn encode(message: &Message, encoded: &Encoded) -> crate::error::Result<Bytes> {
-    let encode = || to_pb(message).map(|m| Bytes::from(m.encode_to_vec()));
+/// `message` as gRPC sends it: an uncompressed flag, its length in 4 bytes,
+/// the encoded `SubscribeResponse` (events framed once for every stream).
+fn frame(message: &Message, framed: &Framed) -> crate::error::Result<Bytes> {
+    let frame = || {
+        let response = to_pb(message)?;
+        let len = response.encoded_len();
+        let mut buf = BytesMut::with_capacity(5 + len);
+        buf.put_u8(0);
+        // An event's message is a few hundred bytes, far below 4 GiB.
+        buf.put_u32(len as u32);
+        response.encode_raw(&mut buf);
+        Ok(buf.freeze())
+    };
     match message {
-        Message::Event(event) => encoded.get_or_insert_with(&event.sequence, encode),
-        Message::CaughtUp { .. } | Message::Progress { .. } => encode(),
+        Message::Event(event) => framed.get_or_insert_with(&event.sequence, frame),
+        Message::CaughtUp { .. } | Message::Progress { .. } => frame(),
     }
 }
 
-impl MilestoneApi {
-    /// `Subscribe`, each message encoded (events once for every stream).
-    async fn subscribe_encoded(
-        &self,
-        request: Request<pb::SubscribeRequest>,
-        encoded: Arc<Encoded>,
-    ) -> Result<Response<EncodedStream>, Status> {
-        let messages = self.open_subscription(request).await?;
-        let bytes = tokio_stream::StreamExt::map(messages, move |message| Ok(encode(&message?, &encoded)?));
-        Ok(Response::new(Box::pin(bytes)))
-    }
-}
-
-type EncodedStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
-
-/// `MilestoneService`, with `Subscribe` sending pre-encoded messages.
+/// `MilestoneService`, with `Subscribe` answered by [`SubscribeBody`].
 #[derive(Clone)]
 pub struct MilestoneServer {
     api: Arc<MilestoneApi>,
     generated: MilestoneServiceServer<MilestoneApi>,
-    encoded: Arc<Encoded>,
+    framed: Arc<Framed>,
     max_request_bytes: usize,
 }
 
@@ -91,7 +101,7 @@ impl MilestoneServer {
             generated: MilestoneServiceServer::from_arc(api.clone())
                 .max_decoding_message_size(max_request_bytes),
             api,
-            encoded: Arc::new(Encoded::new(ENCODED_EVENTS)),
+            framed: Arc::new(Framed::new(FRAMED_EVENTS)),
             max_request_bytes,
         }
     }
@@ -118,74 +128,157 @@ where
         if request.uri().path() != SUBSCRIBE_PATH {
             return self.generated.call(request);
         }
-        let service = EncodedSubscribe {
-            api: self.api.clone(),
-            encoded: self.encoded.clone(),
-        };
-        let max_request_bytes = self.max_request_bytes;
+        let (api, framed, max) = (self.api.clone(), self.framed.clone(), self.max_request_bytes);
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(EncodedCodec)
-                .apply_max_message_size_config(Some(max_request_bytes), None);
-            Ok(grpc.server_streaming(service, request).await)
+            let answered = async {
+                let request = read_request(request, max).await?;
+                let OpenSubscription { messages, permit } = api.open_subscription(request).await?;
+                let body = SubscribeBody {
+                    messages,
+                    _permit: permit,
+                    framed,
+                    last: None,
+                    ended: false,
+                };
+                let mut response = http::Response::new(tonic::body::Body::new(body));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+                Ok::<_, Status>(response)
+            };
+            Ok(answered.await.unwrap_or_else(Status::into_http))
         })
     }
 }
 
-struct EncodedSubscribe {
-    api: Arc<MilestoneApi>,
-    encoded: Arc<Encoded>,
+/// The one `SubscribeRequest` of a call, read as tonic's generated service
+/// reads it: its decoder, the size limit, its metadata and trailers.
+async fn read_request<B>(
+    request: http::Request<B>,
+    max: usize,
+) -> Result<Request<pb::SubscribeRequest>, Status>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    let (parts, body) = request.into_parts();
+    let decoder = ProstCodec::<pb::SubscribeResponse, pb::SubscribeRequest>::default().decoder();
+    let mut messages = Streaming::new_request(decoder, body, None, Some(max));
+    let message = messages
+        .message()
+        .await?
+        .ok_or_else(|| Status::internal("Missing request message."))?;
+    let mut headers = parts.headers;
+    if let Some(trailers) = messages.trailers().await? {
+        headers.extend(trailers.into_headers());
+    }
+    Ok(Request::from_parts(
+        MetadataMap::from_headers(headers),
+        parts.extensions,
+        message,
+    ))
 }
 
-impl tonic::server::ServerStreamingService<pb::SubscribeRequest> for EncodedSubscribe {
-    type Response = Bytes;
-    type ResponseStream = EncodedStream;
-    type Future = BoxFuture<Response<EncodedStream>, Status>;
-
-    fn call(&mut self, request: Request<pb::SubscribeRequest>) -> Self::Future {
-        let (api, encoded) = (self.api.clone(), self.encoded.clone());
-        Box::pin(async move { api.subscribe_encoded(request, encoded).await })
-    }
+/// The body of a `Subscribe` response: the subscription's messages, framed,
+/// then its end as trailers.
+struct SubscribeBody {
+    messages: Subscription,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    framed: Arc<Framed>,
+    /// How the stream ends, once the messages before it are sent.
+    last: Option<Status>,
+    ended: bool,
 }
 
-/// Decodes a `SubscribeRequest` as the generated service does; sends
-/// messages that are already encoded as they are.
-struct EncodedCodec;
-
-impl Codec for EncodedCodec {
-    type Encode = Bytes;
-    type Decode = pb::SubscribeRequest;
-    type Encoder = PassThrough;
-    type Decoder = RequestDecoder;
-
-    fn encoder(&mut self) -> PassThrough {
-        PassThrough
-    }
-
-    fn decoder(&mut self) -> RequestDecoder {
-        RequestDecoder(ProstCodec::<pb::SubscribeResponse, pb::SubscribeRequest>::default().decoder())
-    }
-}
-
-struct PassThrough;
-
-impl Encoder for PassThrough {
-    type Item = Bytes;
+impl http_body::Body for SubscribeBody {
+    type Data = Bytes;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(status) = this.last.take() {
+            return Poll::Ready(Some(Ok(this.end(status))));
+        }
+        let mut data: Option<Bytes> = None;
+        let mut together: Option<BytesMut> = None;
+        loop {
+            let message = match Pin::new(&mut this.messages).poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) => message,
+                Poll::Ready(Some(Err(e))) => {
+                    this.last = Some(e.into());
+                    break;
+                }
+                Poll::Ready(None) => {
+                    this.last = Some(subscription_ended());
+                    break;
+                }
+                Poll::Pending => break,
+            };
+            let bytes = match frame(&message, &this.framed) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    this.last = Some(e.into());
+                    break;
+                }
+            };
+            // One message is sent as it is framed; several are copied
+            // together.
+            let held = match (&mut together, data.take()) {
+                (Some(buf), _) => {
+                    buf.extend_from_slice(&bytes);
+                    buf.len()
+                }
+                (None, Some(first)) => {
+                    let mut buf = BytesMut::with_capacity(first.len() + bytes.len());
+                    buf.extend_from_slice(&first);
+                    buf.extend_from_slice(&bytes);
+                    let held = buf.len();
+                    together = Some(buf);
+                    held
+                }
+                (None, None) => {
+                    let held = bytes.len();
+                    data = Some(bytes);
+                    held
+                }
+            };
+            if held >= MOST_BYTES_TOGETHER {
+                break;
+            }
+        }
+        match (together, data) {
+            (Some(buf), _) => Poll::Ready(Some(Ok(Frame::data(buf.freeze())))),
+            (None, Some(bytes)) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            (None, None) => match this.last.take() {
+                Some(status) => Poll::Ready(Some(Ok(this.end(status)))),
+                None => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
     }
 }
 
-struct RequestDecoder(<ProstCodec<pb::SubscribeResponse, pb::SubscribeRequest> as Codec>::Decoder);
-
-impl Decoder for RequestDecoder {
-    type Item = pb::SubscribeRequest;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<pb::SubscribeRequest>, Status> {
-        self.0.decode(src)
+impl SubscribeBody {
+    /// The trailers that end the stream with `status`.
+    fn end(&mut self, status: Status) -> Frame<Bytes> {
+        self.ended = true;
+        let mut trailers = http::HeaderMap::new();
+        if let Err(status) = status.add_header(&mut trailers) {
+            // Only a message that cannot be a header value fails; the code
+            // alone still ends the stream.
+            trailers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+        }
+        Frame::trailers(trailers)
     }
 }
 
@@ -198,22 +291,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_message_encodes_as_the_generated_service_would_and_events_once() {
+    fn every_message_is_framed_as_the_generated_service_would_and_events_once() {
         let event = Arc::new(crate::domain::record_stored_for_tests(7));
-        let encoded = Encoded::new(ENCODED_EVENTS);
+        let framed = Framed::new(FRAMED_EVENTS);
         for message in [
             Message::Event(event.clone()),
             Message::CaughtUp { head: 7 },
             Message::Progress { head: 7, next: 8 },
         ] {
-            let bytes = encode(&message, &encoded).unwrap();
+            let bytes = frame(&message, &framed).unwrap();
             let expected = to_pb(&message).unwrap();
-            assert_eq!(pb::SubscribeResponse::decode(bytes).unwrap(), expected);
+            assert_eq!(bytes[0], 0, "uncompressed");
+            assert_eq!(
+                u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize,
+                bytes.len() - 5
+            );
+            assert_eq!(pb::SubscribeResponse::decode(&bytes[5..]).unwrap(), expected);
         }
         // The second stream to send event 7 sends the same bytes.
-        let first = encode(&Message::Event(event.clone()), &encoded).unwrap();
-        let second = encode(&Message::Event(event), &encoded).unwrap();
+        let first = frame(&Message::Event(event.clone()), &framed).unwrap();
+        let second = frame(&Message::Event(event), &framed).unwrap();
         assert_eq!(first.as_ptr(), second.as_ptr());
-        assert_eq!(encoded.len(), 1);
+        assert_eq!(framed.len(), 1);
     }
 }

@@ -71,7 +71,7 @@ impl Endpoint {
     /// Binds `addr` (port 0 picks a free port); with `tls`, serves HTTPS
     /// with the gRPC server's certificate.
     pub async fn bind(addr: SocketAddr, site: Site, tls: Option<&TlsFiles>) -> anyhow::Result<Endpoint> {
-        let tls = tls.map(acceptor).transpose()?;
+        let tls = tls.map(|files| files.acceptor(b"http/1.1")).transpose()?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot serve the web page on {addr}: {e}"))?;
@@ -93,24 +93,6 @@ impl Endpoint {
             serve_connection(stream, site.clone(), tls.clone(), stop)
         })
     }
-}
-
-/// The TLS side of the site, from the same PEM files as the gRPC server.
-fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
-    use tokio_rustls::rustls::{self, pki_types::pem::PemObject as _};
-
-    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&files.cert)
-        .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
-        .map_err(|e| anyhow::anyhow!("TLS certificate {}: {e}", files.cert.display()))?;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| anyhow::anyhow!("TLS key {}: {e}", files.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn serve_connection(
