@@ -25,12 +25,12 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::connection::Cuttable;
+use crate::connection::HeldWrites;
 use crate::guard::Guard;
 use crate::metrics::GrpcMetered;
 
@@ -47,7 +47,10 @@ type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Serves `service` on the connections `listener` accepts until `stop` is
 /// cancelled; then takes no new connection, asks each open one to finish
-/// (GOAWAY) and returns once all have closed. `cut` closes them at once.
+/// (GOAWAY) and returns once all have closed, or at once when `cut` is
+/// cancelled: the connections' tasks are then aborted, dropping what they
+/// hold (a connection whose client stopped reading cannot finish: its last
+/// frames wait for window space).
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -55,24 +58,26 @@ pub(crate) async fn serve(
     stop: CancellationToken,
     cut: CancellationToken,
 ) {
-    let connections = TaskTracker::new();
+    let (finish, finishing) = watch::channel(false);
+    let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next() => continue,
         };
         match accepted {
             Ok((stream, _)) => {
                 // Small responses must not wait for the client's delayed ACK.
                 let _ = stream.set_nodelay(true);
-                let stream = Cuttable::new(stream, &cut);
-                let (tls, service, stop) = (tls.clone(), service.clone(), stop.clone());
+                let stream = HeldWrites::new(stream);
+                let (tls, service, finishing) = (tls.clone(), service.clone(), finishing.clone());
                 connections.spawn(async move {
                     match tls {
-                        None => serve_connection(stream, service, stop).await,
+                        None => serve_connection(stream, service, finishing).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => serve_connection(stream, service, stop).await,
+                                Ok(Ok(stream)) => serve_connection(stream, service, finishing).await,
                                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!("TLS handshake timed out"),
                             }
@@ -88,13 +93,19 @@ pub(crate) async fn serve(
             }
         }
     }
-    connections.close();
-    connections.wait().await;
+    let _ = finish.send(true);
+    tokio::select! {
+        () = async { while connections.join_next().await.is_some() {} } => {}
+        () = cut.cancelled() => {
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
+        }
+    }
 }
 
 /// One HTTP/2 connection, its calls run by its own task, until it closes;
-/// when `stop` is cancelled it is asked to finish (GOAWAY).
-async fn serve_connection<IO>(io: IO, service: Service, stop: CancellationToken)
+/// asked to finish (GOAWAY) once `finishing` turns true.
+async fn serve_connection<IO>(io: IO, service: Service, mut finishing: watch::Receiver<bool>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -111,11 +122,13 @@ where
         .max_local_error_reset_streams(None)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     let mut connection = pin!(connection);
-    let mut stopping = pin!(stop.cancelled());
+    let mut asked = pin!(async move {
+        let _ = finishing.wait_for(|finish| *finish).await;
+    });
     let mut asked_to_finish = false;
     let mut running = FuturesUnordered::new();
     let served = poll_fn(|cx| {
-        if !asked_to_finish && stopping.as_mut().poll(cx).is_ready() {
+        if !asked_to_finish && asked.as_mut().poll(cx).is_ready() {
             asked_to_finish = true;
             connection.as_mut().graceful_shutdown();
         }

@@ -20,7 +20,7 @@ mod writer;
 
 use prost::Message;
 use prost_types::Timestamp;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -587,15 +587,27 @@ impl Store {
     /// `OUT_OF_RANGE` when retention has removed `next` meanwhile, rather
     /// than a silent gap.
     pub fn read_log(&self, next: u64, head: u64, limit: usize) -> Result<Vec<Arc<Event>>> {
+        let mut events = VecDeque::new();
+        self.read_log_into(next, head, limit, &mut events)?;
+        Ok(events.into())
+    }
+
+    /// [`Store::read_log`], appending to `out` (a subscriber reuses its
+    /// buffer rather than take a new one for every event).
+    pub fn read_log_into(
+        &self,
+        next: u64,
+        head: u64,
+        limit: usize,
+        out: &mut VecDeque<Arc<Event>>,
+    ) -> Result<()> {
         if next > head {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        if next >= self.oldest_sequence()
-            && let Some(events) = self.recent.read(next, head, limit)
-        {
-            return Ok(events);
+        if next >= self.oldest_sequence() && self.recent.read_into(next, head, limit, out) {
+            return Ok(());
         }
-        let mut events: Vec<Arc<Event>> = self.events(next, limit)?.into_iter().map(Arc::new).collect();
+        let events = self.events(next, limit)?;
         if let Some(first) = events.first().map(|e| e.sequence)
             && first > next
         {
@@ -604,8 +616,8 @@ impl Store {
                 oldest: first,
             });
         }
-        events.retain(|e| e.sequence <= head);
-        Ok(events)
+        out.extend(events.into_iter().filter(|e| e.sequence <= head).map(Arc::new));
+        Ok(())
     }
 
     /// The write stored under `tag`'s request id, its outcome read as

@@ -46,23 +46,28 @@ impl RecentEvents {
         self.ring.write().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
-    /// The events from `next` through `head`, at most `limit`, when the ring
-    /// holds `next`; `None` when it must be read from the store.
-    pub fn read(&self, next: u64, head: u64, limit: usize) -> Option<Vec<Arc<Event>>> {
+    /// Appends the events from `next` through `head`, at most `limit`, to
+    /// `out` when the ring holds `next`, and says so; `false` (nothing
+    /// appended) when they must be read from the store.
+    pub fn read_into(&self, next: u64, head: u64, limit: usize, out: &mut VecDeque<Arc<Event>>) -> bool {
         let ring = self.ring.read().unwrap_or_else(PoisonError::into_inner);
-        let oldest = ring.front()?.sequence;
-        if next < oldest || next > ring.back()?.sequence {
-            return None;
+        let (Some(oldest), Some(newest)) = (ring.front(), ring.back()) else {
+            return false;
+        };
+        if next < oldest.sequence || next > newest.sequence {
+            return false;
         }
-        let skip = usize::try_from(next - oldest).ok()?;
-        Some(
+        let Ok(skip) = usize::try_from(next - oldest.sequence) else {
+            return false;
+        };
+        out.extend(
             ring.iter()
                 .skip(skip)
                 .take_while(|e| e.sequence <= head)
                 .take(limit)
-                .cloned()
-                .collect(),
-        )
+                .cloned(),
+        );
+        true
     }
 }
 
@@ -74,35 +79,35 @@ mod tests {
         range.map(crate::domain::record_stored_for_tests).collect()
     }
 
-    fn sequences(read: Option<Vec<Arc<Event>>>) -> Option<Vec<u64>> {
-        read.map(|events| events.iter().map(|e| e.sequence).collect())
+    /// What `read_into` appends, as sequences; `None` when it says "read
+    /// the store".
+    fn read(recent: &RecentEvents, next: u64, head: u64, limit: usize) -> Option<Vec<u64>> {
+        let mut out = VecDeque::new();
+        let held = recent.read_into(next, head, limit, &mut out);
+        held.then(|| out.iter().map(|e| e.sequence).collect())
     }
 
     #[test]
     fn answers_only_from_a_gap_free_run_that_holds_the_start() {
         let recent = RecentEvents::default();
-        assert_eq!(sequences(recent.read(1, 10, 100)), None, "empty");
+        assert_eq!(read(&recent, 1, 10, 100), None, "empty");
         recent.extend(events(5..=9));
-        assert_eq!(sequences(recent.read(4, 9, 100)), None, "before the run: sled");
-        assert_eq!(
-            sequences(recent.read(6, 8, 100)),
-            Some(vec![6, 7, 8]),
-            "up to head"
-        );
-        assert_eq!(sequences(recent.read(6, 9, 2)), Some(vec![6, 7]), "at most limit");
-        assert_eq!(sequences(recent.read(10, 10, 100)), None, "past the run");
+        assert_eq!(read(&recent, 4, 9, 100), None, "before the run: sled");
+        assert_eq!(read(&recent, 6, 8, 100), Some(vec![6, 7, 8]), "up to head");
+        assert_eq!(read(&recent, 6, 9, 2), Some(vec![6, 7]), "at most limit");
+        assert_eq!(read(&recent, 10, 10, 100), None, "past the run");
         recent.extend(events(12..=13));
-        assert_eq!(sequences(recent.read(6, 13, 100)), None, "a gap starts a new run");
-        assert_eq!(sequences(recent.read(12, 13, 100)), Some(vec![12, 13]));
+        assert_eq!(read(&recent, 6, 13, 100), None, "a gap starts a new run");
+        assert_eq!(read(&recent, 12, 13, 100), Some(vec![12, 13]));
         recent.clear();
-        assert_eq!(sequences(recent.read(12, 13, 100)), None);
+        assert_eq!(read(&recent, 12, 13, 100), None);
     }
 
     #[test]
     fn keeps_the_newest_capacity_events() {
         let recent = RecentEvents::default();
         recent.extend(events(1..=CAPACITY as u64 + 10));
-        assert_eq!(sequences(recent.read(10, 10, 1)), None);
-        assert_eq!(sequences(recent.read(11, 11, 1)), Some(vec![11]));
+        assert_eq!(read(&recent, 10, 10, 1), None);
+        assert_eq!(read(&recent, 11, 11, 1), Some(vec![11]));
     }
 }

@@ -197,12 +197,12 @@ impl Stream for Subscription {
             if this.next <= this.head {
                 // Retention may have trimmed events this subscriber had not
                 // read yet: it is told so rather than skip them.
-                match this.store.read_log(this.next, this.head, READ_CHUNK) {
-                    Ok(chunk) if !chunk.is_empty() => {
-                        this.chunk = chunk.into();
-                        continue;
-                    }
-                    Ok(_) => {}
+                match this
+                    .store
+                    .read_log_into(this.next, this.head, READ_CHUNK, &mut this.chunk)
+                {
+                    Ok(()) if !this.chunk.is_empty() => continue,
+                    Ok(()) => {}
                     Err(e) => return this.end(Some(e)),
                 }
             }
