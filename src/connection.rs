@@ -88,8 +88,9 @@ impl AsyncWrite for HeldWrites {
         let grew = self.held.len() > self.held_when_put_off;
         if grew && self.put_offs < MOST_PUT_OFFS {
             // Woken while running, this task goes to the back of the run
-            // queue: the stream tasks already woken write their frames
-            // first, and they go out in the same `send`.
+            // queue: the other connections' tasks already woken write their
+            // frames first, and what this one writes meanwhile goes out in
+            // the same `send`.
             self.put_offs += 1;
             self.held_when_put_off = self.held.len();
             cx.waker().wake_by_ref();

@@ -302,7 +302,7 @@ impl Application {
                 ))
                 .prepare();
             let service = metrics::GrpcLayer::new(self.metrics.clone())
-                .layer(guard::GuardLayer::new(self.auth, max_request_bytes).layer(routes));
+                .layer(guard::GuardLayer::new(self.auth, max_request_bytes).layer(serve::OwnTasks(routes)));
             let server = serve::serve(self.listener, self.tls, service, stop.clone(), cut.clone());
             tokio::pin!(server);
 
@@ -315,8 +315,8 @@ impl Application {
                     if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
                         tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing their connections");
                         cut.cancel();
-                        // The connections' tasks end at their next read or
-                        // write, letting go of the store.
+                        // The connections' tasks are aborted, letting go of
+                        // the store.
                         let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
                     }
                 }
@@ -334,9 +334,9 @@ impl Application {
             reporter.abort();
             let _ = follower.await;
         }
-        // Connection tasks drop their handles on the store a moment after the
-        // server returns; wait for them, so that the data dir is free when
-        // this returns (a restart in the same process can open it).
+        // Calls in tasks of their own may still hold the store a moment after
+        // the server returns; wait for them, so that the data dir is free
+        // when this returns (a restart in the same process can open it).
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let holders = 1 + usize::from(self.node.is_some());
         while Arc::strong_count(&self.store) > holders && tokio::time::Instant::now() < deadline {

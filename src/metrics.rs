@@ -3,7 +3,7 @@
 //!
 //! Each [`Metrics`] has a registry of its own, so several servers in one
 //! process (tests) never share counters. gRPC calls are counted by a tower
-//! layer around the tonic server ([`GrpcLayer`]); the store writer counts
+//! layer around the services ([`GrpcLayer`]); the store writer counts
 //! what it stores ([`Metrics::write_applied`], [`Metrics::write_acknowledged`]);
 //! each subscription registers itself for the subscriber gauges
 //! ([`Metrics::subscriber`]).
@@ -409,7 +409,7 @@ impl Collector for Subscribers {
 }
 
 // ---------------------------------------------------------------------------
-// gRPC calls: a tower layer around the tonic server
+// gRPC calls: a tower layer around the services
 // ---------------------------------------------------------------------------
 
 /// Counts every gRPC call by method and status, and times it.

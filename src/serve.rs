@@ -9,13 +9,17 @@
 //! subscriptions of a connection at once, the task polls each (they hand
 //! their frames to HTTP/2), then the connection, which writes the frames of
 //! all of them together. A connection's calls share its task the way they
-//! share its socket; the store's blocking work runs on the blocking pool, so
-//! no call holds up the others for long.
+//! share its socket. Every other call computes its answer in a task of its
+//! own ([`OwnTasks`]), so that an aggregate holds up no subscriber on its
+//! connection.
 //!
 //! What tonic's server did around the service is kept: HTTP/2 only (gRPC),
-//! its HTTP/2 settings, TLS (with ALPN `h2`), and on shutdown no new
-//! connections and a GOAWAY on each open one, whose calls may finish.
+//! its HTTP/2 settings (but hyper's limits on reset streams), TLS (with ALPN
+//! `h2`), and on shutdown no new connections and a GOAWAY on each open one,
+//! whose calls may finish. No peer address is attached to requests (nothing
+//! reads one).
 
+use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
@@ -29,6 +33,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tonic::Status;
 
 use crate::connection::HeldWrites;
 use crate::guard::Guard;
@@ -40,9 +46,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// (pings are sent only when an interval is set, which it is not).
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// tonic's routes to the services, with the metrics and the guard around
-/// them.
-pub(crate) type Service = GrpcMetered<Guard<tonic::service::Routes>>;
+/// tonic's routes to the services (each call but `Subscribe` in a task of
+/// its own), with the metrics and the guard around them.
+pub(crate) type Service = GrpcMetered<Guard<OwnTasks>>;
 type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Serves `service` on the connections `listener` accepts until `stop` is
@@ -64,7 +70,10 @@ pub(crate) async fn serve(
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
-            Some(_) = connections.join_next() => continue,
+            Some(ended) = connections.join_next() => {
+                log_panic(ended);
+                continue;
+            }
         };
         match accepted {
             Ok((stream, _)) => {
@@ -93,13 +102,27 @@ pub(crate) async fn serve(
             }
         }
     }
+    // New connections are refused from now on, not left waiting.
+    drop(listener);
     let _ = finish.send(true);
     tokio::select! {
-        () = async { while connections.join_next().await.is_some() {} } => {}
+        () = async {
+            while let Some(ended) = connections.join_next().await {
+                log_panic(ended);
+            }
+        } => {}
         () = cut.cancelled() => {
             connections.abort_all();
             while connections.join_next().await.is_some() {}
         }
+    }
+}
+
+fn log_panic(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a connection's task panicked; the connection was closed");
     }
 }
 
@@ -114,12 +137,12 @@ where
     let connection = hyper::server::conn::http2::Builder::new(calls)
         .timer(hyper_util::rt::TokioTimer::new())
         // tonic's settings: no limit on concurrent streams (the server's
-        // own limits apply per call), hyper's windows and frame size.
+        // own limits apply per call), hyper's windows and frame size; and
+        // hyper's limits on streams reset by the client or in error, which
+        // tonic lifted.
         .max_concurrent_streams(None)
         .keep_alive_interval(None)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .max_pending_accept_reset_streams(None)
-        .max_local_error_reset_streams(None)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     let mut connection = pin!(connection);
     let mut asked = pin!(async move {
@@ -143,7 +166,9 @@ where
             if let Poll::Ready(served) = connection.as_mut().poll(cx) {
                 return Poll::Ready(served);
             }
-            if started.is_empty() {
+            // Out of tokio's budget, the channel answers `Pending` (and wakes
+            // this task again) whatever it holds: go round only with budget.
+            if started.is_empty() || !tokio::task::coop::has_budget_remaining() {
                 return Poll::Pending;
             }
         }
@@ -198,9 +223,43 @@ where
                 tracing::error!("a call panicked; its stream was reset");
             }
         }));
-        // The connection's task is gone only once the connection is.
-        if let Err(mpsc::error::SendError(call)) = self.0.send(call) {
-            tokio::spawn(call);
+        // The connection's task is gone only once the connection is, and
+        // hyper starts no call after that.
+        if self.0.send(call).is_err() {
+            tracing::error!("a call started after its connection ended; dropped");
         }
+    }
+}
+
+/// tonic's routes, each call but `Subscribe` answered in a task of its own:
+/// its answer is computed on whichever core is free, not in its
+/// connection's task, where it would hold up the subscriptions and calls
+/// that share the connection. The task is aborted when the call is dropped
+/// (its client went away), as the call itself would have been.
+#[derive(Clone)]
+pub(crate) struct OwnTasks(pub tonic::service::Routes);
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for OwnTasks {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower_service::Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let subscribe = request.uri().path() == crate::api::SUBSCRIBE_PATH;
+        let answer = self.0.call(request);
+        if subscribe {
+            return Box::pin(answer);
+        }
+        let task = AbortOnDropHandle::new(tokio::spawn(answer));
+        Box::pin(async move {
+            task.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a call panicked");
+                Ok(Status::internal("the call failed inside the server").into_http())
+            })
+        })
     }
 }

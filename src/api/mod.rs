@@ -10,6 +10,7 @@ mod trade;
 pub(crate) use convert::event_to_pb;
 pub use milestones::MilestoneApi;
 pub use subscribe::MilestoneServer;
+pub(crate) use subscribe::SUBSCRIBE_PATH;
 pub use trade::TradeApi;
 
 /// Longest a read without a deadline of its own waits for its

@@ -11,7 +11,7 @@
 //! event's `SubscribeResponse`, with its gRPC prefix, is framed by the first
 //! stream that sends it and kept ([`FRAMED_EVENTS`] of the newest), and every
 //! other stream sends the same bytes. A stream behind by several messages
-//! sends them together, in one HTTP/2 frame.
+//! hands HTTP/2 up to 16 KiB of them at once.
 //!
 //! The request is read as tonic reads it (its decoder, size limit and
 //! errors); the response is what tonic would send: `content-type:
@@ -38,12 +38,12 @@ use super::milestones::{OpenSubscription, subscription_ended};
 use crate::pb::{self, milestone_service_server::MilestoneServiceServer};
 use crate::stream::{Message, Subscription};
 
-const SUBSCRIBE_PATH: &str = "/tradewatch.v1.MilestoneService/Subscribe";
+pub(crate) const SUBSCRIBE_PATH: &str = "/tradewatch.v1.MilestoneService/Subscribe";
 /// Framed events kept: as many as the store keeps decoded for live
 /// subscribers.
 pub const FRAMED_EVENTS: usize = crate::store::RECENT_EVENTS;
-/// A stream behind by several messages sends up to this many bytes of them
-/// in one frame.
+/// A stream behind by several messages hands HTTP/2 this many bytes of them
+/// at once, or a little more (they are copied together).
 const MOST_BYTES_TOGETHER: usize = 16 * 1024;
 
 /// A `Subscribe` message as the API sends it.
@@ -163,6 +163,20 @@ where
     B::Error: Into<StdError> + Send + 'static,
 {
     let (parts, body) = request.into_parts();
+    // As tonic's server without compression: a compressed request is refused.
+    if let Some(encoding) = parts.headers.get("grpc-encoding")
+        && encoding != "identity"
+    {
+        let mut status = Status::unimplemented(format!(
+            "Content is compressed with `{}` which isn't supported",
+            String::from_utf8_lossy(encoding.as_bytes())
+        ));
+        status.metadata_mut().insert(
+            "grpc-accept-encoding",
+            tonic::metadata::MetadataValue::from_static("identity"),
+        );
+        return Err(status);
+    }
     let decoder = ProstCodec::<pb::SubscribeResponse, pb::SubscribeRequest>::default().decoder();
     let mut messages = Streaming::new_request(decoder, body, None, Some(max));
     let message = messages
