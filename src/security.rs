@@ -126,6 +126,10 @@ impl Auth {
     }
 }
 
+/// How long a client gets to finish the TLS handshake (gRPC and the web
+/// page alike).
+pub(crate) const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The PEM files of the server's TLS identity: a certificate (chain) and its
 /// private key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,8 +40,6 @@ use crate::connection::HeldWrites;
 use crate::guard::Guard;
 use crate::metrics::GrpcMetered;
 
-/// How long a client gets to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// tonic's default: how long an HTTP/2 keep-alive ping may go unanswered
 /// (pings are sent only when an interval is set, which it is not).
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -85,7 +83,12 @@ pub(crate) async fn serve(
                     match tls {
                         None => serve_connection(stream, service, finishing).await,
                         Some(acceptor) => {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            match tokio::time::timeout(
+                                crate::security::HANDSHAKE_TIMEOUT,
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
                                 Ok(Ok(stream)) => serve_connection(stream, service, finishing).await,
                                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!("TLS handshake timed out"),

@@ -32,8 +32,6 @@ use route::{Rejection, Route};
 
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("page.js");
-/// A TLS handshake that takes longer is given up.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 type Response = http::Response<Body>;
@@ -104,14 +102,16 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let served = match tls {
         None => serve_http(stream, site, stop).await,
-        Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => serve_http(stream, site, stop).await,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "web TLS handshake failed");
-                return;
+        Some(acceptor) => {
+            match tokio::time::timeout(crate::security::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_http(stream, site, stop).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "web TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
             }
-            Err(_) => return,
-        },
+        }
     };
     if let Err(e) = served {
         tracing::debug!(error = %e, "web connection ended");
