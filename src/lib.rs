@@ -283,27 +283,26 @@ impl Application {
         // at the end of this block.
         {
             use tower_layer::Layer as _;
+            let milestones = api::MilestoneApi::new(self.store.clone(), stop.clone())
+                .with_limits(self.limits.clone())
+                .with_writes(writes.clone());
+            let heads = milestones.heads();
             let routes = tonic::service::Routes::new(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(
                     TradeServiceServer::new(
                         api::TradeApi::new(self.store.clone())
-                            .with_limits(self.limits.clone())
-                            .with_writes(writes.clone()),
+                            .with_limits(self.limits)
+                            .with_writes(writes),
                     )
                     .max_decoding_message_size(max_request_bytes),
                 )
-                .add_service(api::MilestoneServer::new(
-                    api::MilestoneApi::new(self.store.clone(), stop.clone())
-                        .with_limits(self.limits)
-                        .with_writes(writes),
-                    max_request_bytes,
-                ))
+                .add_service(api::MilestoneServer::new(milestones, max_request_bytes))
                 .prepare();
             let service = metrics::GrpcLayer::new(self.metrics.clone())
-                .layer(guard::GuardLayer::new(self.auth, max_request_bytes).layer(serve::OwnTasks(routes)));
-            let server = serve::serve(self.listener, self.tls, service, stop.clone(), cut.clone());
+                .layer(guard::GuardLayer::new(self.auth, max_request_bytes).layer(serve::Answered(routes)));
+            let server = serve::serve(self.listener, self.tls, service, heads, stop.clone(), cut.clone());
             tokio::pin!(server);
 
             tokio::select! {

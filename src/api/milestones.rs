@@ -52,6 +52,11 @@ impl MilestoneApi {
         }
     }
 
+    /// What its subscriptions wait on.
+    pub fn heads(&self) -> stream::Heads {
+        self.heads.clone()
+    }
+
     pub fn with_limits(self, limits: Limits) -> Self {
         MilestoneApi {
             subscribers: Arc::new(Semaphore::new(limits.max_subscribers)),
@@ -426,7 +431,7 @@ impl MilestoneApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<OpenSubscription, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         let wanted = EventFilter::parse(&request.kinds, &request.watch_ids)?;
         super::caught_up(&self.store, request.min_log_position, &metadata).await?;
         // Released when the stream is dropped: ended, or its client gone.
@@ -437,12 +442,15 @@ impl MilestoneApi {
                  (max_subscribers, --max-subscribers); try again later"
             ))
         })?;
-        let messages = stream::subscribe(
-            self.store.clone(),
-            &self.heads,
-            request.from_sequence,
-            move |event| wanted.matches(event),
-        )?;
+        let wanted = move |event: &Event| wanted.matches(event);
+        // Served by `crate::serve`, the stream is polled by its connection's
+        // task, which waits for the heads on its behalf.
+        let messages = match extensions.get::<stream::RelayedBeat>() {
+            Some(relayed) => {
+                stream::subscribe_relayed(self.store.clone(), relayed, request.from_sequence, wanted)?
+            }
+            None => stream::subscribe(self.store.clone(), &self.heads, request.from_sequence, wanted)?,
+        };
         Ok(OpenSubscription { messages, permit })
     }
 }

@@ -9,11 +9,14 @@
 //!
 //! There is no task or channel per subscriber: with 10,000 subscribers,
 //! each new event costs 10,000 polls of these streams and nothing else
-//! (see `RecentEvents` for how the event itself is shared).
+//! (see `RecentEvents` for how the event itself is shared). The
+//! subscriptions of one gRPC connection are all polled by its task, which
+//! waits for the head to move once for all of them ([`Relay`]).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -79,6 +82,91 @@ impl Heads {
     }
 }
 
+/// The beat passed on by one task to the subscriptions that it alone
+/// polls, so that they wait on nothing themselves: the task waits for
+/// [`Heads`] to move once ([`Relay::poll`]) and then polls them all. With
+/// 10,000 subscribers on 100 connections an event costs 100 registrations
+/// and wakeups instead of 10,000.
+pub struct Relay {
+    beats: WatchStream<Beat>,
+    relayed: RelayedBeat,
+}
+
+/// The beat as a [`Relay`] last passed it on; what a subscription opened
+/// with [`subscribe_relayed`] reads instead of waiting.
+#[derive(Debug, Clone)]
+pub struct RelayedBeat(Arc<RelayedState>);
+
+#[derive(Debug)]
+struct RelayedState {
+    head: AtomicU64,
+    tick: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Heads {
+    /// A relay of these heads for the subscriptions one task polls.
+    pub fn relay(&self) -> Relay {
+        let mut beats = self.0.clone();
+        let beat = *beats.borrow_and_update();
+        Relay {
+            beats: WatchStream::from_changes(beats),
+            relayed: RelayedBeat(Arc::new(RelayedState {
+                head: AtomicU64::new(beat.head),
+                tick: AtomicU64::new(beat.tick),
+                closed: AtomicBool::new(false),
+            })),
+        }
+    }
+}
+
+impl Relay {
+    /// Takes in the newest beat and registers the calling task to be woken
+    /// at the next; the task must then poll every subscription it relays to.
+    pub fn poll(&mut self, cx: &mut Context<'_>) {
+        let state = &self.relayed.0;
+        while let Poll::Ready(beat) = Pin::new(&mut self.beats).poll_next(cx) {
+            match beat {
+                Some(beat) => {
+                    state.head.fetch_max(beat.head, Ordering::Relaxed);
+                    state.tick.fetch_max(beat.tick, Ordering::Relaxed);
+                }
+                None => {
+                    state.closed.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// What the subscriptions opened with [`subscribe_relayed`] read.
+    pub fn relayed(&self) -> RelayedBeat {
+        self.relayed.clone()
+    }
+}
+
+impl RelayedBeat {
+    /// The beat now, or `None` once the heads have stopped.
+    fn get(&self) -> Option<Beat> {
+        let state = &self.0;
+        if state.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(Beat {
+            head: state.head.load(Ordering::Relaxed),
+            tick: state.tick.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Where a subscription learns that the head moved or the clock ticked.
+enum Beats {
+    /// It waits on the heads itself.
+    Own(WatchStream<Beat>),
+    /// A [`Relay`] waits for it and has it polled.
+    Relayed(RelayedBeat),
+}
+
 /// What a subscription sends, in order.
 #[derive(Debug, Clone)]
 pub enum Message {
@@ -103,6 +191,36 @@ pub fn subscribe(
 ) -> Result<Subscription> {
     let mut beats = heads.0.clone();
     let beat = *beats.borrow_and_update();
+    open(
+        store,
+        Beats::Own(WatchStream::from_changes(beats)),
+        beat,
+        from,
+        Box::new(wanted),
+    )
+}
+
+/// As [`subscribe`], for a subscription that only the task holding the
+/// [`Relay`] of `relayed` polls: it waits on nothing and is never woken by
+/// the heads itself (polled by another task, it would stall).
+pub fn subscribe_relayed(
+    store: Arc<Store>,
+    relayed: &RelayedBeat,
+    from: u64,
+    wanted: impl Fn(&Event) -> bool + Send + 'static,
+) -> Result<Subscription> {
+    // A relay that has stopped ends the stream at its first poll.
+    let beat = relayed.get().unwrap_or(Beat { head: 0, tick: 0 });
+    open(
+        store,
+        Beats::Relayed(relayed.clone()),
+        beat,
+        from,
+        Box::new(wanted),
+    )
+}
+
+fn open(store: Arc<Store>, beats: Beats, beat: Beat, from: u64, wanted: Wanted) -> Result<Subscription> {
     // The store's own head may be a moment ahead of the one `heads` has
     // passed on.
     let head = store.durable_head().max(beat.head);
@@ -118,10 +236,10 @@ pub fn subscribe(
     let position = store.metrics().subscriber(store.subscribe_head(), next - 1);
     Ok(Subscription {
         store,
-        wanted: Box::new(wanted),
+        wanted,
         head,
         next,
-        beats: WatchStream::from_changes(beats),
+        beats,
         tick: beat.tick,
         chunk: VecDeque::new(),
         opened: false,
@@ -142,7 +260,7 @@ pub struct Subscription {
     /// The sequence to consider next.
     next: u64,
     /// Each move of the durable head or the progress clock.
-    beats: WatchStream<Beat>,
+    beats: Beats,
     /// The progress clock as last seen.
     tick: u64,
     /// Events read from the log and not considered yet.
@@ -169,6 +287,19 @@ impl Subscription {
     fn end(&mut self, last: Option<Error>) -> Poll<Option<Result<Message>>> {
         self.ended = true;
         Poll::Ready(last.map(Err))
+    }
+
+    /// The beat, if it moved since it was last seen; `None` once the heads
+    /// have stopped.
+    fn poll_beat(&mut self, cx: &mut Context<'_>) -> Poll<Option<Beat>> {
+        match &mut self.beats {
+            Beats::Own(beats) => Pin::new(beats).poll_next(cx),
+            Beats::Relayed(relayed) => match relayed.get() {
+                None => Poll::Ready(None),
+                Some(beat) if beat.head > self.head || beat.tick > self.tick => Poll::Ready(Some(beat)),
+                Some(_) => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -210,7 +341,7 @@ impl Stream for Subscription {
                 this.caught_up = true;
                 return this.send(Message::CaughtUp { head: this.head });
             }
-            match Pin::new(&mut this.beats).poll_next(cx) {
+            match this.poll_beat(cx) {
                 Poll::Ready(Some(beat)) => {
                     this.head = this.head.max(beat.head);
                     if beat.tick != this.tick {

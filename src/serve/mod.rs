@@ -1,0 +1,312 @@
+//! The gRPC server's accept loop and HTTP/2 connections, served with the
+//! `h2` crate; each connection's task sends the messages of all its
+//! `Subscribe` streams itself.
+//!
+//! An event goes to every live subscriber at once. Served the usual way
+//! (tonic's server on hyper), each subscription is a future of its own per
+//! HTTP/2 stream, waiting for the head to move, woken, scheduled and polled
+//! for every event, its frame handed to HTTP/2 through several layers of
+//! body; with 10,000 subscribers that machinery was most of a delivery's
+//! cost. Here a connection's task waits for the head to move once for all
+//! its subscriptions (a [`crate::stream::Relay`]), then polls each one's
+//! body in a plain loop and hands what it has to HTTP/2 ([`Pipe`]), then
+//! polls the connection, which writes the frames of all of them together.
+//! Every other call, and the opening of a subscription, runs in a task of
+//! its own (answering on whichever core is free, holding up no subscriber).
+//!
+//! What tonic's server did around the service is kept: HTTP/2 only (gRPC),
+//! hyper's HTTP/2 settings and limits on reset streams (but no limit on
+//! concurrent streams: the server's own limits apply per call), TLS (with
+//! ALPN `h2`), a panicking call answered `INTERNAL`, a call dropped when its
+//! client resets it, and on shutdown no new connections and a GOAWAY on
+//! each open one, whose calls may finish. No peer address is attached to
+//! requests (nothing reads one), nor a `date` header to responses.
+
+mod pipe;
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tower_service::Service as _;
+
+use self::pipe::{Pipe, RequestBody};
+use crate::connection::HeldWrites;
+use crate::guard::Guard;
+use crate::metrics::{GrpcMetered, MeteredBody};
+use crate::stream::Heads;
+
+/// hyper's HTTP/2 settings, as tonic's server had them.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUFFER_SIZE: usize = 400 * 1024;
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// tonic's routes to the services, with the metrics and the guard around
+/// them.
+pub(crate) type Service = GrpcMetered<Guard<Answered>>;
+type ResponseBody = MeteredBody<tonic::body::Body>;
+
+/// Serves `service` on the connections `listener` accepts until `stop` is
+/// cancelled; then takes no new connection, asks each open one to finish
+/// (GOAWAY) and returns once all have closed, or at once when `cut` is
+/// cancelled: the connections' tasks are then aborted, dropping what they
+/// hold (a connection whose client stopped reading cannot finish: its last
+/// frames wait for window space).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    service: Service,
+    heads: Heads,
+    stop: CancellationToken,
+    cut: CancellationToken,
+) {
+    let (finish, finishing) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+            Some(ended) = connections.join_next() => {
+                log_panic(ended);
+                continue;
+            }
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                // Small responses must not wait for the client's delayed ACK.
+                let _ = stream.set_nodelay(true);
+                let stream = HeldWrites::new(stream);
+                let (tls, finishing) = (tls.clone(), finishing.clone());
+                let (service, heads) = (service.clone(), heads.clone());
+                connections.spawn(async move {
+                    match tls {
+                        None => serve_connection(stream, service, heads, finishing).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(
+                                crate::security::HANDSHAKE_TIMEOUT,
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(stream)) => serve_connection(stream, service, heads, finishing).await,
+                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it
+                // was taken: go on after a moment rather than spin.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // New connections are refused from now on, not left waiting.
+    drop(listener);
+    let _ = finish.send(true);
+    tokio::select! {
+        () = async {
+            while let Some(ended) = connections.join_next().await {
+                log_panic(ended);
+            }
+        } => {}
+        () = cut.cancelled() => {
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
+        }
+    }
+}
+
+fn log_panic(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a connection's task panicked; the connection was closed");
+    }
+}
+
+/// One HTTP/2 connection until it closes; asked to finish (GOAWAY) once
+/// `finishing` turns true.
+async fn serve_connection<IO>(io: IO, service: Service, heads: Heads, mut finishing: watch::Receiver<bool>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut asked = pin!(async move {
+        let _ = finishing.wait_for(|finish| *finish).await;
+    });
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .max_send_buffer_size(MAX_SEND_BUFFER_SIZE)
+        .handshake::<_, Bytes>(io);
+    let mut connection = tokio::select! {
+        handshake = handshake => match handshake {
+            Ok(connection) => connection,
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/2 handshake failed");
+                return;
+            }
+        },
+        () = &mut asked => return,
+    };
+    let mut asked_to_finish = false;
+    let mut relay = heads.relay();
+    // Subscriptions opened (in their calls' tasks) and to be sent by this one.
+    let (opened, mut subscribed) = mpsc::unbounded_channel();
+    let mut subscriptions: Vec<Pipe<ResponseBody>> = Vec::new();
+    // Aborted with the connection, as the calls' futures were dropped.
+    let mut calls = JoinSet::new();
+    let served = poll_fn(|cx| {
+        if !asked_to_finish && asked.as_mut().poll(cx).is_ready() {
+            asked_to_finish = true;
+            connection.graceful_shutdown();
+        }
+        relay.poll(cx);
+        while let Poll::Ready(Some(pipe)) = subscribed.poll_recv(cx) {
+            subscriptions.push(pipe);
+        }
+        // Each subscription hands HTTP/2 what it has to send…
+        subscriptions.retain_mut(|pipe| send_subscription(pipe, cx));
+        while let Poll::Ready(Some(ended)) = calls.poll_join_next(cx) {
+            if let Err(e) = ended
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "a call's task panicked sending its response; its stream was reset");
+            }
+        }
+        // …which the connection writes together, and reads what comes in.
+        loop {
+            match connection.poll_accept(cx) {
+                Poll::Ready(Some(Ok((mut request, respond)))) => {
+                    if request.uri().path() == crate::api::SUBSCRIBE_PATH {
+                        request.extensions_mut().insert(relay.relayed());
+                    }
+                    calls.spawn(answer(service.clone(), request, respond, opened.clone()));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "gRPC connection ended");
+    }
+}
+
+/// Sends what a subscription has ready; `false` once its stream has ended.
+fn send_subscription(pipe: &mut Pipe<ResponseBody>, cx: &mut std::task::Context<'_>) -> bool {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| pipe.poll_send(cx))) {
+        Ok(Poll::Pending) => true,
+        Ok(Poll::Ready(Ok(()))) => false,
+        Ok(Poll::Ready(Err(e))) => {
+            tracing::debug!(error = %e, "a Subscribe stream ended early");
+            false
+        }
+        Err(_) => {
+            tracing::error!("a Subscribe stream panicked; it was reset");
+            pipe.reset(Reason::INTERNAL_ERROR);
+            false
+        }
+    }
+}
+
+/// One call, in a task of its own: its answer, then its response body sent
+/// (a subscription's is handed to the connection's task through `opened`).
+/// Dropped when the client resets the stream before the answer is ready.
+async fn answer(
+    mut service: Service,
+    request: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    opened: mpsc::UnboundedSender<Pipe<ResponseBody>>,
+) {
+    let subscribe = request.uri().path() == crate::api::SUBSCRIBE_PATH;
+    let mut answer = pin!(async {
+        let Ok(()) =
+            poll_fn(|cx| tower_service::Service::<http::Request<RequestBody>>::poll_ready(&mut service, cx))
+                .await;
+        let Ok(response) = service.call(request.map(RequestBody::new)).await;
+        response
+    });
+    let answered = poll_fn(|cx| {
+        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        respond.poll_reset(cx).map(|_| None)
+    });
+    let Some(response) = answered.await else {
+        return;
+    };
+    let (parts, body) = response.into_parts();
+    let head = http::Response::from_parts(parts, ());
+    if http_body::Body::is_end_stream(&body) {
+        if let Err(e) = respond.send_response(head, true) {
+            tracing::debug!(error = %e, "sending a response failed");
+        }
+        return;
+    }
+    let stream = match respond.send_response(head, false) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(error = %e, "sending a response failed");
+            return;
+        }
+    };
+    let mut pipe = Pipe::new(body, stream);
+    if subscribe {
+        // The connection's task is gone only once the connection is.
+        let _ = opened.send(pipe);
+        return;
+    }
+    if let Err(e) = poll_fn(|cx| pipe.poll_send(cx)).await {
+        tracing::debug!(error = %e, "a response ended early");
+    }
+}
+
+/// tonic's routes, a panicking call answered `INTERNAL` (as a task of its
+/// own would have ended alone).
+#[derive(Clone)]
+pub(crate) struct Answered(pub tonic::service::Routes);
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Answered {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower_service::Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let answer = AssertUnwindSafe(self.0.call(request)).catch_unwind();
+        Box::pin(answer.map(|answered| {
+            answered.unwrap_or_else(|_| {
+                tracing::error!("a call panicked");
+                Ok(Status::internal("the call failed inside the server").into_http())
+            })
+        }))
+    }
+}
