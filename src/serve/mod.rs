@@ -11,8 +11,9 @@
 //! its subscriptions (a [`crate::stream::Relay`]), then polls each one's
 //! body in a plain loop and hands what it has to HTTP/2 ([`Pipe`]), then
 //! polls the connection, which writes the frames of all of them together.
-//! Every other call, and the opening of a subscription, runs in a task of
-//! its own (answering on whichever core is free, holding up no subscriber).
+//! Every call computes its answer (a subscription's: opens it) in a task of
+//! its own, on whichever core is free, holding up no subscriber; the
+//! connection's task sends it.
 //!
 //! What tonic's server did around the service is kept: HTTP/2 only (gRPC),
 //! hyper's HTTP/2 settings and limits on reset streams (but no limit on
@@ -173,9 +174,11 @@ where
     };
     let mut asked_to_finish = false;
     let mut relay = heads.relay();
-    // Subscriptions opened (in their calls' tasks) and to be sent by this one.
-    let (opened, mut subscribed) = mpsc::unbounded_channel();
-    let mut subscriptions: Vec<Pipe<ResponseBody>> = Vec::new();
+    // Answers computed in the calls' tasks, to be sent by this one, and the
+    // response bodies being sent (the subscriptions' for as long as they
+    // last).
+    let (answered, mut answers) = mpsc::unbounded_channel();
+    let mut sending: Vec<Pipe<ResponseBody>> = Vec::new();
     // Aborted with the connection, as the calls' futures were dropped.
     let mut calls = JoinSet::new();
     let served = poll_fn(|cx| {
@@ -184,16 +187,16 @@ where
             connection.graceful_shutdown();
         }
         relay.poll(cx);
-        while let Poll::Ready(Some(pipe)) = subscribed.poll_recv(cx) {
-            subscriptions.push(pipe);
+        while let Poll::Ready(Some(answer)) = answers.poll_recv(cx) {
+            sending.extend(respond(answer));
         }
-        // Each subscription hands HTTP/2 what it has to send…
-        subscriptions.retain_mut(|pipe| send_subscription(pipe, cx));
+        // Each response hands HTTP/2 what it has to send…
+        sending.retain_mut(|pipe| send_body(pipe, cx));
         while let Poll::Ready(Some(ended)) = calls.poll_join_next(cx) {
             if let Err(e) = ended
                 && e.is_panic()
             {
-                tracing::error!(error = %e, "a call's task panicked sending its response; its stream was reset");
+                tracing::error!(error = %e, "a call's task panicked; its stream was reset");
             }
         }
         // …which the connection writes together, and reads what comes in.
@@ -203,7 +206,7 @@ where
                     if request.uri().path() == crate::api::SUBSCRIBE_PATH {
                         request.extensions_mut().insert(relay.relayed());
                     }
-                    calls.spawn(answer(service.clone(), request, respond, opened.clone()));
+                    calls.spawn(answer(service.clone(), request, respond, answered.clone()));
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
@@ -217,33 +220,61 @@ where
     }
 }
 
-/// Sends what a subscription has ready; `false` once its stream has ended.
-fn send_subscription(pipe: &mut Pipe<ResponseBody>, cx: &mut std::task::Context<'_>) -> bool {
+/// Sends what a response body has ready; `false` once its stream has
+/// ended.
+fn send_body(pipe: &mut Pipe<ResponseBody>, cx: &mut std::task::Context<'_>) -> bool {
     match std::panic::catch_unwind(AssertUnwindSafe(|| pipe.poll_send(cx))) {
         Ok(Poll::Pending) => true,
         Ok(Poll::Ready(Ok(()))) => false,
         Ok(Poll::Ready(Err(e))) => {
-            tracing::debug!(error = %e, "a Subscribe stream ended early");
+            tracing::debug!(error = %e, "a response ended early");
             false
         }
         Err(_) => {
-            tracing::error!("a Subscribe stream panicked; it was reset");
+            tracing::error!("a response body panicked; its stream was reset");
             pipe.reset(Reason::INTERNAL_ERROR);
             false
         }
     }
 }
 
-/// One call, in a task of its own: its answer, then its response body sent
-/// (a subscription's is handed to the connection's task through `opened`).
-/// Dropped when the client resets the stream before the answer is ready.
+/// A call's answer, computed in the call's task.
+struct Answer {
+    respond: SendResponse<Bytes>,
+    response: http::Response<ResponseBody>,
+}
+
+/// Sends an answer's head: the whole response when its body is empty
+/// (trailers-only), else a [`Pipe`] for the body.
+fn respond(
+    Answer {
+        mut respond,
+        response,
+    }: Answer,
+) -> Option<Pipe<ResponseBody>> {
+    let (parts, body) = response.into_parts();
+    let head = http::Response::from_parts(parts, ());
+    let end = http_body::Body::is_end_stream(&body);
+    match respond.send_response(head, end) {
+        Ok(_) if end => None,
+        Ok(stream) => Some(Pipe::new(body, stream)),
+        Err(e) => {
+            tracing::debug!(error = %e, "sending a response failed");
+            None
+        }
+    }
+}
+
+/// One call's answer, computed in a task of its own, then handed to the
+/// connection's task to send (so that its head, body and trailers go out
+/// in one write, and a subscription is polled by that task alone). Dropped
+/// when the client resets the stream before the answer is ready.
 async fn answer(
     mut service: Service,
     request: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    opened: mpsc::UnboundedSender<Pipe<ResponseBody>>,
+    answered: mpsc::UnboundedSender<Answer>,
 ) {
-    let subscribe = request.uri().path() == crate::api::SUBSCRIBE_PATH;
     let mut answer = pin!(async {
         let Ok(()) =
             poll_fn(|cx| tower_service::Service::<http::Request<RequestBody>>::poll_ready(&mut service, cx))
@@ -251,38 +282,15 @@ async fn answer(
         let Ok(response) = service.call(request.map(RequestBody::new)).await;
         response
     });
-    let answered = poll_fn(|cx| {
+    let response = poll_fn(|cx| {
         if let Poll::Ready(response) = answer.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
         }
         respond.poll_reset(cx).map(|_| None)
     });
-    let Some(response) = answered.await else {
-        return;
-    };
-    let (parts, body) = response.into_parts();
-    let head = http::Response::from_parts(parts, ());
-    if http_body::Body::is_end_stream(&body) {
-        if let Err(e) = respond.send_response(head, true) {
-            tracing::debug!(error = %e, "sending a response failed");
-        }
-        return;
-    }
-    let stream = match respond.send_response(head, false) {
-        Ok(stream) => stream,
-        Err(e) => {
-            tracing::debug!(error = %e, "sending a response failed");
-            return;
-        }
-    };
-    let mut pipe = Pipe::new(body, stream);
-    if subscribe {
+    if let Some(response) = response.await {
         // The connection's task is gone only once the connection is.
-        let _ = opened.send(pipe);
-        return;
-    }
-    if let Err(e) = poll_fn(|cx| pipe.poll_send(cx)).await {
-        tracing::debug!(error = %e, "a response ended early");
+        let _ = answered.send(Answer { respond, response });
     }
 }
 
