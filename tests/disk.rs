@@ -432,10 +432,11 @@ async fn full_disk_refuses_writes_and_resumes_when_space_returns() {
 
     // Another program takes more: now every write is refused, even one
     // that would change nothing. (It leaves a little: on a disk with no
-    // space at all sled may fail on its own, cleaning its log in the
-    // background, and the store then stops until restarted.)
+    // space at all sled may fail on its own, flushing and cleaning its log
+    // in the background, and the store then stops until restarted; with
+    // 4 MiB left that happened once in many runs.)
     let filler = mount.dir.join("filler");
-    fill_up(&filler, 4 << 20);
+    fill_up(&filler, 6 << 20);
     let says = [
         "is full (",
         "MiB free; tradewatch keeps 16 MiB free",
@@ -443,7 +444,7 @@ async fn full_disk_refuses_writes_and_resumes_when_space_returns() {
         "writes resume once space is freed",
     ];
     assert_writes_refused(&mut client, Code::ResourceExhausted, &says, &data).await;
-    // It says what is left: about the 4 MiB the filler left (sled's log
+    // It says what is left: about the 6 MiB the filler left (sled's log
     // goes on flushing and cleaning in the background).
     let refused = client.put_records(put(batch(999_999))).await.unwrap_err();
     let free: f64 = refused
@@ -453,7 +454,7 @@ async fn full_disk_refuses_writes_and_resumes_when_space_returns() {
         .and_then(|rest| rest.split(" MiB free").next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{:?} does not say how much is free", refused.message()));
-    assert!((2.0..=6.0).contains(&free), "{:?}", refused.message());
+    assert!((4.0..=8.0).contains(&free), "{:?}", refused.message());
 
     read_batch(&mut client, 0).await.expect("reads answer");
     read_batch(&mut client, *acknowledged.last().unwrap())
