@@ -1,7 +1,8 @@
-//! How the server serves one HTTP/2 connection: its calls are polled by the
-//! connection's own task (`src/serve/mod.rs`), so these tests open many streams
-//! on one connection at once, as a client with one channel does, and check
-//! that each is served.
+//! How the server serves one HTTP/2 connection: its task sends every
+//! response and polls every subscription of the connection
+//! (`src/serve/mod.rs`), so these tests open many streams on one connection
+//! at once, as a client with one channel does, and check that each is
+//! served.
 
 mod common;
 

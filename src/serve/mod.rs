@@ -12,8 +12,10 @@
 //! body in a plain loop and hands what it has to HTTP/2 ([`Pipe`]), then
 //! polls the connection, which writes the frames of all of them together.
 //! Every call computes its answer (a subscription's: opens it) in a task of
-//! its own, on whichever core is free, holding up no subscriber; the
-//! connection's task sends it.
+//! its own, on whichever core is free, and with it what its body has ready
+//! (tonic encodes a message as the body is polled): up to 64 KiB of a large
+//! answer is encoded there, holding up no subscriber. The connection's task
+//! sends it.
 //!
 //! What tonic's server did around the service is kept: HTTP/2 only (gRPC),
 //! hyper's HTTP/2 settings and limits on reset streams (but no limit on
@@ -44,11 +46,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tower_service::Service as _;
 
-use self::pipe::{Pipe, RequestBody};
+use self::pipe::{Pipe, Prepared, RequestBody};
 use crate::connection::HeldWrites;
 use crate::guard::Guard;
 use crate::metrics::{GrpcMetered, MeteredBody};
-use crate::stream::Heads;
+use crate::stream::{Heads, Relay};
 
 /// hyper's HTTP/2 settings, as tonic's server had them.
 const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -61,7 +63,8 @@ const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// tonic's routes to the services, with the metrics and the guard around
 /// them.
 pub(crate) type Service = GrpcMetered<Guard<Answered>>;
-type ResponseBody = MeteredBody<tonic::body::Body>;
+/// A response's body as the connection's task sends it.
+type ResponseBody = Prepared<MeteredBody<tonic::body::Body>>;
 
 /// Serves `service` on the connections `listener` accepts until `stop` is
 /// cancelled; then takes no new connection, asks each open one to finish
@@ -173,7 +176,9 @@ where
         () = &mut asked => return,
     };
     let mut asked_to_finish = false;
-    let mut relay = heads.relay();
+    // Made when the connection's first subscription is opened (a
+    // connection that never subscribes is not woken by every write).
+    let mut relay: Option<Relay> = None;
     // Answers computed in the calls' tasks, to be sent by this one, and the
     // response bodies being sent (the subscriptions' for as long as they
     // last).
@@ -186,7 +191,9 @@ where
             asked_to_finish = true;
             connection.graceful_shutdown();
         }
-        relay.poll(cx);
+        if let Some(relay) = &mut relay {
+            relay.poll(cx);
+        }
         while let Poll::Ready(Some(answer)) = answers.poll_recv(cx) {
             sending.extend(respond(answer));
         }
@@ -204,6 +211,10 @@ where
             match connection.poll_accept(cx) {
                 Poll::Ready(Some(Ok((mut request, respond)))) => {
                     if request.uri().path() == crate::api::SUBSCRIBE_PATH {
+                        // Polled (registered) at the start of the round
+                        // that receives the subscription, before its body:
+                        // it passes on every beat since it was made.
+                        let relay = relay.get_or_insert_with(|| heads.relay());
                         request.extensions_mut().insert(relay.relayed());
                     }
                     calls.spawn(answer(service.clone(), request, respond, answered.clone()));
@@ -241,7 +252,8 @@ fn send_body(pipe: &mut Pipe<ResponseBody>, cx: &mut std::task::Context<'_>) -> 
 /// A call's answer, computed in the call's task.
 struct Answer {
     respond: SendResponse<Bytes>,
-    response: http::Response<ResponseBody>,
+    head: http::response::Parts,
+    body: ResponseBody,
 }
 
 /// Sends an answer's head: the whole response when its body is empty
@@ -249,49 +261,75 @@ struct Answer {
 fn respond(
     Answer {
         mut respond,
-        response,
+        head,
+        body,
     }: Answer,
 ) -> Option<Pipe<ResponseBody>> {
-    let (parts, body) = response.into_parts();
-    let head = http::Response::from_parts(parts, ());
     let end = http_body::Body::is_end_stream(&body);
-    match respond.send_response(head, end) {
+    match respond.send_response(http::Response::from_parts(head, ()), end) {
         Ok(_) if end => None,
         Ok(stream) => Some(Pipe::new(body, stream)),
         Err(e) => {
             tracing::debug!(error = %e, "sending a response failed");
+            respond.send_reset(Reason::INTERNAL_ERROR);
             None
         }
     }
 }
 
-/// One call's answer, computed in a task of its own, then handed to the
-/// connection's task to send (so that its head, body and trailers go out
-/// in one write, and a subscription is polled by that task alone). Dropped
-/// when the client resets the stream before the answer is ready.
+/// One call's answer, computed in a task of its own with what its body has
+/// ready (see [`Prepared`]), then handed to the connection's task to send
+/// (so that its head, message and trailers go out in one write, and a
+/// subscription is polled by that task alone). A panic anywhere in the
+/// call answers `INTERNAL`. Dropped when the client resets the stream
+/// before the answer is ready.
 async fn answer(
     mut service: Service,
     request: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     answered: mpsc::UnboundedSender<Answer>,
 ) {
-    let mut answer = pin!(async {
+    let subscribe = request.uri().path() == crate::api::SUBSCRIBE_PATH;
+    let computed = AssertUnwindSafe(async {
         let Ok(()) =
             poll_fn(|cx| tower_service::Service::<http::Request<RequestBody>>::poll_ready(&mut service, cx))
                 .await;
         let Ok(response) = service.call(request.map(RequestBody::new)).await;
-        response
-    });
-    let response = poll_fn(|cx| {
-        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
-            return Poll::Ready(Some(response));
+        let (head, body) = response.into_parts();
+        let body = if subscribe {
+            Prepared::later(body)
+        } else {
+            let mut body = Some(body);
+            // Polled once: `body` is there.
+            poll_fn(|cx| Poll::Ready(body.take().map(|body| Prepared::now(body, cx))))
+                .await
+                .unwrap_or_else(Prepared::empty)
+        };
+        (head, body)
+    })
+    .catch_unwind();
+    let mut computed = pin!(computed);
+    let computed = poll_fn(|cx| {
+        if let Poll::Ready(computed) = computed.as_mut().poll(cx) {
+            return Poll::Ready(Some(computed));
         }
         respond.poll_reset(cx).map(|_| None)
     });
-    if let Some(response) = response.await {
-        // The connection's task is gone only once the connection is.
-        let _ = answered.send(Answer { respond, response });
-    }
+    let Some(computed) = computed.await else {
+        return;
+    };
+    let (head, body) = computed.unwrap_or_else(|_| {
+        tracing::error!("a call panicked");
+        let (head, ()) = internal().into_http::<()>().into_parts();
+        (head, Prepared::empty())
+    });
+    // The connection's task is gone only once the connection is.
+    let _ = answered.send(Answer { respond, head, body });
+}
+
+/// A call that failed inside the server (it panicked).
+fn internal() -> Status {
+    Status::internal("the call failed inside the server")
 }
 
 /// tonic's routes, a panicking call answered `INTERNAL` (as a task of its
@@ -313,7 +351,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Answered {
         Box::pin(answer.map(|answered| {
             answered.unwrap_or_else(|_| {
                 tracing::error!("a call panicked");
-                Ok(Status::internal("the call failed inside the server").into_http())
+                Ok(internal().into_http())
             })
         }))
     }

@@ -1,6 +1,7 @@
 //! Between HTTP/2 streams (the `h2` crate) and the bodies of requests and
 //! responses (`http_body`), as hyper passes them.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -9,6 +10,10 @@ use h2::{Reason, RecvStream, SendStream};
 use http_body::{Body, Frame};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Response data a call's task makes ready before it hands the response
+/// over, at most (or a little more: whole frames).
+const MOST_PREPARED: usize = 64 * 1024;
 
 /// A request's body: its DATA frames, then its trailers. What is read is
 /// released to the client's flow-control window at once.
@@ -158,5 +163,143 @@ where
                 }
             }
         }
+    }
+}
+
+/// A response body with the frames its call's task had made ready before
+/// handing it to the connection's task. tonic encodes a response as its
+/// body is polled; polled first in the call's task, a large answer is
+/// encoded there, not in the connection's task, where it would hold up the
+/// connection's subscriptions.
+pub(super) struct Prepared<B: Body> {
+    ready: VecDeque<Result<Frame<Bytes>, B::Error>>,
+    /// The body after those frames; `None` once it has ended.
+    rest: Option<B>,
+}
+
+impl<B> Prepared<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    /// `body`, to be polled by the connection's task only.
+    pub(super) fn later(body: B) -> Self {
+        Prepared {
+            ready: VecDeque::new(),
+            rest: Some(body),
+        }
+    }
+
+    /// No body at all.
+    pub(super) fn empty() -> Self {
+        Prepared {
+            ready: VecDeque::new(),
+            rest: None,
+        }
+    }
+
+    /// `body` with the frames it has ready now, up to [`MOST_PREPARED`]
+    /// bytes of data.
+    pub(super) fn now(mut body: B, cx: &mut Context<'_>) -> Self {
+        let mut ready = VecDeque::new();
+        let mut bytes = 0;
+        while bytes < MOST_PREPARED {
+            if body.is_end_stream() {
+                return Prepared { ready, rest: None };
+            }
+            match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    bytes += frame.data_ref().map_or(0, Bytes::len);
+                    ready.push_back(Ok(frame));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    ready.push_back(Err(e));
+                    return Prepared { ready, rest: None };
+                }
+                Poll::Ready(None) => return Prepared { ready, rest: None },
+                Poll::Pending => break,
+            }
+        }
+        Prepared {
+            ready,
+            rest: Some(body),
+        }
+    }
+}
+
+impl<B> Body for Prepared<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(frame) = self.ready.pop_front() {
+            return Poll::Ready(Some(frame));
+        }
+        let Some(rest) = &mut self.rest else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(rest).poll_frame(cx));
+        if frame.is_none() {
+            self.rest = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ready.is_empty() && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::task::Waker;
+
+    use http_body_util::{BodyExt as _, StreamBody};
+
+    use super::*;
+
+    /// A body of `chunks` data frames of 1 KiB (the i-th filled with i),
+    /// then trailers, all ready at once.
+    fn ready_body(
+        chunks: u8,
+    ) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Unpin> {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = (0..chunks)
+            .map(|i| Ok(Frame::data(Bytes::from(vec![i; 1024]))))
+            .chain(std::iter::once(Ok(Frame::trailers(trailers))));
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_prepared_body_keeps_what_was_ready_and_the_rest_in_order() {
+        let mut cx = Context::from_waker(Waker::noop());
+        // Small: everything is made ready, trailers included.
+        let small = Prepared::now(ready_body(3), &mut cx);
+        assert_eq!(small.ready.len(), 4);
+        assert!(small.rest.is_none());
+        // Large: up to 64 KiB, the rest left in the body.
+        let large = Prepared::now(ready_body(100), &mut cx);
+        assert_eq!(large.ready.len(), MOST_PREPARED / 1024);
+        assert!(large.rest.is_some());
+        for (prepared, chunks) in [(small, 3u8), (large, 100)] {
+            assert!(!prepared.is_end_stream());
+            let collected = prepared.collect().await.unwrap();
+            assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+            let data = collected.to_bytes();
+            let expected: Vec<u8> = (0..chunks).flat_map(|i| vec![i; 1024]).collect();
+            assert_eq!(data, expected);
+        }
+        assert!(
+            Prepared::<StreamBody<futures_util::stream::Empty<Result<Frame<Bytes>, Infallible>>>>::empty()
+                .is_end_stream()
+        );
     }
 }

@@ -48,9 +48,9 @@ struct Beat {
 /// The durable head and the progress clock, as the subscriptions of one
 /// server watch them. One task follows the store's head for all of them and
 /// stops at shutdown; the channel then closes, and that ends every
-/// subscription. An idle subscription waits on this alone: with 10,000
-/// of them, waiting costs one registration each, not one per thing waited
-/// for.
+/// subscription. An idle subscription waits on this alone (one
+/// registration, not one per thing waited for), or on nothing when a
+/// [`Relay`] waits for it.
 #[derive(Debug, Clone)]
 pub struct Heads(watch::Receiver<Beat>);
 
