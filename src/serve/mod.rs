@@ -296,15 +296,15 @@ async fn answer(
                 .await;
         let Ok(response) = service.call(request.map(RequestBody::new)).await;
         let (head, body) = response.into_parts();
-        let body = if subscribe {
-            Prepared::later(body)
-        } else {
-            let mut body = Some(body);
-            // Polled once: `body` is there.
-            poll_fn(|cx| Poll::Ready(body.take().map(|body| Prepared::now(body, cx))))
-                .await
-                .unwrap_or_else(Prepared::empty)
-        };
+        let mut body = Prepared::later(body);
+        // A subscription's body is polled by the connection's task alone.
+        if !subscribe {
+            poll_fn(|cx| {
+                body.prepare(cx);
+                Poll::Ready(())
+            })
+            .await;
+        }
         (head, body)
     })
     .catch_unwind();
@@ -332,8 +332,9 @@ fn internal() -> Status {
     Status::internal("the call failed inside the server")
 }
 
-/// tonic's routes, a panicking call answered `INTERNAL` (as a task of its
-/// own would have ended alone).
+/// tonic's routes, a call that panics answered `INTERNAL` inside the
+/// metrics layer, which counts it so (`answer` answers a panic anywhere
+/// else in a call the same way; the metrics then count it `CANCELLED`).
 #[derive(Clone)]
 pub(crate) struct Answered(pub tonic::service::Routes);
 

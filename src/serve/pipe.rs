@@ -181,7 +181,7 @@ impl<B> Prepared<B>
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    /// `body`, to be polled by the connection's task only.
+    /// `body`, nothing taken from it yet.
     pub(super) fn later(body: B) -> Self {
         Prepared {
             ready: VecDeque::new(),
@@ -197,31 +197,28 @@ where
         }
     }
 
-    /// `body` with the frames it has ready now, up to [`MOST_PREPARED`]
-    /// bytes of data.
-    pub(super) fn now(mut body: B, cx: &mut Context<'_>) -> Self {
-        let mut ready = VecDeque::new();
+    /// Takes from the body the frames it has ready now, up to
+    /// [`MOST_PREPARED`] bytes of data.
+    pub(super) fn prepare(&mut self, cx: &mut Context<'_>) {
         let mut bytes = 0;
         while bytes < MOST_PREPARED {
+            let Some(body) = &mut self.rest else { return };
             if body.is_end_stream() {
-                return Prepared { ready, rest: None };
+                self.rest = None;
+                return;
             }
-            match Pin::new(&mut body).poll_frame(cx) {
+            match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     bytes += frame.data_ref().map_or(0, Bytes::len);
-                    ready.push_back(Ok(frame));
+                    self.ready.push_back(Ok(frame));
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    ready.push_back(Err(e));
-                    return Prepared { ready, rest: None };
+                    self.ready.push_back(Err(e));
+                    self.rest = None;
                 }
-                Poll::Ready(None) => return Prepared { ready, rest: None },
-                Poll::Pending => break,
+                Poll::Ready(None) => self.rest = None,
+                Poll::Pending => return,
             }
-        }
-        Prepared {
-            ready,
-            rest: Some(body),
         }
     }
 }
@@ -282,11 +279,13 @@ mod tests {
     async fn a_prepared_body_keeps_what_was_ready_and_the_rest_in_order() {
         let mut cx = Context::from_waker(Waker::noop());
         // Small: everything is made ready, trailers included.
-        let small = Prepared::now(ready_body(3), &mut cx);
+        let mut small = Prepared::later(ready_body(3));
+        small.prepare(&mut cx);
         assert_eq!(small.ready.len(), 4);
         assert!(small.rest.is_none());
         // Large: up to 64 KiB, the rest left in the body.
-        let large = Prepared::now(ready_body(100), &mut cx);
+        let mut large = Prepared::later(ready_body(100));
+        large.prepare(&mut cx);
         assert_eq!(large.ready.len(), MOST_PREPARED / 1024);
         assert!(large.rest.is_some());
         for (prepared, chunks) in [(small, 3u8), (large, 100)] {
