@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use super::volume::{ChangeEffect, Tally};
 use super::{Change, Effect, State, WatchEdit, WatchRuntime};
+use crate::collections::FastMap;
 use crate::domain::{
     Action, Bucket, Cause, Command, CountryCode, Event, EventKind, GroupName, GroupWritten, GrowthCrossed,
     Money, NewWatch, Outcome, PartnerGroup, PutOutcome, RankChanged, RecordDeleted, RecordHigh, RecordKey,
@@ -318,7 +319,8 @@ impl<S: State> Write<'_, S> {
     /// Each change's effect on flow sums and trade volume, siblings read as
     /// the earlier changes of this write leave them.
     fn change_effects(&self, changes: &[Change]) -> Result<Vec<ChangeEffect>> {
-        let mut written: BTreeMap<RecordKey, Option<i128>> = BTreeMap::new();
+        let mut written: FastMap<RecordKey, Option<i128>> = FastMap::default();
+        written.reserve(changes.len());
         let mut effects = Vec::with_capacity(changes.len());
         for change in changes {
             let before = change.before.as_ref().map(|r| r.record.value().nanos());

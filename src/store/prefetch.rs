@@ -11,7 +11,6 @@ use super::series_cache::SeriesPrefix;
 use super::view::in_block;
 use crate::collections::FastMap;
 use crate::core::Change;
-use crate::core::volume::volume_siblings;
 use crate::domain::{RecordKey, StoredRecord};
 use crate::error::Result;
 
@@ -66,28 +65,21 @@ impl Prefetch {
         }
         self.blocks.remove(block)
     }
-
-    /// The prefetched values of `key` and its siblings, into `values`.
-    pub fn copy_values(&self, key: &RecordKey, values: &mut FastMap<RecordKey, Option<i128>>) {
-        for k in std::iter::once(*key).chain(volume_siblings(key)) {
-            if let Some(v) = self.values.get(&k) {
-                values.insert(k, *v);
-            }
-        }
-    }
 }
 
-/// The record keys written by the last [`RECENT_COMMITS`] commits, and for
-/// each such key the last commit that wrote it.
+/// The series blocks written by the last [`RECENT_COMMITS`] commits, and
+/// for each such block the last commit that wrote it.
+///
+/// A block holds every record of its series, and a record's trade-volume
+/// siblings (its other flows) are in the same block, so a block that no
+/// commit wrote since a read also vouches for the records read from it.
 pub struct Freshness {
     /// Commits applied so far, also published for prefetching readers.
     commits: u64,
     applied: Arc<AtomicU64>,
-    /// Each recent commit's record keys and series blocks.
-    recent: VecDeque<(u64, Vec<RecordKey>, Vec<SeriesPrefix>)>,
-    last_write: FastMap<RecordKey, u64>,
-    /// The same for the series blocks those keys are in.
-    last_block_write: FastMap<SeriesPrefix, u64>,
+    /// Each recent commit's series blocks.
+    recent: VecDeque<(u64, Vec<SeriesPrefix>)>,
+    last_write: FastMap<SeriesPrefix, u64>,
 }
 
 impl Freshness {
@@ -97,7 +89,6 @@ impl Freshness {
             applied,
             recent: VecDeque::with_capacity(RECENT_COMMITS + 1),
             last_write: FastMap::default(),
-            last_block_write: FastMap::default(),
         }
     }
 
@@ -105,50 +96,97 @@ impl Freshness {
     /// commits still holds: no commit since wrote to it.
     pub fn block_fresh(&self, block: &SeriesPrefix, as_of: u64) -> bool {
         let window_start = self.commits - self.recent.len() as u64;
-        as_of >= window_start && self.last_block_write.get(block).is_none_or(|&c| c <= as_of)
+        as_of >= window_start && self.last_write.get(block).is_none_or(|&c| c <= as_of)
     }
 
     /// Whether reads of `key`'s record and its trade-volume siblings made
     /// when the writer had applied `as_of` commits still hold: no commit
-    /// since wrote any of them.
+    /// since wrote their block.
     pub fn still_fresh(&self, key: &RecordKey, as_of: u64) -> bool {
-        let window_start = self.commits - self.recent.len() as u64;
-        if as_of < window_start {
-            return false;
-        }
-        let fresh = |k: &RecordKey| self.last_write.get(k).is_none_or(|&c| c <= as_of);
-        fresh(key) && volume_siblings(key).all(|k| fresh(&k))
+        self.block_fresh(&blocks::block_key(key), as_of)
     }
 
-    /// Counts an applied commit and remembers the record keys it wrote, and
-    /// their blocks.
+    /// Counts an applied commit and remembers the blocks of the record keys
+    /// it wrote.
     pub fn remember(&mut self, changes: &[Change]) {
         self.commits += 1;
-        let keys: Vec<RecordKey> = changes.iter().map(|c| c.key).collect();
-        let mut blocks: Vec<SeriesPrefix> = keys.iter().map(blocks::block_key).collect();
+        let mut blocks: Vec<SeriesPrefix> = changes.iter().map(|c| blocks::block_key(&c.key)).collect();
         blocks.sort_unstable();
         blocks.dedup();
-        for key in &keys {
-            self.last_write.insert(*key, self.commits);
-        }
         for block in &blocks {
-            self.last_block_write.insert(*block, self.commits);
+            self.last_write.insert(*block, self.commits);
         }
-        self.recent.push_back((self.commits, keys, blocks));
+        self.recent.push_back((self.commits, blocks));
         if self.recent.len() > RECENT_COMMITS
-            && let Some((commit, keys, blocks)) = self.recent.pop_front()
+            && let Some((commit, blocks)) = self.recent.pop_front()
         {
-            for key in keys {
-                if self.last_write.get(&key) == Some(&commit) {
-                    self.last_write.remove(&key);
-                }
-            }
             for block in blocks {
-                if self.last_block_write.get(&block) == Some(&commit) {
-                    self.last_block_write.remove(&block);
+                if self.last_write.get(&block) == Some(&commit) {
+                    self.last_write.remove(&block);
                 }
             }
         }
         self.applied.store(self.commits, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::volume::volume_siblings;
+    use crate::domain::RawKey;
+
+    fn key(commodity: &str, flow: i32, period: &str) -> RecordKey {
+        let raw = RawKey {
+            reporter: "CHN",
+            partner: "KAZ",
+            flow,
+            period,
+            commodity,
+            currency: "USD",
+        };
+        RecordKey::parse(&raw, "currency").expect("a valid key")
+    }
+
+    fn written(key: RecordKey) -> Change {
+        Change {
+            key,
+            before: None,
+            after: None,
+        }
+    }
+
+    /// Freshness is kept per block: it vouches for a record's trade-volume
+    /// siblings (export 1, import 2, turnover 5) only because they are in
+    /// the record's block.
+    #[test]
+    fn a_records_volume_siblings_are_in_its_block() {
+        for flow in [1, 2, 5] {
+            let key = key("27", flow, "2025");
+            let siblings: Vec<_> = volume_siblings(&key).collect();
+            assert_eq!(siblings.len(), 2);
+            for sibling in siblings {
+                assert_eq!(blocks::block_key(&sibling), blocks::block_key(&key));
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_holds_until_a_commit_writes_its_block_or_leaves_the_window() {
+        let mut freshness = Freshness::new(Arc::new(AtomicU64::new(0)));
+        let read = key("27", 1, "2024");
+        freshness.remember(&[written(key("28", 1, "2024"))]);
+        assert!(freshness.still_fresh(&read, 0), "another series written");
+        freshness.remember(&[written(key("27", 2, "2025"))]);
+        assert!(!freshness.still_fresh(&read, 1), "its block written since");
+        assert!(freshness.still_fresh(&read, 2), "read after that write");
+        for _ in 0..RECENT_COMMITS {
+            freshness.remember(&[]);
+        }
+        assert!(
+            !freshness.still_fresh(&key("29", 1, "2024"), 1),
+            "older than the window"
+        );
+        assert!(freshness.still_fresh(&read, 2));
     }
 }

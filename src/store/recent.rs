@@ -27,15 +27,16 @@ pub struct RecentEvents {
 impl RecentEvents {
     /// Adds events that just became durable, in sequence order. Events that
     /// do not follow the newest held start a new run.
-    pub fn extend(&self, events: Vec<Event>) {
-        let Some(first) = events.first().map(|e| e.sequence) else {
+    pub fn extend(&self, events: impl IntoIterator<Item = Event>) {
+        let mut events = events.into_iter().peekable();
+        let Some(first) = events.peek().map(|e| e.sequence) else {
             return;
         };
         let mut ring = self.ring.write().unwrap_or_else(PoisonError::into_inner);
         if ring.back().is_some_and(|e| e.sequence + 1 != first) {
             ring.clear();
         }
-        ring.extend(events.into_iter().map(Arc::new));
+        ring.extend(events.map(Arc::new));
         let excess = ring.len().saturating_sub(CAPACITY);
         ring.drain(..excess);
     }

@@ -51,19 +51,24 @@ impl State for View<'_> {
     }
 
     fn record(&self, key: &RecordKey) -> Result<Option<StoredRecord>> {
-        let mut values = self.values.borrow_mut();
         if let Some((prefetch, freshness)) = self.prefetch
             && let Some(stored) = prefetch.stored.get(key)
             && freshness.still_fresh(key, prefetch.as_of)
         {
-            prefetch.copy_values(key, &mut values);
+            // Its siblings' values are read ahead too (see `value`).
             return Ok(stored.clone());
         }
-        read_with_siblings(self.db, key, &mut values)
+        read_with_siblings(self.db, key, &mut self.values.borrow_mut())
     }
 
     fn value(&self, key: &RecordKey) -> Result<Option<i128>> {
         if let Some(v) = self.values.borrow().get(key) {
+            return Ok(*v);
+        }
+        if let Some((prefetch, freshness)) = self.prefetch
+            && let Some(v) = prefetch.values.get(key)
+            && freshness.still_fresh(key, prefetch.as_of)
+        {
             return Ok(*v);
         }
         Ok(blocks::get(self.db, key)?.map(|r| r.record.value().nanos()))

@@ -3,6 +3,7 @@
 //! another. Commands that arrive together share one flush (group commit);
 //! each is answered only after that flush.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -93,9 +94,9 @@ pub struct Writer {
     durable_head: watch::Sender<u64>,
     /// The newest durable events, for subscribers.
     recent: Arc<RecentEvents>,
-    /// Events applied since the last commit, handed to `recent` once it is
-    /// durable.
-    undurable: Vec<Event>,
+    /// The newest events applied since the last commit (at most as many as
+    /// `recent` holds), handed to it once they are durable.
+    undurable: VecDeque<Event>,
     /// Last command log position applied.
     position: u64,
     /// Last command log position known to be on disk.
@@ -215,7 +216,7 @@ impl Writer {
             head,
             durable_head: durable_tx,
             recent,
-            undurable: Vec::new(),
+            undurable: VecDeque::new(),
             position,
             durable_position: position_tx,
             watches,
@@ -272,7 +273,7 @@ impl Writer {
                 }
             }
             let flushed = self.disk.commit(&self.db);
-            let events = std::mem::take(&mut self.undurable);
+            let events = self.undurable.drain(..);
             if flushed.is_ok() {
                 // Before the head moves, so that a woken subscriber finds them.
                 self.recent.extend(events);
@@ -360,6 +361,9 @@ impl Writer {
             self.head = last.sequence;
         }
         self.undurable.extend(effect.events);
+        // Only the newest can stay in the ring of recent events.
+        let excess = self.undurable.len().saturating_sub(super::recent::CAPACITY);
+        self.undurable.drain(..excess);
         for edit in effect.watches {
             match edit {
                 core::WatchEdit::Created(runtime, _) | core::WatchEdit::Followed(runtime) => {
