@@ -16,8 +16,9 @@ pub use parse::{Parsed, RowError, parse_decimal, parse_file};
 /// Records per atomic batch stored, and per `IngestRecords` message sent.
 /// The store reads ahead for the next batch while it applies one, and sled
 /// lets no read through while a batch is applied, so short applies let the
-/// two take turns finely; records in [`in_send_order`] still share most of
-/// their rollup updates within a batch. Of 1,000, 2,000, 4,000 and 10,000,
+/// two take turns finely; records in the order the file is read in
+/// (`parse::SendOrder`) still share most of their rollup updates within a
+/// batch. Of 1,000, 2,000, 4,000 and 10,000,
 /// 2,000 measured fastest into a server, and 1,000 and 2,000 alike (within
 /// the noise) into a data dir, the larger ones slower (see BENCHMARKS.md).
 const BATCH: usize = 2_000;
@@ -45,7 +46,7 @@ pub async fn import_file(
     let parsed = read_checked(path, skip_bad_rows)?;
     let skipped = parsed.bad_rows.len() as u64;
     let breakdown_rows = parsed.breakdown_rows;
-    let summary = store_records(store, in_send_order(parsed.records)).await?;
+    let summary = store_records(store, parsed.records).await?;
     Ok(ImportSummary {
         skipped,
         breakdown_rows,
@@ -169,8 +170,8 @@ impl tonic::service::Interceptor for Authorize {
 
 /// Imports a file into a running server with one `IngestRecords` stream of
 /// [`BATCH`]-record messages (fewer if the server's limit is lower),
-/// [`in_send_order`]; bad rows are dealt with here, before anything is
-/// sent.
+/// in the order the file is read in (`parse::SendOrder`); bad rows are
+/// dealt with here, before anything is sent.
 pub async fn import_to_server(
     remote: &Remote,
     path: &std::path::Path,
@@ -181,7 +182,7 @@ pub async fn import_to_server(
     let breakdown_rows = parsed.breakdown_rows;
     let mut client = remote.connect().await?;
     let mut bar = progress::rows(parsed.records.len() as u64, "sending");
-    let records = std::sync::Arc::new(in_send_order(parsed.records));
+    let records = std::sync::Arc::new(parsed.records);
     let mut batch = BATCH;
     let summary = loop {
         match send(&mut client, &records, batch, &bar).await {
@@ -256,19 +257,6 @@ fn server_batch_limit(status: &tonic::Status) -> Option<usize> {
         return None;
     }
     info.metadata.get(crate::error::MAX_BATCH_RECORDS)?.parse().ok()
-}
-
-/// Records in the order of the rollups they move (reporter, currency,
-/// period, commodity, then partner and flow), whatever order the file is
-/// in: each batch then moves few rollup entries (a file ordered by partner
-/// would move thousands shared with every other partner per batch), and a
-/// reporter's history goes in oldest period first, so its milestones come
-/// in the order they happened.
-fn in_send_order(mut records: Vec<TradeRecord>) -> Vec<TradeRecord> {
-    if !records.is_sorted_by_key(parse::send_order) {
-        records.sort_unstable_by_key(parse::send_order);
-    }
-    records
 }
 
 /// Stores records in atomic batches of [`BATCH`], in the order given, a

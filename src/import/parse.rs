@@ -13,7 +13,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::hash::BuildHasher;
 use std::io::Read;
 use std::rc::Rc;
 
@@ -21,7 +20,7 @@ use indicatif::ProgressBar;
 
 use crate::collections::FastMap;
 use crate::domain::{
-    Commodity, CountryCode, CurrencyCode, FieldError, Flow, Period, RawKey, RawRecord, RecordKey, TradeRecord,
+    Commodity, CountryCode, CurrencyCode, FieldError, Flow, Period, RawKey, RawRecord, TradeRecord,
 };
 use crate::error::{Error, Result};
 
@@ -35,6 +34,9 @@ pub struct RowError {
 /// The parsed rows of a file.
 #[derive(Debug, Default)]
 pub struct Parsed {
+    /// In the order they are sent and stored in (reporter, currency,
+    /// period, commodity, partner, flow), whatever the file's; no two with
+    /// the same key.
     pub records: Vec<TradeRecord>,
     /// In the order of their lines.
     pub bad_rows: Vec<RowError>,
@@ -47,9 +49,13 @@ pub(super) const MIN_SHARE: usize = 4 << 20;
 /// Threads to read a file on: one per core, up to this many.
 const MAX_THREADS: usize = 8;
 
-/// The order records are sent and stored in: that of the rollups they move
-/// (reporter, currency, period, commodity), then partner and flow. A file
-/// whose records strictly rise in this order has no duplicates.
+/// The order records are sent and stored in, whatever order the file is in:
+/// that of the rollups they move (reporter, currency, period, commodity),
+/// then partner and flow. Each batch then moves few rollup entries (a file
+/// ordered by partner would move thousands shared with every other partner
+/// per batch), and a reporter's history goes in oldest period first, so its
+/// milestones come in the order they happened. A file whose records
+/// strictly rise in this order has no duplicates.
 pub(super) type SendOrder = (CountryCode, CurrencyCode, Period, Commodity, CountryCode, Flow);
 
 pub(super) fn send_order(record: &TradeRecord) -> SendOrder {
@@ -81,12 +87,12 @@ pub(super) fn parse_bytes(
     bar: &ProgressBar,
 ) -> Result<Parsed> {
     let cuts = cuts(bytes, threads, min_share);
-    parse_cut(bytes, &cuts, cuts.len() + 1, bar)
+    parse_cut(bytes, &cuts, bar)
 }
 
 /// [`parse_bytes`] with the file cut at `cuts` (ascending, each just after a
-/// `\n`): a thread for each share, and `threads` to find duplicates on.
-fn parse_cut(bytes: &[u8], cuts: &[usize], threads: usize, bar: &ProgressBar) -> Result<Parsed> {
+/// `\n`): a thread for each share.
+fn parse_cut(bytes: &[u8], cuts: &[usize], bar: &ProgressBar) -> Result<Parsed> {
     let header = Header::read(bytes)?;
     let shares: Vec<Share> = std::thread::scope(|scope| {
         let later: Vec<_> = cuts
@@ -107,25 +113,55 @@ fn parse_cut(bytes: &[u8], cuts: &[usize], threads: usize, bar: &ProgressBar) ->
     });
     let (mut parsed, lines, ordered) = join(shares, bytes.len());
     if !ordered {
-        let duplicates = duplicates(&parsed.records, threads);
-        if !duplicates.is_empty() {
-            let mut keep = vec![true; parsed.records.len()];
-            for &(at, first) in &duplicates {
-                keep[at] = false;
-                parsed.bad_rows.push(RowError {
-                    line: lines[at],
-                    reason: format!(
-                        "the same record as line {} ({})",
-                        lines[first], parsed.records[at].key
-                    ),
-                });
-            }
-            let mut kept = keep.into_iter();
-            parsed.records.retain(|_| kept.next() == Some(true));
-            parsed.bad_rows.sort_by_key(|r| r.line);
-        }
+        into_send_order(&mut parsed, &lines);
     }
     Ok(parsed)
+}
+
+/// Puts `parsed.records` (whose lines are `lines`) in [`send_order`]; of
+/// records with the same key, the first in the file stays and the others
+/// become bad rows naming it.
+fn into_send_order(parsed: &mut Parsed, lines: &[u64]) {
+    // Sorted as keys and positions, first in the file first among equal
+    // keys; the records are then moved into place in the list they are in
+    // (as `slice::sort_by_cached_key` does), not into a new one.
+    let mut order: Vec<(SendOrder, usize)> = parsed
+        .records
+        .iter()
+        .enumerate()
+        .map(|(at, record)| (send_order(record), at))
+        .collect();
+    order.sort_unstable();
+    let mut keep = Vec::with_capacity(order.len());
+    let mut first = 0;
+    for (n, &(key, at)) in order.iter().enumerate() {
+        let repeated = n > 0 && order[n - 1].0 == key;
+        keep.push(!repeated);
+        if !repeated {
+            first = at;
+            continue;
+        }
+        parsed.bad_rows.push(RowError {
+            line: lines[at],
+            reason: format!(
+                "the same record as line {} ({})",
+                lines[first], parsed.records[at].key
+            ),
+        });
+    }
+    // `order[n].1` is where the record that goes to `n` was; a record
+    // already moved to place `i` is followed on from there.
+    for i in 0..order.len() {
+        let mut from = order[i].1;
+        while from < i {
+            from = order[from].1;
+        }
+        order[i].1 = from;
+        parsed.records.swap(i, from);
+    }
+    let mut kept = keep.into_iter();
+    parsed.records.retain(|_| kept.next() == Some(true));
+    parsed.bad_rows.sort_by_key(|r| r.line);
 }
 
 /// Where to cut `bytes` into about `threads` shares of at least
@@ -184,45 +220,6 @@ fn join(shares: Vec<Share>, end: usize) -> (Parsed, Vec<u64>, bool) {
     }
     debug_assert_eq!(next, end, "the shares read the whole file");
     (parsed, lines, ordered)
-}
-
-/// Records whose key an earlier record has: (index, index of the first).
-/// The keys are split between `threads` threads by hash.
-fn duplicates(records: &[TradeRecord], threads: usize) -> Vec<(usize, usize)> {
-    let part = foldhash::fast::FixedState::with_seed(0);
-    let find = |thread: usize| {
-        let mut seen: FastMap<RecordKey, usize> = FastMap::default();
-        seen.reserve(records.len() / threads);
-        let mut found = Vec::new();
-        for (at, record) in records.iter().enumerate() {
-            if threads > 1 && part.hash_one(record.key) % threads as u64 != thread as u64 {
-                continue;
-            }
-            let first = *seen.entry(record.key).or_insert(at);
-            if first != at {
-                found.push((at, first));
-            }
-        }
-        found
-    };
-    if threads <= 1 {
-        return find(0);
-    }
-    std::thread::scope(|scope| {
-        let find = &find;
-        let others: Vec<_> = (1..threads)
-            .map(|thread| scope.spawn(move || find(thread)))
-            .collect();
-        let mut found = find(0);
-        for thread in others {
-            found.extend(
-                thread
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            );
-        }
-        found
-    })
 }
 
 /// The header: the layout and where each column read is.
@@ -835,6 +832,49 @@ mod tests {
         assert!(parse_file("reporter,partner\nCHN,KAZ\n".as_bytes()).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever order a file is in, its records come out strictly in
+        /// send order, one per key: the first in the file, with its value;
+        /// each later one is a bad row naming the first's line.
+        #[test]
+        fn records_come_in_send_order_and_a_repeated_key_names_its_first_line(
+            rows in proptest::collection::vec(
+                (0..3usize, 0..2usize, 2020..2023u32, 0..3usize, 0..1000u32),
+                0..80,
+            ),
+        ) {
+            let (partners, flows, commodities) = (["KGZ", "TJK", "WLD"], ["export", "import"], ["TOTAL", "01", "27"]);
+            let mut file = String::from("reporter,partner,flow,period,commodity,currency,value\n");
+            for &(p, f, y, c, v) in &rows {
+                file.push_str(&format!("CHN,{},{},{y},{},USD,{v}\n", partners[p], flows[f], commodities[c]));
+            }
+            let parsed = parse_file(file.as_bytes()).unwrap();
+            // The oracle: the first row of each key, by its line; the others.
+            let mut first: std::collections::BTreeMap<SendOrder, (u64, i128)> = Default::default();
+            let mut repeats = Vec::new();
+            for (line, row) in (2u64..).zip(&rows) {
+                let single = format!("reporter,partner,flow,period,commodity,currency,value\nCHN,{},{},{},{},USD,{}\n",
+                    partners[row.0], flows[row.1], row.2, commodities[row.3], row.4);
+                let record = &parse_file(single.as_bytes()).unwrap().records[0];
+                match first.get(&send_order(record)) {
+                    Some(&(first_line, _)) => repeats.push((line, first_line)),
+                    None => {
+                        first.insert(send_order(record), (line, record.value().nanos()));
+                    }
+                }
+            }
+            let got: Vec<(SendOrder, i128)> = parsed.records.iter().map(|r| (send_order(r), r.value().nanos())).collect();
+            let expected: Vec<(SendOrder, i128)> = first.iter().map(|(k, &(_, v))| (*k, v)).collect();
+            proptest::prop_assert_eq!(got, expected);
+            proptest::prop_assert_eq!(parsed.bad_rows.len(), repeats.len());
+            for (row, (line, first_line)) in parsed.bad_rows.iter().zip(&repeats) {
+                proptest::prop_assert_eq!(row.line, *line);
+                let named = format!("the same record as line {first_line} ");
+                proptest::prop_assert!(row.reason.starts_with(&named), "{}", row.reason);
+            }
+        }
+    }
+
     mod shares {
         use super::super::*;
         use proptest::prelude::*;
@@ -913,7 +953,7 @@ mod tests {
                 picks in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
                 threads in 1..4usize,
             ) {
-                let whole = parse_cut(&file, &[], 1, &ProgressBar::hidden()).unwrap();
+                let whole = parse_cut(&file, &[], &ProgressBar::hidden()).unwrap();
                 let newlines: Vec<usize> = file
                     .iter()
                     .enumerate()
@@ -928,7 +968,7 @@ mod tests {
                 cuts.sort_unstable();
                 cuts.dedup();
                 let bar = ProgressBar::hidden();
-                let cut = parse_cut(&file, &cuts, threads, &bar).unwrap();
+                let cut = parse_cut(&file, &cuts, &bar).unwrap();
                 same(&cut, &whole)?;
                 // Progress counts every byte once, shares read over or not.
                 prop_assert_eq!(bar.position(), file.len() as u64);
@@ -958,7 +998,7 @@ mod tests {
                     assert_eq!(share.end, cut, "line ends {eol:?}");
                     start = cut;
                 }
-                let parsed = parse_cut(&file, &cuts, 2, &bar).unwrap();
+                let parsed = parse_cut(&file, &cuts, &bar).unwrap();
                 assert_eq!(parsed.records.len(), 97);
                 assert_eq!(parsed.bad_rows.len(), 1000 - 97);
                 let lines_per_row = eol.matches('\n').count() as u64;
