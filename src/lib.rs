@@ -312,7 +312,10 @@ impl Application {
                     stop.cancel();
                     set_health(&health, false).await;
                     if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
-                        tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}; closing their connections");
+                        tracing::warn!(
+                            "connections still open after {SHUTDOWN_GRACE:?} (calls in progress, or clients not \
+                             answering the shutdown); closing them"
+                        );
                         cut.cancel();
                         // The connections' tasks are aborted, letting go of
                         // the store.
