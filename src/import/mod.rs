@@ -16,9 +16,8 @@ pub use parse::{Parsed, RowError, parse_decimal, parse_file};
 /// Records per atomic batch stored, and per `IngestRecords` message sent.
 /// The store reads ahead for the next batch while it applies one, and sled
 /// lets no read through while a batch is applied, so short applies let the
-/// two take turns finely; records in the order the file is read in
-/// (`parse::SendOrder`) still share most of their rollup updates within a
-/// batch. Of 1,000, 2,000, 4,000 and 10,000,
+/// two take turns finely; records in send order (`parse::SendOrder`) still
+/// share most of their rollup updates within a batch. Of 1,000, 2,000, 4,000 and 10,000,
 /// 2,000 measured fastest into a server, and 1,000 and 2,000 alike (within
 /// the noise) into a data dir, the larger ones slower (see BENCHMARKS.md).
 const BATCH: usize = 2_000;
@@ -170,8 +169,8 @@ impl tonic::service::Interceptor for Authorize {
 
 /// Imports a file into a running server with one `IngestRecords` stream of
 /// [`BATCH`]-record messages (fewer if the server's limit is lower),
-/// in the order the file is read in (`parse::SendOrder`); bad rows are
-/// dealt with here, before anything is sent.
+/// in send order (`parse::SendOrder`); bad rows are dealt with here,
+/// before anything is sent.
 pub async fn import_to_server(
     remote: &Remote,
     path: &std::path::Path,

@@ -11,6 +11,7 @@ use super::series_cache::SeriesPrefix;
 use super::view::in_block;
 use crate::collections::FastMap;
 use crate::core::Change;
+use crate::core::volume::volume_siblings;
 use crate::domain::{RecordKey, StoredRecord};
 use crate::error::Result;
 
@@ -67,19 +68,17 @@ impl Prefetch {
     }
 }
 
-/// The series blocks written by the last [`RECENT_COMMITS`] commits, and
-/// for each such block the last commit that wrote it.
-///
-/// A block holds every record of its series, and a record's trade-volume
-/// siblings (its other flows) are in the same block, so a block that no
-/// commit wrote since a read also vouches for the records read from it.
+/// The record keys written by the last [`RECENT_COMMITS`] commits, and for
+/// each such key the last commit that wrote it.
 pub struct Freshness {
     /// Commits applied so far, also published for prefetching readers.
     commits: u64,
     applied: Arc<AtomicU64>,
-    /// Each recent commit's series blocks.
-    recent: VecDeque<(u64, Vec<SeriesPrefix>)>,
-    last_write: FastMap<SeriesPrefix, u64>,
+    /// Each recent commit's record keys and series blocks.
+    recent: VecDeque<(u64, Vec<RecordKey>, Vec<SeriesPrefix>)>,
+    last_write: FastMap<RecordKey, u64>,
+    /// The same for the series blocks those keys are in.
+    last_block_write: FastMap<SeriesPrefix, u64>,
 }
 
 impl Freshness {
@@ -89,6 +88,7 @@ impl Freshness {
             applied,
             recent: VecDeque::with_capacity(RECENT_COMMITS + 1),
             last_write: FastMap::default(),
+            last_block_write: FastMap::default(),
         }
     }
 
@@ -96,33 +96,47 @@ impl Freshness {
     /// commits still holds: no commit since wrote to it.
     pub fn block_fresh(&self, block: &SeriesPrefix, as_of: u64) -> bool {
         let window_start = self.commits - self.recent.len() as u64;
-        as_of >= window_start && self.last_write.get(block).is_none_or(|&c| c <= as_of)
+        as_of >= window_start && self.last_block_write.get(block).is_none_or(|&c| c <= as_of)
     }
 
     /// Whether reads of `key`'s record and its trade-volume siblings made
     /// when the writer had applied `as_of` commits still hold: no commit
-    /// since wrote their block.
+    /// since wrote any of them.
     pub fn still_fresh(&self, key: &RecordKey, as_of: u64) -> bool {
-        self.block_fresh(&blocks::block_key(key), as_of)
+        let window_start = self.commits - self.recent.len() as u64;
+        if as_of < window_start {
+            return false;
+        }
+        let fresh = |k: &RecordKey| self.last_write.get(k).is_none_or(|&c| c <= as_of);
+        fresh(key) && volume_siblings(key).all(|k| fresh(&k))
     }
 
-    /// Counts an applied commit and remembers the blocks of the record keys
-    /// it wrote.
+    /// Counts an applied commit and remembers the record keys it wrote, and
+    /// their blocks.
     pub fn remember(&mut self, changes: &[Change]) {
         self.commits += 1;
-        let mut blocks: Vec<SeriesPrefix> = changes.iter().map(|c| blocks::block_key(&c.key)).collect();
+        let keys: Vec<RecordKey> = changes.iter().map(|c| c.key).collect();
+        let mut blocks: Vec<SeriesPrefix> = keys.iter().map(blocks::block_key).collect();
         blocks.sort_unstable();
         blocks.dedup();
-        for block in &blocks {
-            self.last_write.insert(*block, self.commits);
+        for key in &keys {
+            self.last_write.insert(*key, self.commits);
         }
-        self.recent.push_back((self.commits, blocks));
+        for block in &blocks {
+            self.last_block_write.insert(*block, self.commits);
+        }
+        self.recent.push_back((self.commits, keys, blocks));
         if self.recent.len() > RECENT_COMMITS
-            && let Some((commit, blocks)) = self.recent.pop_front()
+            && let Some((commit, keys, blocks)) = self.recent.pop_front()
         {
+            for key in keys {
+                if self.last_write.get(&key) == Some(&commit) {
+                    self.last_write.remove(&key);
+                }
+            }
             for block in blocks {
-                if self.last_write.get(&block) == Some(&commit) {
-                    self.last_write.remove(&block);
+                if self.last_block_write.get(&block) == Some(&commit) {
+                    self.last_block_write.remove(&block);
                 }
             }
         }
@@ -133,7 +147,6 @@ impl Freshness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::volume::volume_siblings;
     use crate::domain::RawKey;
 
     fn key(commodity: &str, flow: i32, period: &str) -> RecordKey {
@@ -156,9 +169,8 @@ mod tests {
         }
     }
 
-    /// Freshness is kept per block: it vouches for a record's trade-volume
-    /// siblings (export 1, import 2, turnover 5) only because they are in
-    /// the record's block.
+    /// A record is read ahead with its trade-volume siblings (export 1,
+    /// import 2, turnover 5) from its block: they must be in it.
     #[test]
     fn a_records_volume_siblings_are_in_its_block() {
         for flow in [1, 2, 5] {
@@ -171,22 +183,30 @@ mod tests {
         }
     }
 
+    /// A record read ahead holds until a commit writes it or a sibling, or
+    /// leaves the window; its block, until a commit writes any record of it.
     #[test]
-    fn a_read_holds_until_a_commit_writes_its_block_or_leaves_the_window() {
+    fn a_read_holds_until_a_commit_writes_it_its_siblings_or_its_block() {
         let mut freshness = Freshness::new(Arc::new(AtomicU64::new(0)));
         let read = key("27", 1, "2024");
+        let block = blocks::block_key(&read);
         freshness.remember(&[written(key("28", 1, "2024"))]);
         assert!(freshness.still_fresh(&read, 0), "another series written");
-        freshness.remember(&[written(key("27", 2, "2025"))]);
-        assert!(!freshness.still_fresh(&read, 1), "its block written since");
-        assert!(freshness.still_fresh(&read, 2), "read after that write");
+        assert!(freshness.block_fresh(&block, 0));
+        freshness.remember(&[written(key("27", 1, "2025"))]);
+        assert!(freshness.still_fresh(&read, 1), "another period of its series");
+        assert!(!freshness.block_fresh(&block, 1), "but its block");
+        assert!(freshness.block_fresh(&block, 2));
+        freshness.remember(&[written(key("27", 2, "2024"))]);
+        assert!(!freshness.still_fresh(&read, 2), "a sibling written since");
+        assert!(freshness.still_fresh(&read, 3));
         for _ in 0..RECENT_COMMITS {
             freshness.remember(&[]);
         }
         assert!(
-            !freshness.still_fresh(&key("29", 1, "2024"), 1),
+            !freshness.still_fresh(&key("29", 1, "2024"), 2),
             "older than the window"
         );
-        assert!(freshness.still_fresh(&read, 2));
+        assert!(freshness.still_fresh(&read, 3));
     }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use prost_types::Timestamp;
 
 use super::prefetch::{Freshness, Prefetch};
+use super::series_cache::SeriesPrefix;
 use super::{blocks, codec, keys, requests, watches};
 use crate::collections::FastMap;
 use crate::core::volume::{shares_volume, volume_siblings};
@@ -29,6 +30,10 @@ pub struct View<'a> {
     /// Values of records read so far with their siblings, so that working
     /// out trade volume does not read them again.
     values: RefCell<FastMap<RecordKey, Option<i128>>>,
+    /// Series blocks read from sled (`None`: not stored), each once: a
+    /// block holds every record of a series, and the commit after changes
+    /// it as read here ([`View::into_blocks_read`]).
+    blocks: RefCell<FastMap<SeriesPrefix, Option<blocks::BlockValue>>>,
 }
 
 impl<'a> View<'a> {
@@ -41,7 +46,26 @@ impl<'a> View<'a> {
             fingerprint: None,
             prefetch: None,
             values: RefCell::default(),
+            blocks: RefCell::default(),
         }
+    }
+
+    /// The series blocks read from sled, as they are stored: nothing
+    /// writes between a command's decision and its commit.
+    pub fn into_blocks_read(self) -> FastMap<SeriesPrefix, Option<blocks::BlockValue>> {
+        self.blocks.into_inner()
+    }
+
+    /// The record `key` as stored, read from its block (read once per
+    /// command), with its siblings' values into `values`.
+    fn read_record(&self, key: &RecordKey) -> Result<Option<StoredRecord>> {
+        let block = blocks::block_key(key);
+        let mut read = self.blocks.borrow_mut();
+        let stored = match read.entry(block) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(blocks::read(self.db, &block)?),
+        };
+        in_block(&block, stored.as_ref(), key, &mut self.values.borrow_mut())
     }
 }
 
@@ -58,7 +82,7 @@ impl State for View<'_> {
             // Its siblings' values are read ahead too (see `value`).
             return Ok(stored.clone());
         }
-        read_with_siblings(self.db, key, &mut self.values.borrow_mut())
+        self.read_record(key)
     }
 
     fn value(&self, key: &RecordKey) -> Result<Option<i128>> {
@@ -71,7 +95,7 @@ impl State for View<'_> {
         {
             return Ok(*v);
         }
-        Ok(blocks::get(self.db, key)?.map(|r| r.record.value().nanos()))
+        Ok(self.read_record(key)?.map(|r| r.record.value().nanos()))
     }
 
     fn group(&self, name: &GroupName) -> Result<Option<(PartnerGroup, Timestamp)>> {
@@ -123,20 +147,10 @@ pub fn read_groups(db: &sled::Db) -> Result<BTreeMap<GroupName, PartnerGroup>> {
         .collect()
 }
 
-/// The stored record under `key`, read with the records that share its
-/// trade volume (they are in its series' block), whose values (or their
-/// absence) go into `values`.
-pub fn read_with_siblings(
-    db: &sled::Db,
-    key: &RecordKey,
-    values: &mut FastMap<RecordKey, Option<i128>>,
-) -> Result<Option<StoredRecord>> {
-    let block = blocks::block_key(key);
-    in_block(&block, blocks::read(db, &block)?.as_ref(), key, values)
-}
-
-/// [`read_with_siblings`] from the block `block` as read (`None`: there is
-/// none).
+/// The stored record under `key`, from its series' block `block` as read
+/// (`None`: there is none), with the records that share its trade volume
+/// (they are in the same block), whose values (or their absence) go into
+/// `values`.
 pub fn in_block(
     block: &[u8],
     stored: Option<&blocks::BlockValue>,

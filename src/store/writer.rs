@@ -319,11 +319,12 @@ impl Writer {
                 ))));
             }
         };
-        let decided = {
+        let (decided, mut blocks_read) = {
             let mut view = View::new(&self.db, self.head, &self.watches, &command.action);
             view.fingerprint = command.request.as_ref().map(|r| r.fingerprint);
             view.prefetch = prefetch.as_deref().map(|p| (p, &self.freshness));
-            core::apply(&view, command)
+            let decided = core::apply(&view, command);
+            (decided, view.into_blocks_read())
         };
         let effect = match decided {
             Ok(effect) if effect.replayed.is_none() => effect,
@@ -342,8 +343,14 @@ impl Writer {
         };
         let position = logged.unwrap_or(self.position + 1);
         let freshness = &self.freshness;
-        // Blocks read ahead (and not written since) are changed as read.
-        let mut prefetched = |block: &_| prefetch.as_deref_mut()?.take_block(block, freshness);
+        // Blocks read ahead (and not written since), or read while
+        // deciding, are changed as read.
+        let mut prefetched = |block: &_| {
+            prefetch
+                .as_deref_mut()
+                .and_then(|p| p.take_block(block, freshness))
+                .or_else(|| blocks_read.remove(block))
+        };
         let tally = self
             .commit
             .write(
