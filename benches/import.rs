@@ -11,11 +11,14 @@
 //!
 //! The rows are the 1 M store of the aggregate bench (5 reporters × 100
 //! partners × export and import × 10 years × TOTAL plus 99 HS2 codes), written
-//! as a native CSV file in two orders:
+//! as a native CSV file in two orders, and a monthly file beside them:
 //! - **by commodity**: by reporter, year and commodity, every partner of it
 //!   together (how a statistics office releases a year);
 //! - **by partner**: by reporter and partner, every commodity and year of the
-//!   pair together (a file per country pair, concatenated).
+//!   pair together (a file per country pair, concatenated);
+//! - **monthly**: 600,000 monthly rows (the reporters with the five Central
+//!   Asian partners), month by month: consecutive batches rewrite the same
+//!   series blocks (no PostgreSQL alongside: its table has no months).
 //!
 //! The time is the wall-clock time of the `import` process, from start to
 //! exit: reading and checking the file, sending it, and the server storing
@@ -68,6 +71,53 @@ fn write_csv(data: &Dataset, by_partner: bool, path: &Path) -> anyhow::Result<us
     drop(out);
     std::fs::rename(&tmp, path)?;
     Ok(rows.len())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    ByCommodity,
+    ByPartner,
+    Monthly,
+}
+
+/// Monthly figures, as a statistics office releases them month by month:
+/// the dataset's reporters with the five Central Asian partners, TOTAL and
+/// its 99 HS2 codes, export and import, for each month of its ten years
+/// (600,000 rows; written once, kept between runs). A month of a reporter
+/// (1,000 rows) is smaller than a batch, so consecutive batches rewrite the
+/// same series blocks.
+fn write_monthly_csv(data: &Dataset, path: &Path) -> anyhow::Result<usize> {
+    let rows = data.reporters.len() * dataset::CENTRAL_ASIA.len() * data.commodities.len() * 120 * 2;
+    if path.exists() {
+        return Ok(rows);
+    }
+    let tmp = path.with_extension("tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    writeln!(
+        out,
+        "reporter,partner,flow,period,commodity,currency,value,source,released_at"
+    )?;
+    for (r, reporter) in data.reporters.iter().enumerate() {
+        for year in dataset::YEARS {
+            for month in 1..=12u16 {
+                for (c, commodity) in data.commodities.iter().enumerate() {
+                    for (p, partner) in dataset::CENTRAL_ASIA.iter().enumerate() {
+                        for (flow, name) in ["export", "import"].iter().enumerate() {
+                            let units = Dataset::value(r, p, c, year * 16 + month, flow) / 12;
+                            writeln!(
+                                out,
+                                "{reporter},{partner},{name},{year}-{month:02},{commodity},USD,{units},synthetic,"
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, path)?;
+    Ok(rows)
 }
 
 /// Starts `bin` on a fresh store.
@@ -176,22 +226,32 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("| file order | binary | runs (s) | median (s) | records/s (median) |");
     println!("|---|---|---|---|---|");
-    for (name, by_partner) in [("by commodity", false), ("by partner", true)] {
-        let file = bench_dir().join(if by_partner {
-            "by-partner.csv"
-        } else {
-            "by-commodity.csv"
+    for (name, order) in [
+        ("by commodity", Order::ByCommodity),
+        ("by partner", Order::ByPartner),
+        ("monthly", Order::Monthly),
+    ] {
+        let file = bench_dir().join(match order {
+            Order::ByCommodity => "by-commodity.csv",
+            Order::ByPartner => "by-partner.csv",
+            Order::Monthly => "monthly.csv",
         });
-        let rows = write_csv(&data, by_partner, &file)?;
+        let rows = match order {
+            Order::Monthly => write_monthly_csv(&data, &file)?,
+            _ => write_csv(&data, order == Order::ByPartner, &file)?,
+        };
         // Runs alternate between the binaries (each starting its own
-        // server) and PostgreSQL's COPY.
+        // server) and PostgreSQL's COPY (whose table has no months: not
+        // for the monthly file).
         let mut times = vec![Vec::new(); binaries.len()];
         let mut pg_times = Vec::new();
         for _ in 0..runs {
             for (i, (_, bin)) in binaries.iter().enumerate() {
                 times[i].push(run_once(bin, &file, rows)?);
             }
-            if let Some((pg, runtime)) = &pg {
+            if let Some((pg, runtime)) = &pg
+                && order != Order::Monthly
+            {
                 pg_times.push(runtime.block_on(pg_copy_once(pg, &file))?);
             }
         }
