@@ -41,7 +41,6 @@
 //!    download alone is timed too.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -110,22 +109,7 @@ fn import_file(data: &Dataset) -> anyhow::Result<PathBuf> {
         return Ok(path);
     }
     std::fs::create_dir_all(&dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    writeln!(
-        out,
-        "reporter,partner,flow,period,commodity,currency,value,source,released_at"
-    )?;
-    for (reporter, partner, flow, year, commodity, units) in data.rows() {
-        let flow = if flow == 0 { "export" } else { "import" };
-        writeln!(
-            out,
-            "{reporter},{partner},{flow},{year},{commodity},USD,{units},synthetic,"
-        )?;
-    }
-    out.flush()?;
-    drop(out);
-    std::fs::rename(&tmp, &path)?;
+    dataset::write_native_csv(&path, data.rows())?;
     Ok(path)
 }
 

@@ -24,7 +24,6 @@
 //! exit: reading and checking the file, sending it, and the server storing
 //! every record durably (the summary arrives after the last flush).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,23 +53,7 @@ fn write_csv(data: &Dataset, by_partner: bool, path: &Path) -> anyhow::Result<us
             (reporter, partner, flow, year, commodity)
         });
     }
-    let tmp = path.with_extension("tmp");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    writeln!(
-        out,
-        "reporter,partner,flow,period,commodity,currency,value,source,released_at"
-    )?;
-    for (reporter, partner, flow, year, commodity, units) in &rows {
-        let flow = if *flow == 0 { "export" } else { "import" };
-        writeln!(
-            out,
-            "{reporter},{partner},{flow},{year},{commodity},USD,{units},synthetic,"
-        )?;
-    }
-    out.flush()?;
-    drop(out);
-    std::fs::rename(&tmp, path)?;
-    Ok(rows.len())
+    dataset::write_native_csv(path, rows)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -91,33 +74,22 @@ fn write_monthly_csv(data: &Dataset, path: &Path) -> anyhow::Result<usize> {
     if path.exists() {
         return Ok(rows);
     }
-    let tmp = path.with_extension("tmp");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    writeln!(
-        out,
-        "reporter,partner,flow,period,commodity,currency,value,source,released_at"
-    )?;
-    for (r, reporter) in data.reporters.iter().enumerate() {
-        for year in dataset::YEARS {
-            for month in 1..=12u16 {
-                for (c, commodity) in data.commodities.iter().enumerate() {
-                    for (p, partner) in dataset::CENTRAL_ASIA.iter().enumerate() {
-                        for (flow, name) in ["export", "import"].iter().enumerate() {
-                            let units = Dataset::value(r, p, c, year * 16 + month, flow) / 12;
-                            writeln!(
-                                out,
-                                "{reporter},{partner},{name},{year}-{month:02},{commodity},USD,{units},synthetic,"
-                            )?;
-                        }
+    let months = dataset::YEARS.flat_map(|year| (1..=12u16).map(move |month| (year, month)));
+    let mut monthly = Vec::with_capacity(rows);
+    for (r, &reporter) in data.reporters.iter().enumerate() {
+        for (year, month) in months.clone() {
+            for (c, commodity) in data.commodities.iter().enumerate() {
+                for (p, &partner) in dataset::CENTRAL_ASIA.iter().enumerate() {
+                    for flow in 0..2 {
+                        let units = Dataset::value(r, p, c, year * 16 + month, flow) / 12;
+                        let period = format!("{year}-{month:02}");
+                        monthly.push((reporter, partner, flow, period, commodity.as_str(), units));
                     }
                 }
             }
         }
     }
-    out.flush()?;
-    drop(out);
-    std::fs::rename(&tmp, path)?;
-    Ok(rows)
+    dataset::write_native_csv(path, monthly)
 }
 
 /// Starts `bin` on a fresh store.

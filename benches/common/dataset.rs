@@ -1,6 +1,8 @@
 //! The synthetic dataset of the benchmarks, from a fixed formula.
 #![allow(dead_code)]
 
+use std::fmt::Display;
+
 use tradewatch::pb;
 
 pub const CENTRAL_ASIA: [&str; 5] = ["KAZ", "KGZ", "TJK", "TKM", "UZB"];
@@ -86,6 +88,35 @@ impl Dataset {
             })
         })
     }
+}
+
+/// Writes `rows` — (reporter, partner, flow: 0 export, 1 import, period,
+/// commodity, whole USD) — as a native CSV file at `path`, through a
+/// temporary file so that a run cut short leaves none; returns how many.
+pub fn write_native_csv<R: Display, Q: Display, P: Display, C: Display>(
+    path: &std::path::Path,
+    rows: impl IntoIterator<Item = (R, Q, usize, P, C, i64)>,
+) -> anyhow::Result<usize> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    writeln!(
+        out,
+        "reporter,partner,flow,period,commodity,currency,value,source,released_at"
+    )?;
+    let mut written = 0;
+    for (reporter, partner, flow, period, commodity, units) in rows {
+        let flow = if flow == 0 { "export" } else { "import" };
+        writeln!(
+            out,
+            "{reporter},{partner},{flow},{period},{commodity},USD,{units},synthetic,"
+        )?;
+        written += 1;
+    }
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, path)?;
+    Ok(written)
 }
 
 pub fn to_record(row: (&str, &str, usize, u16, &str, i64)) -> pb::TradeRecord {

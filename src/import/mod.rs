@@ -17,9 +17,10 @@ pub use parse::{Parsed, RowError, parse_decimal, parse_file};
 /// The store reads ahead for the next batch while it applies one, and sled
 /// lets no read through while a batch is applied, so short applies let the
 /// two take turns finely; records in send order (`parse::SendOrder`) still
-/// share most of their rollup updates within a batch. Of 1,000, 2,000, 4,000 and 10,000,
-/// 2,000 measured fastest into a server, and 1,000 and 2,000 alike (within
-/// the noise) into a data dir, the larger ones slower (see BENCHMARKS.md).
+/// share most of their rollup updates within a batch. Of 1,000, 2,000,
+/// 4,000 and 10,000, 2,000 measured fastest into a server, and 1,000 and
+/// 2,000 alike (within the noise) into a data dir, the larger ones slower
+/// (see BENCHMARKS.md).
 const BATCH: usize = 2_000;
 
 /// What an import did.
